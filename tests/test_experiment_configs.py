@@ -4,10 +4,15 @@ One module-scoped set of fake clip records (and a tiny word2vec file) feeds
 all files; each file is parsed with `gin_configs/tiny.gin` last and tiny
 values for its required macros, then the gin-bound model builder runs once on
 zeros and the gin-bound input pipeline yields one batch. Nothing trains.
+Image experiments (`make_dataset.image_mode`) keep their 2D ResNet-50 (tiny3d
+is a video network) on 32x32 single frames; it is built once per distinct
+`build_classifier` configuration (the files share it; building takes seconds). Every row file is listed in
+`gin_configs/experiments/README.md`, the paper-row map.
 """
 
 import glob
 import os
+import re
 
 import gin
 import numpy as np
@@ -27,6 +32,7 @@ EXPERIMENTS = sorted(glob.glob(
     os.path.join(ROOT, 'gin_configs', 'experiments', '**', '*.gin'),
     recursive=True))
 IDS = [os.path.relpath(f, ROOT) for f in EXPERIMENTS]
+ROW_MAP = os.path.join(ROOT, 'gin_configs', 'experiments', 'README.md')
 NUM_CLIPS = 4
 NUM_CLASSES = 3
 # cpd.evaluate applies its defaults after the gin files: shrink them after.
@@ -108,11 +114,29 @@ def _one_batch(scope, data, **kwargs):
   return next(iter(ds))
 
 
+_BUILT_2D = set()
+
+
+def _image_mode():
+  try:
+    return bool(gin.query_parameter('make_dataset.image_mode'))
+  except ValueError:
+    return False
+
+
 def _build_run(data):
-  assert gin.query_parameter('build_classifier.backbone') == 'tiny3d'
+  image = _image_mode()
+  assert gin.query_parameter('build_classifier.backbone') == (
+      'r2d50' if image else 'tiny3d')
   element = _one_batch('train', data, is_training=True)
   video = element['video'] if isinstance(element, dict) else element[0]
-  assert video.shape[1:] == (4, 32, 32, 3), video.shape
+  expected = (32, 32, 3) if image else (4, 32, 32, 3)
+  assert video.shape[1:] == expected, video.shape
+  if image:
+    key = repr(sorted(gin.get_bindings('build_classifier').items()))
+    if key in _BUILT_2D:
+      return
+    _BUILT_2D.add(key)
   model = configurables.build_classifier(num_classes=NUM_CLASSES,
                                          input_shape=video.shape[1:])
   logits = model(tf.zeros((1,) + tuple(video.shape[1:])), training=False)
@@ -162,7 +186,28 @@ def test_there_are_experiments_for_both_papers():
   for v in ('m', 'd'):
     for scr in (50, 65, 80):
       assert f'gin_configs/experiments/spl/fig4_spl_{v}_scr{scr}.gin' in names
-  assert any(n.startswith('gin_configs/experiments/cpd/') for n in names)
+  for dataset in ('soccernet', 'clothing1m'):
+    for row in ('no_pretrain', 'weak_label', 'teacher_prediction',
+                'agreement_filtering', 'spl_b', 'spl'):
+      assert f'gin_configs/experiments/spl/{dataset}_{row}.gin' in names
+  for row in ('pretrain_k210k_bert', 'pretrain_k210k_w2v',
+              'pretrain_ins300k_bert', 'ablation_loss_ranking',
+              'ablation_loss_self_instance', 'ablation_curriculum_joint',
+              'ablation_curriculum_frozen_text', 'eval_linear_kinetics',
+              'eval_knn_kinetics', 'eval_zero_shot_ucf101', 'finetune_ucf101',
+              'finetune_hmdb51'):
+    assert f'gin_configs/experiments/cpd/{row}.gin' in names
+
+
+def test_row_map_lists_every_row_file_and_only_existing_files():
+  with open(ROW_MAP) as f:
+    text = f.read()
+  mentioned = set(re.findall(r'`((?:spl|cpd)/[a-z0-9_]+\.gin)`', text))
+  existing = {os.path.relpath(f, os.path.dirname(ROW_MAP))
+              for f in EXPERIMENTS}
+  assert mentioned <= existing, sorted(mentioned - existing)
+  rows = {f for f in existing if not f.endswith('_common.gin')}
+  assert rows <= mentioned, sorted(rows - mentioned)
 
 
 @pytest.mark.parametrize('path', EXPERIMENTS, ids=IDS)
@@ -179,6 +224,10 @@ def test_header_has_dataset_source_and_paper_number(path):
 @pytest.mark.parametrize('path', EXPERIMENTS, ids=IDS)
 def test_experiment_builds_under_tiny(path, data):
   main.parse_gin([path, TINY], _required(data))
+  if _image_mode():
+    gin.clear_config()
+    main.parse_gin([path, TINY], _required(data) +
+                   ["build_classifier.backbone = 'r2d50'"])
   job = _job(path)
   if job == 'eval':
     gin.clear_config()
