@@ -37,3 +37,83 @@ def make_pipeline(runner: str = 'DirectRunner', direct_num_workers: int = 1,
     return beam.Pipeline(runner=fn_runner.FnApiRunner(),
                          options=PipelineOptions(args))
   return beam.Pipeline(options=PipelineOptions(args + [f'--runner={runner}']))
+
+
+# ---- Files through Beam's FileSystems ----
+# The batch jobs write through `apache_beam.io.filesystems.FileSystems`
+# rather than `tf.io.gfile`: the same paths work (local, gs:// with
+# apache-beam[gcp], hdfs://, s3:// with the matching extra), and a worker
+# never imports TensorFlow just to write files (seconds of start-up each).
+
+def _fs():
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+  return FileSystems
+
+
+def _uncompressed():
+  from apache_beam.io.filesystem import CompressionTypes  # pylint: disable=g-import-not-at-top
+  return CompressionTypes.UNCOMPRESSED
+
+
+def join(base: str, *parts: str) -> str:
+  return _fs().join(base, *parts)
+
+
+def create(path: str):
+  """A binary write channel (parent directories made on local disk)."""
+  return _fs().create(path, compression_type=_uncompressed())
+
+
+def open_file(path: str):
+  """A seekable binary read channel."""
+  return _fs().open(path, compression_type=_uncompressed())
+
+
+def exists(path: str) -> bool:
+  return _fs().exists(path)
+
+
+def makedirs(path: str) -> None:
+  """Creates `path` and its parents; no-op when it exists (or on object stores)."""
+  try:
+    _fs().mkdirs(path)
+  except IOError:
+    pass  # Exists already.
+
+
+def rename(src: str, dst: str) -> None:
+  """Moves `src` to `dst`, replacing `dst` (atomic on a local filesystem)."""
+  _fs().rename([src], [dst])
+
+
+def delete_tree(path: str) -> None:
+  """Deletes a directory and everything under it; missing is fine."""
+  fs = _fs()
+  if fs.get_scheme(path) is None:
+    import shutil  # pylint: disable=g-import-not-at-top
+    shutil.rmtree(path, ignore_errors=True)
+    return
+  files = [m.path for r in fs.match([path.rstrip('/') + '/**'])
+           for m in r.metadata_list]
+  if files:
+    fs.delete(files)
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+  """Writes `path` via a temporary name, so `path` is never partial."""
+  tmp = f'{path}.tmp-partial'
+  with create(tmp) as f:
+    f.write(data)
+  rename(tmp, path)
+
+
+def write_json_atomic(path: str, obj) -> None:
+  """JSON as `records.write_json_atomic` writes it, without TensorFlow."""
+  import json  # pylint: disable=g-import-not-at-top
+  write_bytes_atomic(path, (json.dumps(
+      obj, indent=1, sort_keys=True, ensure_ascii=False) + '\n').encode('utf-8'))
+
+
+def read_bytes(path: str) -> bytes:
+  with open_file(path) as f:
+    return f.read()

@@ -13,26 +13,37 @@ locally and on Dataflow/Flink/Spark unchanged):
     -> decode + resample + resize + JPEG each clip (time-limited, per video)
     -> clip indices: contiguous over written clips, in (manifest row, time)
        order, computed after decoding so a failed video leaves no gap
-    -> group by shard (crc32 of the clip key), sort by clip index, write
-       `clips-SSSSS-of-NNNNN.tfrecord` under a temporary name, rename
-    -> summary.json, rejects.jsonl (every video not written and why)
+       (the frames go straight to a per-video temporary file next to the
+       output; only small `ClipPiece` metadata is shuffled)
+    -> group pieces by shard (crc32 of the clip key), sort by clip index,
+       build each record's context and copy its frames from the temp file
+       into `clips-SSSSS-of-NNNNN.tfrecord` under a temporary name, rename
+    -> summary.json, rejects.jsonl (every video not written and why);
+       delete the run's temp files
+
+No TensorFlow in the job: records are serialised by `clip_proto` (byte-
+identical to TF's deterministic serialisation) and files go through Beam's
+FileSystems (local, gs://, ...), so worker processes start in ~1 s.
 
 Determinism: nothing depends on worker count, timing or hash seeds: clip
 windows, indices and shard assignment are functions of the inputs and flags
 and each shard is sorted, so reruns give byte-identical shards.
 
-Memory: a shard's clips are held by one worker while it is sorted and
-written; choose `--num_shards` so that shards are a few hundred MB.
+Temporary space: the frames of every decoded clip sit under
+OUTPUT_DIR/.write_clips-temp/RUN/ until all shards are written (about the
+size of the output). A rerun deletes what a crashed run left there.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import os
 import sys
 import time
+import uuid
 import zlib
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -41,13 +52,17 @@ from absl import flags
 import apache_beam as beam
 
 from tfrecords_tools import beam_utils
+from tfrecords_tools import clip_proto
 from tfrecords_tools import manifest as manifest_lib
 from tfrecords_tools import schema
+from tfrecords_tools import tfrecord_io
 from tfrecords_tools import video as video_lib
 
 FLAGS = flags.FLAGS
 
 _NAMESPACE = 'write_clips'
+# Under the output dir; one subdirectory per run, removed when the run ends.
+TEMP_DIRNAME = '.write_clips-temp'
 
 
 def _counter(name: str):
@@ -203,12 +218,40 @@ def plan_all(probed: Sequence[Tuple], config: WriterConfig
   return plan
 
 
-class DecodeFn(beam.DoFn):
-  """(entry, info, capacity) -> (shard, clip payload) for each written clip."""
+@dataclasses.dataclass(frozen=True)
+class ClipPiece:
+  """Where one decoded clip's frames wait for their shard (small, shuffled).
 
-  def __init__(self, config: WriterConfig, total: int):
+  `path`[`offset`:`offset + length`] holds the record's serialised
+  `feature_lists` field (`clip_proto.frames_field`); the shard writer adds
+  the context once clip indices are known.
+  """
+  ordinal: int  # The video's manifest ordinal.
+  k: int  # Clip number within the video.
+  entry: manifest_lib.VideoEntry
+  start: float
+  end: float
+  height: int
+  width: int
+  num_frames: int
+  path: str
+  offset: int
+  length: int
+
+
+class DecodeFn(beam.DoFn):
+  """(entry, info, capacity) -> (shard, ClipPiece) for each written clip.
+
+  The frames go to a per-video temporary file under the run's temp dir,
+  never through the shuffle: only `ClipPiece`s (a few hundred bytes) travel
+  between workers. A retried bundle writes a new file (unique name) and the
+  pieces of the failed attempt are never emitted.
+  """
+
+  def __init__(self, config: WriterConfig, total: int, temp_dir: str):
     self._config = config
     self._total = total
+    self._temp_dir = temp_dir
 
   def setup(self):
     self._decoder = video_lib.TimeLimitedDecoder(self._config.video_timeout)
@@ -224,35 +267,54 @@ class DecodeFn(beam.DoFn):
     if not windows:
       _counter('videos_without_clips_by_budget').inc()
       return
-    written = 0
+    path = beam_utils.join(
+        self._temp_dir, f'v{entry.ordinal:09d}-{uuid.uuid4().hex}.frames')
+    pieces: List[Tuple[int, ClipPiece]] = []
+    reject = None
     frames = 0
+    out = None
+    offset = 0
     try:
       for clip in self._decoder.decode(
           entry.path, windows, fps=c.fps, short_side=c.short_side,
           jpeg_quality=c.jpeg_quality, min_clip_seconds=c.min_clip_seconds,
           rotation=info.rotation, threads=c.decode_threads):
+        body = clip_proto.frames_field(clip.frames)
+        if out is None:
+          out = beam_utils.create(path)
+        out.write(body)
         key = schema.make_clip_key(entry.video_id, clip.start)
         shard = zlib.crc32(key.encode('utf-8')) % c.num_shards
-        yield shard, (entry.ordinal, written, entry, clip)
-        written += 1
+        pieces.append((shard, ClipPiece(
+            ordinal=entry.ordinal, k=len(pieces), entry=entry,
+            start=clip.start, end=clip.end, height=clip.height,
+            width=clip.width, num_frames=len(clip.frames), path=path,
+            offset=offset, length=len(body))))
+        offset += len(body)
         frames += len(clip.frames)
-      if written < len(windows):
-        reason = video_lib.PARTIAL if written else video_lib.NO_FRAMES
+      if len(pieces) < len(windows):
+        reason = video_lib.PARTIAL if pieces else video_lib.NO_FRAMES
         raise video_lib.VideoError(
-            reason, f'{entry.path}: decoded {written} of {len(windows)} '
+            reason, f'{entry.path}: decoded {len(pieces)} of {len(windows)} '
             'planned clips (stream ended early or is corrupt)')
     except video_lib.VideoError as e:
+      written = len(pieces)
       _counter('videos_rejected' if not written else 'videos_partial').inc()
-      yield beam.pvalue.TaggedOutput('rejects', manifest_lib.make_reject(
+      reject = manifest_lib.make_reject(
           row=entry.row, path=entry.path, video_id=entry.video_id,
           reason=e.reason, message=e.message + (
-              f' ({written} clips kept)' if written else '')))
+              f' ({written} clips kept)' if written else ''))
     finally:
-      _counter('clips').inc(written)
-      _counter('frames').inc(frames)
-      if written:
-        _counter('videos_written').inc()
-      self._progress.update(videos=1, clips=written, frames=frames)
+      if out is not None:
+        out.close()  # Complete on disk before any piece names it.
+    _counter('clips').inc(len(pieces))
+    _counter('frames').inc(frames)
+    if pieces:
+      _counter('videos_written').inc()
+    self._progress.update(videos=1, clips=len(pieces), frames=frames)
+    yield from pieces
+    if reject is not None:
+      yield beam.pvalue.TaggedOutput('rejects', reject)
 
 
 def clip_offsets(counts: Iterable[Tuple[int, int]]) -> Dict[int, int]:
@@ -265,41 +327,56 @@ def clip_offsets(counts: Iterable[Tuple[int, int]]) -> Dict[int, int]:
 
 
 class WriteShardFn(beam.DoFn):
-  """(shard, payloads) -> one complete shard file, renamed into place."""
+  """(shard, pieces) -> one complete shard file, renamed into place.
 
-  def __init__(self, config: WriterConfig, class_names: Sequence[str]):
+  Records are assembled in clip-index order: the context (with the now
+  known clip index) is built here and the frames are copied from the
+  per-video temp files, so any number of workers gives the same bytes.
+  """
+
+  def __init__(self, config: WriterConfig):
     self._config = config
-    self._class_names = list(class_names)
 
   def process(self, element, offsets):
-    # Imported on the worker: TF is only needed to write protos and files.
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    from tfrecords_tools import records  # pylint: disable=g-import-not-at-top
-    shard, payloads = element
+    shard, pieces = element
     c = self._config
-    items = sorted(((offsets[o] + k, entry, clip)
-                    for o, k, entry, clip in (p for p in payloads if p)),
+    items = sorted(((offsets[p.ordinal] + p.k, p) for p in pieces if p),
                    key=lambda x: x[0])
-    path = os.path.join(c.output_dir, schema.shard_name(shard, c.num_shards))
+    path = beam_utils.join(c.output_dir,
+                           schema.shard_name(shard, c.num_shards))
     tmp = path + '.tmp-partial'
     stats = {'shard': shard, 'clips': 0, 'frames': 0, 'bytes': 0,
              'clips_per_class': collections.Counter(), 'videos': set()}
-    with tf.io.TFRecordWriter(tmp) as writer:
-      for clip_index, entry, clip in items:
-        example = records.make_clip_example(
-            frames=clip.frames, clip_index=clip_index,
-            video_id=entry.video_id, start=clip.start, end=clip.end,
-            frame_rate=c.fps, height=clip.height, width=clip.width,
-            label_index=entry.label_index, label_text=entry.label,
-            caption=entry.title)
-        data = example.SerializeToString(deterministic=True)
-        writer.write(data)
-        stats['clips'] += 1
-        stats['frames'] += len(clip.frames)
-        stats['bytes'] += len(data)
-        stats['clips_per_class'][entry.label] += 1
-        stats['videos'].add(entry.ordinal)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    src, src_path = None, None
+    try:
+      with beam_utils.create(tmp) as out:
+        for clip_index, p in items:
+          entry = p.entry
+          if p.path != src_path:
+            if src is not None:
+              src.close()
+            src, src_path = beam_utils.open_file(p.path), p.path
+          src.seek(p.offset)
+          body = src.read(p.length)
+          if len(body) != p.length:
+            raise IOError(f'{p.path}: temporary frames file is shorter than '
+                          f'expected ({len(body)} < {p.length} bytes at '
+                          f'{p.offset})')
+          context = clip_proto.context_field(
+              clip_index=clip_index, video_id=entry.video_id, start=p.start,
+              end=p.end, frame_rate=c.fps, num_frames=p.num_frames,
+              height=p.height, width=p.width, label_index=entry.label_index,
+              label_text=entry.label, caption=entry.title)
+          size = tfrecord_io.write_record_parts(out, (context, body)) - 16
+          stats['clips'] += 1
+          stats['frames'] += p.num_frames
+          stats['bytes'] += size
+          stats['clips_per_class'][entry.label] += 1
+          stats['videos'].add(entry.ordinal)
+    finally:
+      if src is not None:
+        src.close()
+    beam_utils.rename(tmp, path)
     stats['clips_per_class'] = dict(stats['clips_per_class'])
     stats['videos'] = sorted(stats['videos'])
     yield stats
@@ -308,9 +385,11 @@ class WriteShardFn(beam.DoFn):
 def write_summary(_, shard_stats, rejects, *, config: WriterConfig,
                   class_names: Sequence[str], num_videos: int,
                   manifest_rejects: Sequence[Dict], notes: Dict) -> Dict:
-  """Writes summary.json and rejects.jsonl (atomically) and returns the summary."""
-  from tfrecords_tools import records  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  """Writes summary.json and rejects.jsonl (atomically), drops the temp dir.
+
+  Runs after every shard is in place (it reads all shard stats), so the
+  temporary frame files are no longer needed.
+  """
   all_rejects = sorted(list(manifest_rejects) + list(rejects),
                        key=lambda r: (r['row'] or 0, r['path'], r['reason']))
   per_class = collections.Counter()
@@ -340,23 +419,31 @@ def write_summary(_, shard_stats, rejects, *, config: WriterConfig,
       'config': config.as_dict(),
   }
   out = config.output_dir
-  tmp = os.path.join(out, schema.REJECTS_FILENAME + '.tmp-partial')
-  with tf.io.gfile.GFile(tmp, 'w') as f:
-    # One write, even when empty: GFile only creates the file on write().
-    f.write(''.join(json.dumps(r, ensure_ascii=False, sort_keys=True) + '\n'
-                    for r in all_rejects))
-  tf.io.gfile.rename(tmp, os.path.join(out, schema.REJECTS_FILENAME),
-                     overwrite=True)
-  records.write_json_atomic(os.path.join(out, schema.SUMMARY_FILENAME), summary)
+  beam_utils.write_bytes_atomic(
+      beam_utils.join(out, schema.REJECTS_FILENAME),
+      ''.join(json.dumps(r, ensure_ascii=False, sort_keys=True) + '\n'
+              for r in all_rejects).encode('utf-8'))
+  beam_utils.write_json_atomic(beam_utils.join(out, schema.SUMMARY_FILENAME),
+                               summary)
+  beam_utils.delete_tree(temp_root(out))
   return summary
+
+
+def temp_root(output_dir: str) -> str:
+  """Where runs keep temporary frame files (one subdirectory per run)."""
+  return beam_utils.join(output_dir, TEMP_DIRNAME)
 
 
 def build_pipeline(pipeline: beam.Pipeline,
                    entries: Sequence[manifest_lib.VideoEntry],
                    manifest_rejects: Sequence[Dict],
                    class_names: Sequence[str], config: WriterConfig,
-                   notes: Dict):
-  """Adds the writer's transforms to `pipeline`."""
+                   notes: Dict, temp_dir: str):
+  """Adds the writer's transforms to `pipeline`.
+
+  `temp_dir` (new for each run, under `temp_root(output_dir)`) holds the
+  frames of decoded clips until their shards are written.
+  """
   total = len(entries)
   probed = (
       pipeline
@@ -373,12 +460,12 @@ def build_pipeline(pipeline: beam.Pipeline,
       probed.ok
       | 'SpreadDecode' >> beam.Reshuffle()
       | 'Decode' >> beam.ParDo(
-          DecodeFn(config, total),
+          DecodeFn(config, total, temp_dir),
           plan=beam.pvalue.AsSingleton(plan)).with_outputs(
               'rejects', main='clips'))
   offsets = (
       decoded.clips
-      | 'PerVideo' >> beam.Map(lambda kv: (kv[1][0], 1))
+      | 'PerVideo' >> beam.Map(lambda kv: (kv[1].ordinal, 1))
       | 'CountPerVideo' >> beam.CombinePerKey(sum)
       | 'AllCounts' >> beam.combiners.ToList()
       | 'Offsets' >> beam.Map(clip_offsets))
@@ -390,7 +477,7 @@ def build_pipeline(pipeline: beam.Pipeline,
       | 'WithEmpty' >> beam.Flatten()
       | 'ByShard' >> beam.GroupByKey()
       | 'WriteShard' >> beam.ParDo(
-          WriteShardFn(config, class_names),
+          WriteShardFn(config),
           offsets=beam.pvalue.AsSingleton(offsets)))
   rejects = ((probed.rejects, decoded.rejects)
              | 'AllRejects' >> beam.Flatten())
@@ -413,17 +500,23 @@ def run_writer(manifest_path: str, config: WriterConfig, *,
     RuntimeError: no clip could be written (the summary and rejects are
       still written and name every reason).
   """
-  from tfrecords_tools import records  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   labels = (manifest_lib.read_label_list(labels_path) if labels_path
             else None)
   entries, manifest_rejects, class_names, notes = manifest_lib.read_manifest(
       manifest_path, labels)
   if not class_names:
     raise ValueError(f'manifest {manifest_path!r}: no usable class label')
-  tf.io.gfile.makedirs(config.output_dir)
-  records.write_label_map(
-      os.path.join(config.output_dir, schema.LABEL_MAP_FILENAME), class_names)
+  beam_utils.makedirs(config.output_dir)
+  if list(class_names) != sorted(set(class_names)):
+    raise ValueError('class names must be sorted and unique')
+  # The format of `records.write_label_map`, written without TensorFlow.
+  beam_utils.write_json_atomic(
+      beam_utils.join(config.output_dir, schema.LABEL_MAP_FILENAME),
+      {name: i for i, name in enumerate(class_names)})
+  # Temp files of an earlier run that crashed are never read (each run has
+  # its own directory); remove them so they do not pile up.
+  beam_utils.delete_tree(temp_root(config.output_dir))
+  temp_dir = beam_utils.join(temp_root(config.output_dir), uuid.uuid4().hex)
   logging.info('write_clips: %d videos, %d classes, %d manifest rejects -> %s',
                len(entries), len(class_names), len(manifest_rejects),
                config.output_dir)
@@ -431,11 +524,10 @@ def run_writer(manifest_path: str, config: WriterConfig, *,
   with beam_utils.make_pipeline(runner, config.num_workers,
                                 pipeline_args) as pipeline:
     build_pipeline(pipeline, entries, manifest_rejects, class_names, config,
-                   notes)
+                   notes, temp_dir)
   elapsed = time.monotonic() - t0
-  with tf.io.gfile.GFile(
-      os.path.join(config.output_dir, schema.SUMMARY_FILENAME)) as f:
-    summary = json.load(f)
+  summary = json.loads(beam_utils.read_bytes(
+      beam_utils.join(config.output_dir, schema.SUMMARY_FILENAME)))
   logging.info('write_clips: %d clips, %d frames from %d videos in %.1f s '
                '(%.0f frames/s); %d rejected', summary['clips'],
                summary['frames'], summary['videos_written'], elapsed,
@@ -548,4 +640,7 @@ def run():
 
 
 if __name__ == '__main__':
-  run()
+  # Run the imported module's copy, so pickled elements (`ClipPiece`) name
+  # `tfrecords_tools.write_clips`, which worker processes can import.
+  from tfrecords_tools import write_clips as _write_clips  # pylint: disable=g-import-not-at-top,import-self
+  _write_clips.run()

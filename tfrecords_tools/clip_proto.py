@@ -1,0 +1,145 @@
+"""Clip records serialised in pure Python, byte-identical to TensorFlow's.
+
+Why this exists: the clip writer's workers only need to turn JPEG frames and a
+few context values into `tf.train.SequenceExample` bytes. Importing
+TensorFlow for that costs each Beam worker process seconds of start-up (and
+memory), more than a short job's whole work. The encoding here produces
+exactly the bytes of `records.make_clip_example(...).SerializeToString(
+deterministic=True)` (tests/test_write_clips.py checks that, and that TF
+parses them), so shards are the same whichever path wrote them.
+
+A record is split in two so the frames are serialised once, by the worker
+that decoded them, and the small context (which holds the dataset-wide
+`clip/index`, known only after every video is decoded) is added when a shard
+is assembled:
+
+  record = context_field(...)         # field 1: tf.train.Features
+         + frames_field(frames)       # field 2: tf.train.FeatureLists
+
+Wire format used (tensorflow/core/example/{example,feature}.proto):
+  Features      { map<string, Feature> feature = 1; }  entries sorted by key
+  Feature       { oneof: BytesList bytes_list = 1; FloatList float_list = 2;
+                         Int64List int64_list = 3; }
+  BytesList     { repeated bytes value = 1; }
+  FloatList     { repeated float value = 1 [packed]; }
+  Int64List     { repeated int64 value = 1 [packed]; }
+  FeatureLists  { map<string, FeatureList> feature_list = 1; }
+  FeatureList   { repeated Feature feature = 1; }
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+from tfrecords_tools import schema
+
+_LEN1 = 0x0a  # Field 1, length-delimited.
+_LEN2 = 0x12  # Field 2, length-delimited.
+_LEN3 = 0x1a  # Field 3, length-delimited.
+
+Value = Union[int, float, str, bytes]
+
+
+def _varint(value: int) -> bytes:
+  if value < 0:
+    value += 1 << 64  # int64 two's complement, as protobuf writes it.
+  out = bytearray()
+  while value > 0x7f:
+    out.append((value & 0x7f) | 0x80)
+    value >>= 7
+  out.append(value)
+  return bytes(out)
+
+
+def _field(tag: int, payload: bytes) -> bytes:
+  return bytes([tag]) + _varint(len(payload)) + payload
+
+
+def _bytes_feature(values: Sequence[Union[str, bytes]]) -> bytes:
+  body = b''.join(
+      _field(_LEN1, v.encode('utf-8') if isinstance(v, str) else bytes(v))
+      for v in values)
+  return _field(_LEN1, body)
+
+
+def _float_feature(values: Sequence[float]) -> bytes:
+  packed = struct.pack(f'<{len(values)}f', *values)
+  return _field(_LEN2, _field(_LEN1, packed) if values else b'')
+
+
+def _int64_feature(values: Sequence[int]) -> bytes:
+  packed = b''.join(_varint(int(v)) for v in values)
+  return _field(_LEN3, _field(_LEN1, packed) if values else b'')
+
+
+def _features(feature: Dict[str, bytes]) -> bytes:
+  """A `Features` message from serialised `Feature`s (deterministic order)."""
+  return b''.join(
+      _field(_LEN1, _field(_LEN1, k.encode('utf-8')) + _field(_LEN2, v))
+      for k, v in sorted(feature.items(), key=lambda kv: kv[0].encode('utf-8')))
+
+
+def frames_field(frames: Sequence[bytes],
+                 key: str = schema.IMAGE_KEY) -> bytes:
+  """The record's `feature_lists` field: one bytes feature per frame."""
+  if not frames:
+    raise ValueError('`frames` must not be empty')
+  frame_list = b''.join(_field(_LEN1, _bytes_feature((f,))) for f in frames)
+  entry = _field(_LEN1, key.encode('utf-8')) + _field(_LEN2, frame_list)
+  return _field(_LEN2, _field(_LEN1, entry))
+
+
+def context_field(
+    *,
+    clip_index: int,
+    video_id: str,
+    start: float,
+    end: float,
+    frame_rate: float,
+    num_frames: int,
+    height: int,
+    width: int,
+    label_index: int,
+    label_text: str,
+    caption: str = '',
+    clip_key: Optional[str] = None,
+    weak_label_index: Optional[int] = None,
+    weak_label_text: Optional[str] = None,
+) -> bytes:
+  """The record's `context` field; arguments as `records.make_clip_example`.
+
+  Only what the writer sets: teacher and label-space fields are added by
+  the relabeller (which goes through `records`).
+  """
+  if clip_key is None:
+    clip_key = schema.make_clip_key(video_id, start)
+  if weak_label_index is None:
+    weak_label_index = label_index
+  if weak_label_text is None:
+    weak_label_text = label_text
+  context = {
+      schema.SCHEMA_VERSION_KEY: _int64_feature([schema.SCHEMA_VERSION]),
+      schema.CLIP_INDEX_KEY: _int64_feature([clip_index]),
+      schema.CLIP_KEY_KEY: _bytes_feature([clip_key]),
+      schema.VIDEO_ID_KEY: _bytes_feature([video_id]),
+      schema.CLIP_START_KEY: _float_feature([start]),
+      schema.CLIP_END_KEY: _float_feature([end]),
+      schema.FRAME_RATE_KEY: _float_feature([frame_rate]),
+      schema.NUM_FRAMES_KEY: _int64_feature([num_frames]),
+      schema.IMAGE_HEIGHT_KEY: _int64_feature([height]),
+      schema.IMAGE_WIDTH_KEY: _int64_feature([width]),
+      schema.LABEL_INDEX_KEY: _int64_feature([label_index]),
+      schema.LABEL_TEXT_KEY: _bytes_feature([label_text]),
+      schema.WEAK_LABEL_INDEX_KEY: _int64_feature([weak_label_index]),
+      schema.WEAK_LABEL_TEXT_KEY: _bytes_feature([weak_label_text]),
+      schema.CAPTION_KEY: _bytes_feature([caption]),
+  }
+  return _field(_LEN1, _features(context))
+
+
+def serialize_clip(*, frames: Sequence[bytes], **context) -> bytes:
+  """A whole clip record (tests and small callers); see `context_field`."""
+  return (context_field(num_frames=len(frames), **context) +
+          frames_field(frames))
+
