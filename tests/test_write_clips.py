@@ -2,6 +2,7 @@
 
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 import tensorflow as tf
 from official.vision.dataloaders import video_input
 
+from tfrecords_tools import clip_proto
 from tfrecords_tools import manifest as manifest_lib
 from tfrecords_tools import records
 from tfrecords_tools import schema
@@ -277,6 +279,101 @@ def test_non_utf8_titles_jsonl_and_per_class_budget(tmp_path):
   assert summary['notes']['titles_not_utf8'] == 1
   clip = testing.parse_all(str(tmp_path / 'out2' / schema.shard_pattern()))[0]
   assert clip[schema.CAPTION_KEY] == 'caf\ufffd latin-1'
+
+
+@pytest.mark.parametrize('kw', [
+    dict(clip_index=0, video_id='v', start=0.0, end=1.0, frame_rate=25.0,
+         height=256, width=341, label_index=0, label_text='a', caption=''),
+    dict(clip_index=2**40 + 3, video_id='vid_\U0001f3ac', start=10 / 3,
+         end=20.1, frame_rate=29.97, height=1, width=100000, label_index=-2,
+         label_text='baking cookies', caption='caf\xe9 \U0001f525 #wow',
+         clip_key='k', weak_label_index=300, weak_label_text='w'),
+])
+def test_clip_proto_is_byte_identical_to_tensorflow(kw):
+  frames = [b'\xff\xd8' + bytes(range(256)) * 3, b'x' * 200]
+  ours = clip_proto.serialize_clip(frames=frames, **kw)
+  theirs = records.make_clip_example(frames=frames, **kw).SerializeToString(
+      deterministic=True)
+  assert ours == theirs
+  context, lists = tf.io.parse_single_sequence_example(
+      ours, context_features={
+          schema.CLIP_INDEX_KEY: tf.io.FixedLenFeature([], tf.int64),
+          schema.CAPTION_KEY: tf.io.FixedLenFeature([], tf.string)},
+      sequence_features={
+          schema.IMAGE_KEY: tf.io.FixedLenSequenceFeature([], tf.string)})
+  assert int(context[schema.CLIP_INDEX_KEY]) == kw['clip_index']
+  assert context[schema.CAPTION_KEY].numpy().decode() == kw['caption']
+  assert list(lists[schema.IMAGE_KEY].numpy()) == frames
+
+
+def test_written_records_are_tensorflows_serialisation(mixed):
+  """Every shard record equals what `records` + TF would have written."""
+  raw = testing.read_records(str(mixed['out'] / schema.shard_pattern()))
+  assert raw
+  for r in raw:
+    c = records.parse_clip_example(r)
+    example = records.make_clip_example(
+        frames=c[schema.IMAGE_KEY], clip_index=c[schema.CLIP_INDEX_KEY],
+        video_id=c[schema.VIDEO_ID_KEY], start=c[schema.CLIP_START_KEY],
+        end=c[schema.CLIP_END_KEY], frame_rate=c[schema.FRAME_RATE_KEY],
+        height=c[schema.IMAGE_HEIGHT_KEY], width=c[schema.IMAGE_WIDTH_KEY],
+        label_index=c[schema.LABEL_INDEX_KEY],
+        label_text=c[schema.LABEL_TEXT_KEY], caption=c[schema.CAPTION_KEY])
+    assert example.SerializeToString(deterministic=True) == r
+
+
+def test_rerun_after_crash_ignores_and_removes_leftovers(tmp_path):
+  for i in range(2):
+    testing.write_test_video(str(tmp_path / f'v{i}.mp4'), seconds=2.0, fps=10)
+  manifest = _write_manifest(tmp_path / 'm.csv', [
+      (f'v{i}.mp4', 'a', f't{i}', f'v{i}') for i in range(2)])
+  clean = tmp_path / 'clean'
+  write_clips.run_writer(str(manifest), _config(clean, num_shards=2))
+  # What a crashed run leaves: temp frames (even under the names this run's
+  # files would get, but in another run's directory), a partial shard, and
+  # a stale shard under its final name.
+  out = tmp_path / 'out'
+  stale_run = out / write_clips.TEMP_DIRNAME / 'crashed'
+  stale_run.mkdir(parents=True)
+  (stale_run / 'v000000000-0.frames').write_bytes(b'garbage' * 100)
+  shard0 = schema.shard_name(0, 2)
+  (out / (shard0 + '.tmp-partial')).write_bytes(b'half a shard')
+  (out / shard0).write_bytes(b'old shard')
+  write_clips.run_writer(str(manifest), _config(out, num_shards=2))
+  for i in range(2):
+    name = schema.shard_name(i, 2)
+    assert (out / name).read_bytes() == (clean / name).read_bytes()
+  assert sorted(os.listdir(out)) == sorted(os.listdir(clean))
+  assert not (out / write_clips.TEMP_DIRNAME).exists()
+
+
+def test_shuffle_carries_no_frames(tmp_path):
+  """Decoded frames go to a temp file; only small metadata is emitted."""
+  testing.write_test_video(str(tmp_path / 'v.mp4'), seconds=2.0, fps=10)
+  entry = manifest_lib.VideoEntry(
+      ordinal=0, row=2, path=str(tmp_path / 'v.mp4'), label='a',
+      label_index=0, title='t', video_id='v', start=None, end=None)
+  config = _config(tmp_path / 'out', num_shards=2)
+  fn = write_clips.DecodeFn(config, total=1, temp_dir=str(tmp_path / 'tmp'))
+  fn.setup()
+  try:
+    info = video_lib.probe(entry.path)
+    out = list(fn.process((entry, info, 2), plan={0: [(0, 1), (1, 2)]}))
+  finally:
+    fn.teardown()
+  assert len(out) == 2
+  for shard, piece in out:
+    assert 0 <= shard < 2
+    assert len(pickle.dumps(piece)) < 2000
+    with open(piece.path, 'rb') as f:
+      f.seek(piece.offset)
+      body = f.read(piece.length)
+    # The piece's bytes are a complete feature_lists field with its frames.
+    record = clip_proto.context_field(
+        clip_index=0, video_id='v', start=piece.start, end=piece.end,
+        frame_rate=FPS, num_frames=piece.num_frames, height=piece.height,
+        width=piece.width, label_index=0, label_text='a') + body
+    assert len(records.parse_clip_example(record)[schema.IMAGE_KEY]) == 5
 
 
 def test_plan_windows_and_budget():
