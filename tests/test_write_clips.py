@@ -356,9 +356,11 @@ def test_shuffle_carries_no_frames(tmp_path):
   config = _config(tmp_path / 'out', num_shards=2)
   fn = write_clips.DecodeFn(config, total=1, temp_dir=str(tmp_path / 'tmp'))
   fn.setup()
+  fn.start_bundle()
   try:
     info = video_lib.probe(entry.path)
     out = list(fn.process((entry, info, 2), plan={0: [(0, 1), (1, 2)]}))
+    fn.finish_bundle()
   finally:
     fn.teardown()
   assert len(out) == 2

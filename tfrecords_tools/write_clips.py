@@ -36,12 +36,14 @@ size of the output). A rerun deletes what a crashed run left there.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import dataclasses
 import json
 import logging
 import os
 import sys
+import threading
 import time
 import uuid
 import zlib
@@ -156,19 +158,68 @@ class _Progress:
           self.frames / max(elapsed, 1e-9), eta)
 
 
-class ProbeFn(beam.DoFn):
-  """entry -> (entry, info, capacity) or a reject on the 'rejects' output."""
+_POOL_LOCK = threading.Lock()
+_IDLE_DECODERS: Dict[float, List[video_lib.TimeLimitedDecoder]] = {}
+
+
+def _acquire_decoder(timeout: float) -> video_lib.TimeLimitedDecoder:
+  """An idle decoder child of this process, or a new one.
+
+  Decoder children outlive bundles and stages: the probe stage's child
+  decodes in the next stage, so each worker process starts one (Python +
+  PyAV + OpenCV imports) instead of one per DoFn. One bundle uses a decoder
+  at a time, so threads of one worker never share a child.
+  """
+  with _POOL_LOCK:
+    idle = _IDLE_DECODERS.get(timeout)
+    if idle:
+      return idle.pop()
+  return video_lib.TimeLimitedDecoder(timeout)
+
+
+def _release_decoder(timeout: float,
+                     decoder: video_lib.TimeLimitedDecoder) -> None:
+  with _POOL_LOCK:
+    _IDLE_DECODERS.setdefault(timeout, []).append(decoder)
+
+
+@atexit.register
+def _close_decoders():
+  with _POOL_LOCK:
+    for idle in _IDLE_DECODERS.values():
+      for decoder in idle:
+        decoder.close()
+    _IDLE_DECODERS.clear()
+
+
+class _DecoderDoFn(beam.DoFn):
+  """A DoFn that holds a pooled decoder child for each bundle."""
 
   def __init__(self, config: WriterConfig, total: int):
     self._config = config
     self._total = total
+    self._decoder = None
 
-  def setup(self):
-    self._decoder = video_lib.TimeLimitedDecoder(self._config.video_timeout)
-    self._progress = _Progress('probe', self._total, self._config.num_workers)
+  def start_bundle(self):
+    self._decoder = _acquire_decoder(self._config.video_timeout)
+
+  def finish_bundle(self):
+    _release_decoder(self._config.video_timeout, self._decoder)
+    self._decoder = None
 
   def teardown(self):
-    self._decoder.close()
+    # A bundle that failed never reached finish_bundle: its child may be
+    # mid-message, so it is closed rather than reused.
+    if self._decoder is not None:
+      self._decoder.close()
+      self._decoder = None
+
+
+class ProbeFn(_DecoderDoFn):
+  """entry -> (entry, info, capacity) or a reject on the 'rejects' output."""
+
+  def setup(self):
+    self._progress = _Progress('probe', self._total, self._config.num_workers)
 
   def process(self, entry: manifest_lib.VideoEntry):
     c = self._config
@@ -239,7 +290,7 @@ class ClipPiece:
   length: int
 
 
-class DecodeFn(beam.DoFn):
+class DecodeFn(_DecoderDoFn):
   """(entry, info, capacity) -> (shard, ClipPiece) for each written clip.
 
   The frames go to a per-video temporary file under the run's temp dir,
@@ -249,16 +300,11 @@ class DecodeFn(beam.DoFn):
   """
 
   def __init__(self, config: WriterConfig, total: int, temp_dir: str):
-    self._config = config
-    self._total = total
+    super().__init__(config, total)
     self._temp_dir = temp_dir
 
   def setup(self):
-    self._decoder = video_lib.TimeLimitedDecoder(self._config.video_timeout)
     self._progress = _Progress('decode', self._total, self._config.num_workers)
-
-  def teardown(self):
-    self._decoder.close()
 
   def process(self, element, plan):
     entry, info, _ = element
