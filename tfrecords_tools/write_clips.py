@@ -293,6 +293,8 @@ class ClipPiece:
 class DecodeFn(_DecoderDoFn):
   """(entry, info, capacity) -> (shard, ClipPiece) for each written clip.
 
+  Also (ordinal, clips written) on 'counts' and reasons on 'rejects'.
+
   The frames go to a per-video temporary file under the run's temp dir,
   never through the shuffle: only `ClipPiece`s (a few hundred bytes) travel
   between workers. A retried bundle writes a new file (unique name) and the
@@ -359,6 +361,8 @@ class DecodeFn(_DecoderDoFn):
       _counter('videos_written').inc()
     self._progress.update(videos=1, clips=len(pieces), frames=frames)
     yield from pieces
+    if pieces:
+      yield beam.pvalue.TaggedOutput('counts', (entry.ordinal, len(pieces)))
     if reject is not None:
       yield beam.pvalue.TaggedOutput('rejects', reject)
 
@@ -498,23 +502,22 @@ def build_pipeline(pipeline: beam.Pipeline,
       | 'Spread' >> beam.Reshuffle()
       | 'Probe' >> beam.ParDo(ProbeFn(config, total)).with_outputs(
           'rejects', main='ok'))
-  plan = (
-      probed.ok
-      | 'AllProbes' >> beam.combiners.ToList()
-      | 'Plan' >> beam.Map(plan_all, config))
+  # Global steps read whole PCollections as side inputs of a one-element
+  # PCollection (cheaper to build and run than combiners).
+  once = pipeline | 'Once' >> beam.Create([None])
+  plan = once | 'Plan' >> beam.Map(
+      lambda _, probes: plan_all(probes, config),
+      beam.pvalue.AsList(probed.ok))
   decoded = (
       probed.ok
       | 'SpreadDecode' >> beam.Reshuffle()
       | 'Decode' >> beam.ParDo(
           DecodeFn(config, total, temp_dir),
           plan=beam.pvalue.AsSingleton(plan)).with_outputs(
-              'rejects', main='clips'))
-  offsets = (
-      decoded.clips
-      | 'PerVideo' >> beam.Map(lambda kv: (kv[1].ordinal, 1))
-      | 'CountPerVideo' >> beam.CombinePerKey(sum)
-      | 'AllCounts' >> beam.combiners.ToList()
-      | 'Offsets' >> beam.Map(clip_offsets))
+              'rejects', 'counts', main='clips'))
+  offsets = once | 'Offsets' >> beam.Map(
+      lambda _, counts: clip_offsets(counts),
+      beam.pvalue.AsList(decoded.counts))
   # Every shard exists, even an empty one, so the shard pattern is complete.
   empty = pipeline | 'EveryShard' >> beam.Create(
       [(s, None) for s in range(config.num_shards)])
@@ -528,8 +531,7 @@ def build_pipeline(pipeline: beam.Pipeline,
   rejects = ((probed.rejects, decoded.rejects)
              | 'AllRejects' >> beam.Flatten())
   _ = (
-      pipeline
-      | 'Once' >> beam.Create([None])
+      once
       | 'Summary' >> beam.Map(
           write_summary, beam.pvalue.AsList(shard_stats),
           beam.pvalue.AsList(rejects), config=config,
