@@ -24,6 +24,7 @@ No gin here: `spl/configurables.py` makes `run` configurable.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -398,7 +399,7 @@ def predict(model: tf_keras.Model,
           strategy, strategy.run(replica_fn, args=(inputs,)))
   else:
     # Workers hold different shards, so no collective may run: each worker
-    # runs the (mirrored) model on its own, outside `strategy.run`.
+    # runs its own model (built outside the strategy by `run`) on its own.
     step = tf.function(replica_fn, reduce_retracing=True)
 
   written = []
@@ -709,7 +710,13 @@ def run(*,
   del probe
 
   chief = is_chief(strategy)
-  worker, _ = worker_info(strategy)
+  worker, num_workers = worker_info(strategy)
+  # Multi-worker prediction: workers predict different shards and finish at
+  # different times, so they must never meet in a collective. A mirrored
+  # model would (reading batch-norm moving statistics, ON_READ variables,
+  # outside a replica is an all-reduce), so each worker gets a model of its
+  # own, outside the strategy.
+  local_model = mode == 'predict' and num_workers > 1
   if chief:
     tf.io.gfile.makedirs(model_dir)
   previous_policy = tf_keras.mixed_precision.global_policy()
@@ -717,7 +724,7 @@ def run(*,
     tf_keras.mixed_precision.set_global_policy(
         'mixed_bfloat16' if mixed_precision == 'bfloat16' else 'mixed_float16')
   try:
-    with strategy.scope():
+    with contextlib.nullcontext() if local_model else strategy.scope():
       model = _build_model(model_fn, num_classes=num_classes,
                            input_shape=clip_shape)
       if hasattr(loss_fn, 'build'):

@@ -16,6 +16,8 @@ import tensorflow as tf
 
 from spl import main
 from spl import train_lib
+from spl.models import factory
+from tfrecords_tools import records
 from tfrecords_tools import schema
 from tfrecords_tools import testing
 
@@ -185,3 +187,82 @@ def test_multi_worker_mirrored_workers_end_with_same_weights(pattern,
   # checkpoints are gone.
   assert tf.train.latest_checkpoint(model_dir).endswith('ckpt-3')
   assert not [n for n in os.listdir(model_dir) if n.startswith('.worker')]
+
+
+PREDICT = os.path.join(ROOT, 'gin_configs', 'runs', 'predict_teacher.gin')
+
+
+@pytest.mark.slow
+def test_multi_worker_predict_covers_every_clip_once(pattern, tmp_path):
+  # 7 clips over 3 shards (3 + 2 + 2): worker 0 gets shards 0 and 2, worker 1
+  # shard 1, so the workers do unequal work and must never wait for each
+  # other.
+  data = tmp_path / 'web'
+  testing.write_fake_clip_records(str(data), num_clips=7, num_shards=3,
+                                  num_classes=3)
+  web = str(data / schema.shard_pattern())
+  # A teacher checkpoint of the tiny overlay's model (untrained: only
+  # coverage is checked here), written directly to save a training run.
+  model_dir = str(tmp_path / 'teacher')
+  teacher = factory.build_classifier('tiny3d', num_classes=3,
+                                     input_shape=(4, 32, 32, 3))
+  tf.train.CheckpointManager(
+      tf.train.Checkpoint(model=teacher, backbone=teacher.backbone),
+      model_dir, max_to_keep=1).save()
+  out_dir = tmp_path / 'predictions'
+
+  def predict_with_two_workers():
+    cluster = {'worker': [f'localhost:{p}' for p in _free_ports(2)]}
+    procs = []
+    for i in range(2):
+      tf_config = json.dumps({'cluster': cluster,
+                              'task': {'type': 'worker', 'index': i}})
+      procs.append(subprocess.Popen(
+          [sys.executable, '-m', 'spl.main', f'--gin_file={PREDICT}',
+           f'--gin_file={TINY}', f'--model_dir={model_dir}',
+           '--mode=predict', '--strategy=multi_worker_mirrored',
+           f"--gin_bindings=PREDICT_FILES = '{web}'",
+           f"--gin_bindings=PREDICTIONS_DIR = '{out_dir}'",
+           '--gin_bindings=NUM_CLASSES = 3',
+           '--gin_bindings=run.predict_top_k = 2'],
+          cwd=ROOT, env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT))
+    try:
+      outs = [p.communicate(timeout=300)[0].decode() for p in procs]
+    finally:
+      for p in procs:
+        if p.poll() is None:
+          p.kill()
+    for p, out in zip(procs, outs):
+      assert p.returncode == 0, out[-3000:]
+    return outs
+
+  predict_with_two_workers()
+  clips = {c[schema.CLIP_INDEX_KEY]: c[schema.CLIP_KEY_KEY]
+           for c in testing.parse_all(web)}
+  names = sorted(os.listdir(out_dir))
+  assert names == [schema.shard_name(i, 3, prefix='predictions')
+                   for i in range(3)]
+  preds = [records.parse_prediction_example(r) for r in
+           testing.read_records(str(out_dir / 'predictions-*'))]
+  assert sorted(p[schema.CLIP_INDEX_KEY] for p in preds) == list(range(7))
+  for p in preds:
+    assert p[schema.CLIP_KEY_KEY] == clips[p[schema.CLIP_INDEX_KEY]]
+    assert len(p[schema.PREDICTION_TOP_K_INDEX_KEY]) == 2
+  # Output shard i holds exactly the clips of input shard i.
+  for i, path in enumerate(sorted(tf.io.gfile.glob(web))):
+    expected = sorted(c[schema.CLIP_INDEX_KEY]
+                      for c in testing.parse_all(path))
+    got = sorted(records.parse_prediction_example(r)[schema.CLIP_INDEX_KEY]
+                 for r in testing.read_records(str(out_dir / names[i])))
+    assert got == expected
+  # A rerun after losing worker 1's shard redoes only that one: worker 0 has
+  # nothing left to do and must still exit cleanly.
+  finished = {n: (out_dir / n).stat().st_mtime_ns for n in names}
+  (out_dir / names[1]).unlink()
+  outs = predict_with_two_workers()
+  assert sorted(os.listdir(out_dir)) == names
+  for n in (names[0], names[2]):
+    assert (out_dir / n).stat().st_mtime_ns == finished[n]
+  assert len(testing.read_records(str(out_dir / names[1]))) == 2
+  assert 'exists, skipped' in outs[0]
