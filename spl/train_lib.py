@@ -54,6 +54,9 @@ PREDICTIONS_PREFIX = 'predictions'
 # Only these features go to the replicas: strings cannot go to a TPU, and
 # every extra tensor costs a host-to-device copy per step.
 _VIDEO_HASH = 'video_id_hash'
+# 1 for real records, 0 for the padding of `pad_batches` (int32: all-gathers
+# take no bool).
+_VALID = 'valid'
 
 DatasetFn = Callable[..., tf.data.Dataset]
 
@@ -242,15 +245,58 @@ def _train_features(element):
 
 
 def _eval_features(element):
+  label = element[input_pipeline.LABEL]
   return {input_pipeline.VIDEO: element[input_pipeline.VIDEO],
-          input_pipeline.LABEL: element[input_pipeline.LABEL],
+          input_pipeline.LABEL: label,
           _VIDEO_HASH: tf.strings.to_hash_bucket_fast(
-              element[input_pipeline.VIDEO_ID], 2**62)}
+              element[input_pipeline.VIDEO_ID], 2**62),
+          _VALID: tf.ones_like(label, tf.int32)}
 
 
 def _predict_features(element):
+  index = element[input_pipeline.CLIP_INDEX]
   return {input_pipeline.VIDEO: element[input_pipeline.VIDEO],
-          input_pipeline.CLIP_INDEX: element[input_pipeline.CLIP_INDEX]}
+          input_pipeline.CLIP_INDEX: index,
+          _VALID: tf.ones_like(index, tf.int32)}
+
+
+def pad_batches(dataset: tf.data.Dataset,
+                batch_size: int) -> tf.data.Dataset:
+  """Static-shape batches: the last one padded, then padding forever.
+
+  TPUs compile one program per input shape, so an evaluation that must see
+  every record cannot drop the last partial batch and cannot let it change
+  shape either. Every batch is padded to `batch_size` with zero examples
+  whose `_VALID` is 0, and all-padding batches follow without end, so
+  every replica of every host gets a full batch at every step however the
+  records are split over input pipelines. The caller stops at the first step
+  in which no replica holds a real record (decided on the all-gathered mask,
+  so all hosts stop together) and drops padding before any metric or output.
+
+  Args:
+    dataset: Batches of dicts that carry `_VALID` ([batch] int32).
+    batch_size: The batch size of `dataset`.
+
+  Returns:
+    An infinite dataset of batches with static leading dimension.
+  """
+  def pad(batch):
+    missing = batch_size - tf.shape(batch[_VALID])[0]
+
+    def pad_one(t):
+      t = tf.pad(t, [[0, missing]] + [[0, 0]] * (t.shape.rank - 1))
+      return tf.ensure_shape(t, [batch_size] + t.shape.as_list()[1:])
+    return tf.nest.map_structure(pad_one, batch)
+
+  padded = dataset.map(pad)
+  dummy = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype),
+                                padded.element_spec)
+  return padded.concatenate(tf.data.Dataset.from_tensors(dummy).repeat())
+
+
+def _is_tpu(strategy: tf.distribute.Strategy) -> bool:
+  return isinstance(strategy, (tf.distribute.TPUStrategy,
+                               tf.distribute.experimental.TPUStrategy))
 
 
 # ---- Evaluation ----
@@ -264,7 +310,8 @@ def evaluate(model: tf_keras.Model,
              num_classes: int,
              global_batch_size: int,
              top_k: Sequence[int] = (1, 5),
-             background_class: Optional[int] = None) -> Dict[str, Any]:
+             background_class: Optional[int] = None,
+             pad: bool = False) -> Dict[str, Any]:
   """Evaluates `model` on every record of `file_pattern` exactly once.
 
   Args:
@@ -276,6 +323,7 @@ def evaluate(model: tf_keras.Model,
     global_batch_size: Records per step summed over replicas.
     top_k: Accuracies to report.
     background_class: Class left out of `map` (SoccerNet).
+    pad: Static-shape batches (`pad_batches`), as a TPU needs.
 
   Returns:
     `metrics.classification_metrics` of the whole set.
@@ -283,12 +331,12 @@ def evaluate(model: tf_keras.Model,
   _check_positive(global_batch_size=global_batch_size)
 
   def make(ctx: tf.distribute.InputContext):
+    batch_size = ctx.get_per_replica_batch_size(global_batch_size)
     ds = dataset_fn(
-        file_pattern, is_training=False,
-        batch_size=ctx.get_per_replica_batch_size(global_batch_size),
+        file_pattern, is_training=False, batch_size=batch_size,
         input_context=ctx, num_classes=num_classes, repeat=False,
-        drop_remainder=False)
-    return ds.map(_eval_features)
+        drop_remainder=False).map(_eval_features)
+    return pad_batches(ds, batch_size) if pad else ds
 
   spec_ds = make(tf.distribute.InputContext())
   views_shape = spec_ds.element_spec[input_pipeline.VIDEO].shape
@@ -303,7 +351,7 @@ def evaluate(model: tf_keras.Model,
     flat = tf.reshape(video, tf.concat([[-1], tf.shape(video)[2:]], 0))
     logits = tf.cast(model(flat, training=False), tf.float32)
     return (metrics.average_views(logits, num_views),
-            inputs[input_pipeline.LABEL], inputs[_VIDEO_HASH])
+            inputs[input_pipeline.LABEL], inputs[_VIDEO_HASH], inputs[_VALID])
 
   @tf.function(reduce_retracing=True)
   def step(inputs):
@@ -312,10 +360,13 @@ def evaluate(model: tf_keras.Model,
 
   probs, labels, videos = [], [], []
   for inputs in dist:
-    p, l, v = step(inputs)
-    probs.append(p.numpy())
-    labels.append(l.numpy())
-    videos.append(v.numpy())
+    p, l, v, valid = (t.numpy() for t in step(inputs))
+    valid = valid.astype(bool)
+    if not valid.any():
+      break  # Only padding is left (`pad_batches`).
+    probs.append(p[valid])
+    labels.append(l[valid])
+    videos.append(v[valid])
   if not probs:
     raise ValueError(f'eval records {file_pattern!r} gave no batch')
   return metrics.classification_metrics(
@@ -364,7 +415,8 @@ def predict(model: tf_keras.Model,
             *,
             num_classes: int,
             global_batch_size: int,
-            top_k: int = 5) -> List[str]:
+            top_k: int = 5,
+            pad: bool = False) -> List[str]:
   """Writes teacher predictions: one output shard per input shard.
 
   Each output is `predictions-<i>-of-<n>.tfrecord` for input shard i of n
@@ -372,7 +424,8 @@ def predict(model: tf_keras.Model,
   is never partial and a rerun skips it. Every shard's output is checked to
   hold each clip of the input exactly once before it is renamed. With
   several workers, worker w takes shards w, w + W, ...; within a worker the
-  batch is split over its replicas.
+  batch is split over its replicas. `pad` gives static-shape batches
+  (`pad_batches`), as a TPU needs.
 
   Returns:
     The output paths this worker wrote (skipped ones excluded).
@@ -390,7 +443,8 @@ def predict(model: tf_keras.Model,
     probs = metrics.average_views(
         tf.cast(model(flat, training=False), tf.float32), num_views)
     scores, classes = tf.math.top_k(probs, k=k)
-    return inputs[input_pipeline.CLIP_INDEX], classes, scores
+    return (inputs[input_pipeline.CLIP_INDEX], classes, scores,
+            inputs[_VALID])
 
   if num_workers == 1:
     @tf.function(reduce_retracing=True)
@@ -415,14 +469,19 @@ def predict(model: tf_keras.Model,
     ds = dataset_fn(path, is_training=False, batch_size=global_batch_size,
                     input_context=None, num_classes=None, repeat=False,
                     drop_remainder=False).map(_predict_features)
+    if pad:
+      ds = pad_batches(ds, global_batch_size)
     if num_workers == 1:
       ds = strategy.experimental_distribute_dataset(ds)
     seen = set()
     tmp = out + '.tmp-partial'
     with tf.io.TFRecordWriter(tmp) as writer:
       for inputs in ds:
-        idx, classes, scores = (t.numpy() for t in step(inputs))
-        for c, cls, sc in zip(idx, classes, scores):
+        idx, classes, scores, valid = (t.numpy() for t in step(inputs))
+        valid = valid.astype(bool)
+        if not valid.any():
+          break  # Only padding is left (`pad_batches`).
+        for c, cls, sc in zip(idx[valid], classes[valid], scores[valid]):
           c = int(c)
           if c in seen or c not in keys:
             raise RuntimeError(f'predict: clip {c} of {path!r} predicted '
@@ -583,6 +642,7 @@ def run(*,
         eval_top_k: Sequence[int] = (1, 5),
         eval_background_class: Optional[int] = None,
         predict_top_k: int = 5,
+        pad_eval_batches: Optional[bool] = None,
         setup_done: Optional[Callable[[], None]] = None) -> Dict[str, Any]:
   """Trains, evaluates or predicts; the whole job behind `spl.main`.
 
@@ -637,6 +697,9 @@ def run(*,
     eval_top_k: Top-k accuracies reported.
     eval_background_class: Class id excluded from mAP (SoccerNet).
     predict_top_k: Classes kept per clip in predictions.
+    pad_eval_batches: Evaluate and predict with static-shape batches (the
+      last one padded, padding ignored; `pad_batches`). None: only under a
+      TPUStrategy, which needs them.
     setup_done: Called once everything is built and restored, before the
       first step (the entry point writes the operative gin config there).
 
@@ -673,6 +736,8 @@ def run(*,
                      f'multiple of the {num_replicas} replicas')
   eval_dataset_fn = eval_dataset_fn or dataset_fn
   eval_global_batch_size = eval_global_batch_size or global_batch_size
+  if pad_eval_batches is None:
+    pad_eval_batches = _is_tpu(strategy)
   training = mode in ('train', 'train_and_eval')
   evaluating = mode in ('eval', 'train_and_eval')
 
@@ -789,7 +854,7 @@ def run(*,
                         predict_file_pattern, out_dir,
                         num_classes=num_classes,
                         global_batch_size=eval_global_batch_size,
-                        top_k=predict_top_k)
+                        top_k=predict_top_k, pad=pad_eval_batches)
       return {'predictions_dir': out_dir, 'written': written,
               'checkpoint': restored_from}
 
@@ -802,7 +867,8 @@ def run(*,
                         num_classes=num_classes,
                         global_batch_size=eval_global_batch_size,
                         top_k=eval_top_k,
-                        background_class=eval_background_class)
+                        background_class=eval_background_class,
+                        pad=pad_eval_batches)
       if chief:
         _write_eval(model_dir, step, result, eval_writer)
       return result

@@ -258,3 +258,57 @@ def test_weight_decay_skips_norm_and_bias():
   decayed = optimization.decayed_variables(model.trainable_variables)
   names = [v.name for v in decayed]
   assert names and all('kernel' in n for n in names)
+
+
+# ---- Static-shape (TPU) evaluation: padded == unpadded ----
+
+
+def test_padded_eval_and_predict_equal_unpadded(trained, data, tmp_path,
+                                                logical_cpus):
+  # 7 records (shards of 4 + 3), global batch 4 over 2 replicas: the last
+  # batch of one input pipeline is partial, and the two pipelines run out
+  # at different steps.
+  model_dir, _ = trained
+  strategy = _mirrored(logical_cpus[:2])
+  with strategy.scope():
+    model = _tiny_model(NUM_CLASSES, (4, 32, 32, 3))
+    model(tf.zeros((1, 4, 32, 32, 3)), training=False)
+  tf.train.Checkpoint(model=model).read(
+      tf.train.latest_checkpoint(model_dir)).expect_partial()
+  dataset_fn = functools.partial(input_pipeline.make_dataset, **TINY_DATA)
+  results = {pad: train_lib.evaluate(
+      model, strategy, dataset_fn, data, num_classes=NUM_CLASSES,
+      global_batch_size=4, pad=pad) for pad in (False, True)}
+  assert results[True]['num_clips'] == results[False]['num_clips'] == 7
+  assert results[True]['num_videos'] == results[False]['num_videos']
+  assert results[True]['confusion_matrix'] == results[False][
+      'confusion_matrix']
+  for key, value in results[False].items():
+    if isinstance(value, float):
+      assert results[True][key] == pytest.approx(value, abs=1e-6), key
+
+  padded = train_lib.pad_batches(
+      dataset_fn(data, is_training=False, batch_size=4, repeat=False,
+                 drop_remainder=False, input_context=None,
+                 num_classes=None).map(train_lib._predict_features), 4)
+  assert padded.element_spec[input_pipeline.VIDEO].shape[0] == 4
+
+  preds = {}
+  for pad in (False, True):
+    out_dir = str(tmp_path / f'pred_{pad}')
+    train_lib.predict(model, strategy, dataset_fn, data, out_dir,
+                      num_classes=NUM_CLASSES, global_batch_size=4, pad=pad)
+    preds[pad] = {
+        p[schema.CLIP_INDEX_KEY]: p for p in (
+            records.parse_prediction_example(r) for r in
+            testing.read_records(os.path.join(out_dir, 'predictions-*')))}
+    assert len(testing.read_records(os.path.join(out_dir, 'predictions-*'))
+               ) == 7
+  assert sorted(preds[True]) == sorted(preds[False]) == list(range(7))
+  for c, p in preds[False].items():
+    q = preds[True][c]
+    assert q[schema.PREDICTION_TOP_K_INDEX_KEY] == p[
+        schema.PREDICTION_TOP_K_INDEX_KEY]
+    np.testing.assert_allclose(q[schema.PREDICTION_TOP_K_SCORE_KEY],
+                               p[schema.PREDICTION_TOP_K_SCORE_KEY],
+                               rtol=1e-6)
