@@ -20,6 +20,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 from matplotlib import colors
 from matplotlib import patches
+from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -28,6 +29,16 @@ OFF_DIAGONAL_COLOR = '#ff7f0e'
 # Above this many classes, tick labels are unreadable: use indices only.
 _MAX_NAMED_TICKS = 30
 _DPI = 80
+
+
+def _plain_log_labels(axis) -> None:
+  """Plain numbers (1, 10, 100) on a log axis, no minor labels.
+
+  Matplotlib's default log labels are mathtext (10^2), whose parser costs
+  more than the rest of a plot.
+  """
+  axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f'{v:g}'))
+  axis.set_minor_formatter(ticker.NullFormatter())
 
 
 def _png(fig: Figure) -> bytes:
@@ -65,7 +76,8 @@ def confusion_matrix_png(confusion: Any, names: Sequence[str],
   vmax = max(1, int(c.max()) if c.size else 1)
   image = ax.imshow(masked, cmap='viridis', interpolation='nearest',
                     norm=colors.LogNorm(vmin=1, vmax=max(vmax, 2)))
-  fig.colorbar(image, ax=ax, label='clips (log scale)')
+  bar = fig.colorbar(image, ax=ax, label='clips (log scale)')
+  _plain_log_labels(bar.ax.yaxis)
   ax.set_xlabel('teacher prediction')
   ax.set_ylabel('weak label')
   ax.set_title(title)
@@ -110,6 +122,7 @@ def class_counts_png(space: Mapping[str, Any]) -> bytes:
   if log:
     ax.set_yscale('log')
     ax.set_ylim(bottom=bottom)
+    _plain_log_labels(ax.yaxis)
   ax.set_xlabel(f'{space["variant"]} classes, sorted by clip count')
   ax.set_ylabel('clips')
   ax.set_title(f'{space["id"]}: {space["num_classes"]} classes, '

@@ -37,16 +37,19 @@ import os
 import posixpath
 import sys
 import uuid
+from concurrent import futures
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 import numpy as np
 import tensorflow as tf
 
-from spl import label_space_plots
 from spl import label_spaces
 from tfrecords_tools import records
 from tfrecords_tools import schema
@@ -127,37 +130,60 @@ def _float_feature(value: float) -> tf.train.Feature:
 
 # ---- Pass 1: contexts and predictions ----
 
+# First item of the values joined on `clip/index`.
+_CLIP, _PRED = 0, 1
+
+
+def _error(kind: str, message: str) -> beam.pvalue.TaggedOutput:
+  return beam.pvalue.TaggedOutput('error', ('error', kind, message))
+
 
 def read_shard_contexts(path: str) -> Iterable[Any]:
-  """Yields `(clip_index, (path, clip_key, weak))` for each record of a shard.
+  """Yields `(clip_index, (_CLIP, path, clip_key, weak))` per clip of a shard.
 
-  Problems come out as `beam.pvalue.TaggedOutput('error', (kind, message))`.
+  Only the contexts are read (`tfrecord_io.read_contexts`); the frames are
+  seeked over, their checksum is verified by pass 2, which reads them anyway.
+  Problems come out as `_error` outputs; a corrupt or truncated shard is one
+  problem naming the file and byte offset.
   """
-  with FileSystems.open(path, compression_type=_UNCOMPRESSED) as f:
-    for i, payload in enumerate(tfrecord_io.read_contexts(f, path)):
-      where = f'{path} record {i}'
-      try:
-        feature_map = tf.train.Features.FromString(payload).feature
-        clip_index = _int(feature_map, schema.CLIP_INDEX_KEY, where)
-        weak = _int(feature_map, schema.WEAK_LABEL_INDEX_KEY, where)
-      except Exception as e:  # pylint: disable=broad-except
-        yield beam.pvalue.TaggedOutput('error', ('bad_record', str(e)))
-        continue
-      yield clip_index, (path, _text(feature_map, schema.CLIP_KEY_KEY), weak)
-
-
-def _parse_prediction(serialized: bytes) -> Iterable[Any]:
-  """Yields `(clip_index, (key, num_classes, top-1, score))` or an error."""
   try:
-    p = records.parse_prediction_example(serialized)
-  except Exception as e:  # pylint: disable=broad-except
-    yield beam.pvalue.TaggedOutput('error', (
-        'bad_prediction', f'unreadable prediction record: {e}'))
-    return
-  yield p[schema.CLIP_INDEX_KEY], (
-      p[schema.CLIP_KEY_KEY], p[schema.PREDICTION_NUM_CLASSES_KEY],
-      p[schema.PREDICTION_TOP_K_INDEX_KEY][0],
-      p[schema.PREDICTION_TOP_K_SCORE_KEY][0])
+    with FileSystems.open(path, compression_type=_UNCOMPRESSED) as f:
+      for i, payload in enumerate(tfrecord_io.read_contexts(f, path)):
+        where = f'{path} record {i}'
+        try:
+          feature_map = tf.train.Features.FromString(payload).feature
+          clip_index = _int(feature_map, schema.CLIP_INDEX_KEY, where)
+          weak = _int(feature_map, schema.WEAK_LABEL_INDEX_KEY, where)
+        except Exception as e:  # pylint: disable=broad-except
+          yield _error('bad_record', str(e))
+          continue
+        yield clip_index, (_CLIP, path, _text(feature_map,
+                                              schema.CLIP_KEY_KEY), weak)
+  except tfrecord_io.CorruptRecordError as e:
+    yield _error('corrupt_shard', str(e))
+
+
+def read_prediction_file(path: str) -> Iterable[Any]:
+  """Yields `(clip_index, (_PRED, key, num_classes, top-1, score))` per record.
+
+  The records are CRC-checked by `tfrecord_io` (google-crc32c), like every
+  other read of the job.
+  """
+  try:
+    with FileSystems.open(path, compression_type=_UNCOMPRESSED) as f:
+      for i, serialized in enumerate(tfrecord_io.read_records(f, path)):
+        try:
+          p = records.parse_prediction_example(serialized)
+        except Exception as e:  # pylint: disable=broad-except
+          yield _error('bad_prediction', f'{path} record {i}: unreadable '
+                       f'prediction record: {e}')
+          continue
+        yield p[schema.CLIP_INDEX_KEY], (
+            _PRED, p[schema.CLIP_KEY_KEY], p[schema.PREDICTION_NUM_CLASSES_KEY],
+            p[schema.PREDICTION_TOP_K_INDEX_KEY][0],
+            p[schema.PREDICTION_TOP_K_SCORE_KEY][0])
+  except tfrecord_io.CorruptRecordError as e:
+    yield _error('corrupt_predictions', str(e))
 
 
 class _MatchClips(beam.DoFn):
@@ -167,95 +193,117 @@ class _MatchClips(beam.DoFn):
     self._n = num_classes
 
   def process(self, element):
-    clip_index, grouped = element
-    clips = sorted(grouped['clip'])
-    preds = sorted(grouped['pred'])
-    err = lambda kind, msg: beam.pvalue.TaggedOutput('error', (kind, msg))
+    clip_index, values = element
+    clips = sorted(v[1:] for v in values if v[0] == _CLIP)
+    preds = sorted(v[1:] for v in values if v[0] == _PRED)
     if not clips:
       for key, *_ in preds:
-        yield err('unknown_clip', f'prediction for unknown clip: clip/index '
-                  f'{clip_index} (key {key!r}) is in no clip record')
+        yield _error('unknown_clip', f'prediction for unknown clip: clip/index '
+                     f'{clip_index} (key {key!r}) is in no clip record')
       return
     if len(clips) > 1:
-      yield err('duplicate_clip', f'clip/index {clip_index} appears in '
-                f'{len(clips)} records: {[c[:2] for c in clips]}')
+      yield _error('duplicate_clip', f'clip/index {clip_index} appears in '
+                   f'{len(clips)} records: {[c[:2] for c in clips]}')
       return
     path, clip_key, weak = clips[0]
     if not preds:
-      yield err('missing_prediction', f'record without prediction: clip/index '
-                f'{clip_index} (key {clip_key!r}) in {path}')
+      yield _error('missing_prediction', f'record without prediction: '
+                   f'clip/index {clip_index} (key {clip_key!r}) in {path}')
       return
     if len(preds) > 1:
-      yield err('duplicate_prediction', f'clip/index {clip_index} has '
-                f'{len(preds)} predictions')
+      yield _error('duplicate_prediction', f'clip/index {clip_index} has '
+                   f'{len(preds)} predictions')
       return
     pred_key, num_classes, teacher, score = preds[0]
     if pred_key != clip_key:
-      yield err('unknown_clip', f'prediction for unknown clip: clip/index '
-                f'{clip_index} has key {pred_key!r} in the predictions but '
-                f'{clip_key!r} in {path}')
+      yield _error('unknown_clip', f'prediction for unknown clip: clip/index '
+                   f'{clip_index} has key {pred_key!r} in the predictions but '
+                   f'{clip_key!r} in {path}')
       return
     if num_classes != self._n:
-      yield err('num_classes', f'teacher with a different N: clip/index '
-                f'{clip_index} was predicted over prediction/num_classes='
-                f'{num_classes} classes, the label map has {self._n}')
+      yield _error('num_classes', f'teacher with a different N: clip/index '
+                   f'{clip_index} was predicted over prediction/num_classes='
+                   f'{num_classes} classes, the label map has {self._n}')
       return
     if not 0 <= teacher < self._n or not 0 <= weak < self._n:
-      yield err('out_of_range', f'clip/index {clip_index}: weak label {weak} '
-                f'or teacher class {teacher} not in [0, {self._n})')
+      yield _error('out_of_range', f'clip/index {clip_index}: weak label '
+                   f'{weak} or teacher class {teacher} not in [0, {self._n})')
       return
     yield path, (clip_index, weak, teacher, score)
 
 
-class _ConfusionFn(beam.CombineFn):
-  """Sums (weak, teacher) pairs into an N x N int64 matrix."""
+class _ShardClips(beam.DoFn):
+  """One shard's matched clips, sorted, and the shard's confusion counts.
+
+  The main output feeds pass 2 (one element per shard, so a shard is
+  rewritten by one DoFn call); the `confusion` output is the shard's part of
+  C[weak, teacher], summed by `_Pass1Fn`: per-shard, not per-clip, elements.
+  """
+
+  def __init__(self, num_classes: int):
+    self._n = num_classes
+
+  def process(self, element):
+    path, values = element
+    clips = sorted(v for v in values if v is not None)
+    confusion = np.zeros((self._n, self._n), np.int64)
+    if clips:
+      pairs = np.array([(w, t) for _, w, t, _ in clips], np.int64)
+      np.add.at(confusion, (pairs[:, 0], pairs[:, 1]), 1)
+    yield beam.pvalue.TaggedOutput('confusion', ('confusion', confusion))
+    yield path, clips
+
+
+class _Pass1Fn(beam.CombineFn):
+  """Sums the confusion matrix and counts the problems of pass 1.
+
+  Inputs are `('confusion', [N, N] counts)` or `('error', kind, message)`.
+  The first `_MAX_ERROR_MESSAGES` messages (in sorted order) are kept, all
+  are counted.
+  """
 
   def __init__(self, num_classes: int):
     self._n = num_classes
 
   def create_accumulator(self):
-    return np.zeros((self._n, self._n), np.int64)
+    return np.zeros((self._n, self._n), np.int64), {}, []
 
-  def add_input(self, acc, pair):
-    acc[pair[0], pair[1]] += 1
-    return acc
-
-  def merge_accumulators(self, accs):
-    accs = list(accs)
-    out = accs[0]
-    for a in accs[1:]:
-      out = out + a
-    return out
-
-  def extract_output(self, acc):
-    return acc.tolist()
-
-
-class _ErrorSummaryFn(beam.CombineFn):
-  """Counts problems per kind; keeps the first messages in sorted order."""
-
-  def create_accumulator(self):
-    return {}, []
-
-  def add_input(self, acc, error):
-    counts, messages = acc
-    kind, message = error
+  def add_input(self, acc, item):
+    confusion, counts, messages = acc
+    if item[0] == 'confusion':
+      return confusion + item[1], counts, messages
+    _, kind, message = item
+    counts = dict(counts)
     counts[kind] = counts.get(kind, 0) + 1
-    messages = sorted(messages + [message])[:_MAX_ERROR_MESSAGES]
-    return counts, messages
+    return confusion, counts, sorted(messages + [message])[:_MAX_ERROR_MESSAGES]
 
   def merge_accumulators(self, accs):
-    counts, messages = {}, []
-    for c, m in accs:
-      for k, v in c.items():
+    confusion, counts, messages = self.create_accumulator()
+    for c, n, m in accs:
+      confusion = confusion + c
+      for k, v in n.items():
         counts[k] = counts.get(k, 0) + v
       messages = sorted(messages + m)[:_MAX_ERROR_MESSAGES]
-    return counts, messages
+    return confusion, counts, messages
 
   def extract_output(self, acc):
-    counts, messages = acc
-    return {'count': sum(counts.values()), 'by_kind': dict(sorted(
-        counts.items())), 'first': messages}
+    confusion, counts, messages = acc
+    return {'confusion': confusion.tolist(),
+            'errors': {'count': sum(counts.values()),
+                       'by_kind': dict(sorted(counts.items())),
+                       'first': messages}}
+
+
+def _with_label_space(summary: Dict[str, Any], variant: str,
+                      names: Sequence[str], k: Optional[int],
+                      target_scr: Optional[float]) -> Dict[str, Any]:
+  """Adds the label space to the pass-1 summary (None if pass 1 failed)."""
+  space = None
+  if not summary['errors']['count']:
+    space = label_spaces.make_label_space(
+        variant, np.asarray(summary['confusion'], np.int64), names, k=k,
+        target_scr=target_scr)
+  return dict(summary, space=space)
 
 
 # ---- Pass 2: rewrite one shard ----
@@ -334,33 +382,93 @@ def rewrite_shard(in_path: str, out_path: str,
   return stats
 
 
-class _RewriteShard(beam.DoFn):
-  """Pass 2 for one shard, unless pass 1 found problems."""
+# The work item of pass 2 that renders the plots (every other item is a
+# shard).
+_PLOTS = '<plots>'
 
-  def __init__(self, output_dir: str):
+
+def render_plots(space: Mapping[str, Any],
+                 confusion: Sequence[Sequence[int]]) -> Dict[str, bytes]:
+  """PNG bytes of the three plots, by file name; needs only pass 1's output."""
+  # pylint: disable=g-import-not-at-top
+  # matplotlib is imported here, on the plotting thread, not by every user
+  # of this module.
+  from spl import label_space_plots
+  # pylint: enable=g-import-not-at-top
+  curve = label_spaces.scr_curve(confusion)
+  return {
+      CONFUSION_PNG: label_space_plots.confusion_matrix_png(
+          confusion, space['input_classes']),
+      CLASS_COUNTS_PNG: label_space_plots.class_counts_png(space),
+      SCR_CURVE_PNG: label_space_plots.scr_curve_png(
+          curve, space['k'] if space['k'] else None, space['target_scr']),
+  }
+
+
+class _Pass2(beam.DoFn):
+  """Pass 2 work items: rewrite a shard, or render the plots.
+
+  The items of a bundle run on a small thread pool, plots first: rewriting
+  is file I/O and CRC (the GIL is free for much of it) and the plots need
+  only the label space, so they are drawn while shards are copied instead of
+  after the last one. Nothing runs when pass 1 found problems. Every shard
+  gives exactly one output element, so the finish step always runs.
+  """
+
+  def __init__(self, output_dir: str, max_threads: int):
     self._output_dir = output_dir
+    self._max_threads = max_threads
 
-  def process(self, element, space, errors):
-    path, grouped = element
-    if errors['count']:
-      return
-    teachers = {idx: (teacher, score)
-                for idx, _, teacher, score in grouped['clips']}
+  def start_bundle(self):
+    self._items = []
+
+  def process(self, element, pass1):
+    self._items.append((element, pass1))
+
+  def _run(self, element, pass1):
+    space = pass1['space']
+    if element == _PLOTS:
+      return ('plots', render_plots(space, pass1['confusion'])
+              if space is not None else {})
+    path, clips = element
+    if space is None:
+      return ('shard', {'shard': posixpath.basename(path), 'skipped': True})
+    teachers = {idx: (teacher, score) for idx, _, teacher, score in clips}
     out = _join(self._output_dir, posixpath.basename(path))
-    yield rewrite_shard(path, out, teachers, space)
+    return ('shard', rewrite_shard(path, out, teachers, space))
+
+  def finish_bundle(self):
+    items = sorted(self._items, key=lambda it: it[0] != _PLOTS)
+    self._items = []
+    if not items:
+      return
+    threads = max(1, min(len(items), self._max_threads))
+    with futures.ThreadPoolExecutor(threads) as pool:
+      results = [pool.submit(self._run, *it) for it in items]
+      outputs = [r.result() for r in results]
+    for out in outputs:
+      yield WindowedValue(out, MIN_TIMESTAMP, [GlobalWindow()])
 
 
 # ---- Finish: check the totals, write the side files ----
 
 
-def _finish(shard_stats: List[Dict[str, Any]], space, errors, confusion,
+def _finish(results: List[Tuple[str, Any]], pass1: Mapping[str, Any],
             output_dir: str, num_shards: int) -> None:
+  """Checks input = written + dropped and writes the side files.
+
+  Writes `relabel_stats.json` (also when pass 1 failed, with the problems);
+  on success the plots, the label map and, last, `label_space.json`.
+  """
+  errors, space, confusion = pass1['errors'], pass1['space'], pass1['confusion']
   stats: Dict[str, Any] = {'errors': errors}
   if errors['count']:
     stats['status'] = 'failed'
     records.write_json_atomic(_join(output_dir, STATS_FILENAME), stats)
     return
-  shard_stats = sorted(shard_stats, key=lambda s: s['shard'])
+  shard_stats = sorted((r for kind, r in results if kind == 'shard'),
+                       key=lambda s: s['shard'])
+  plots = [r for kind, r in results if kind == 'plots']
   totals = {k: sum(s[k] for s in shard_stats)
             for k in ('input', 'written', 'dropped', 'bytes_in', 'bytes_out')}
   class_counts = np.sum([s['class_counts'] for s in shard_stats] or
@@ -368,6 +476,8 @@ def _finish(shard_stats: List[Dict[str, Any]], space, errors, confusion,
   problems = []
   if len(shard_stats) != num_shards:
     problems.append(f'{len(shard_stats)} shards written of {num_shards}')
+  if len(plots) != 1:
+    problems.append(f'{len(plots)} sets of plots rendered, expected 1')
   if totals['input'] != totals['written'] + totals['dropped']:
     problems.append(f'{totals["input"]} clips in != {totals["written"]} '
                     f'written + {totals["dropped"]} dropped')
@@ -381,7 +491,6 @@ def _finish(shard_stats: List[Dict[str, Any]], space, errors, confusion,
     problems.append('per-class written counts differ from the label space')
   if problems:
     raise RelabelError('relabel totals do not add up: ' + '; '.join(problems))
-  curve = label_spaces.scr_curve(confusion)
   stats.update({
       'status': 'ok',
       'label_space_id': space['id'],
@@ -395,17 +504,10 @@ def _finish(shard_stats: List[Dict[str, Any]], space, errors, confusion,
       'class_counts': class_counts.tolist(),
       'shards': shard_stats,
       'confusion_matrix': confusion,
-      'scr_by_k': curve,
+      'scr_by_k': label_spaces.scr_curve(confusion),
   })
-  names = space['input_classes']
-  _write_bytes_atomic(_join(output_dir, CONFUSION_PNG),
-                      label_space_plots.confusion_matrix_png(confusion, names))
-  _write_bytes_atomic(_join(output_dir, CLASS_COUNTS_PNG),
-                      label_space_plots.class_counts_png(space))
-  _write_bytes_atomic(
-      _join(output_dir, SCR_CURVE_PNG),
-      label_space_plots.scr_curve_png(
-          curve, space['k'] if space['k'] else None, space['target_scr']))
+  for name, png in sorted(plots[0].items()):
+    _write_bytes_atomic(_join(output_dir, name), png)
   # Name -> class id; ids are the label space's (N*w + t for spl), so the
   # names need not sort in id order.
   records.write_json_atomic(
@@ -429,44 +531,57 @@ def _match_shards(pattern: str, what: str) -> List[str]:
 
 
 def build_pipeline(pipeline: beam.Pipeline, *, shards: Sequence[str],
-                   predictions: str, names: Sequence[str], variant: str,
-                   k: Optional[int], target_scr: Optional[float],
-                   output_dir: str) -> None:
-  """Adds pass 1, pass 2 and the finish step to `pipeline`."""
+                   prediction_files: Sequence[str], names: Sequence[str],
+                   variant: str, k: Optional[int], target_scr: Optional[float],
+                   output_dir: str, max_threads: int = 2,
+                   reshuffle: bool = True) -> None:
+  """Adds pass 1, pass 2 and the finish step to `pipeline`.
+
+  Few stages on purpose (each costs the DirectRunner a bundle): per-clip
+  elements only where the join on `clip/index` needs them, per-shard
+  elements everywhere else, one combine for the confusion matrix and the
+  problems of pass 1.
+
+  Args:
+    max_threads: threads that run the pass-2 items of one bundle.
+    reshuffle: spread the shard list over workers before pass 1 (what a
+      distributed runner wants; a one-process DirectRunner does not).
+    (The others as in `relabel`.)
+  """
   n = len(names)
-  paths = pipeline | 'Shards' >> beam.Create(list(shards))
+  paths = pipeline | 'Shards' >> beam.Create(list(shards), reshuffle=reshuffle)
   contexts = paths | 'ReadContexts' >> beam.ParDo(
       read_shard_contexts).with_outputs('error', main='clips')
   preds = (pipeline
-           | 'ReadPredictions' >> beam.io.ReadFromTFRecord(predictions)
-           | 'ParsePredictions' >> beam.ParDo(_parse_prediction).with_outputs(
-               'error', main='ok'))
-  matched = ({'clip': contexts.clips, 'pred': preds.ok}
-             | 'JoinOnClipIndex' >> beam.CoGroupByKey()
+           | 'PredictionFiles' >> beam.Create(list(prediction_files),
+                                              reshuffle=reshuffle)
+           | 'ReadPredictions' >> beam.ParDo(read_prediction_file).with_outputs(
+               'error', main='preds'))
+  matched = ((contexts.clips, preds.preds)
+             | 'FlattenClipsAndPredictions' >> beam.Flatten()
+             | 'JoinOnClipIndex' >> beam.GroupByKey()
              | 'Match' >> beam.ParDo(_MatchClips(n)).with_outputs(
                  'error', main='ok'))
-  errors = ((contexts.error, preds.error, matched.error)
-            | 'AllErrors' >> beam.Flatten()
-            | 'SummariseErrors' >> beam.CombineGlobally(_ErrorSummaryFn()))
-  confusion = (matched.ok
-               | 'Pairs' >> beam.Map(lambda kv: (kv[1][1], kv[1][2]))
-               | 'Confusion' >> beam.CombineGlobally(_ConfusionFn(n)))
-  space = confusion | 'LabelSpace' >> beam.Map(
-      lambda c: label_spaces.make_label_space(
-          variant, np.asarray(c, np.int64), names, k=k,
-          target_scr=target_scr))
-  shard_stats = ({'path': paths | 'KeyShards' >> beam.Map(lambda p: (p, p)),
-                  'clips': matched.ok}
-                 | 'GroupByShard' >> beam.CoGroupByKey()
-                 | 'Rewrite' >> beam.ParDo(
-                     _RewriteShard(output_dir), beam.pvalue.AsSingleton(space),
-                     beam.pvalue.AsSingleton(errors)))
-  _ = (shard_stats
-       | 'CollectStats' >> beam.combiners.ToList()
+  by_shard = ((matched.ok, paths | 'KeyShards' >> beam.Map(lambda p: (p, None)))
+              | 'FlattenShards' >> beam.Flatten()
+              | 'GroupByShard' >> beam.GroupByKey()
+              | 'ShardClips' >> beam.ParDo(_ShardClips(n)).with_outputs(
+                  'confusion', main='clips'))
+  pass1 = ((contexts.error, preds.error, matched.error, by_shard.confusion)
+           | 'FlattenPass1' >> beam.Flatten()
+           | 'Pass1' >> beam.CombineGlobally(_Pass1Fn(n)).without_defaults()
+           | 'LabelSpace' >> beam.Map(_with_label_space, variant, names, k,
+                                      target_scr))
+  _ = ((by_shard.clips, pipeline | 'PlotsItem' >> beam.Create([_PLOTS]))
+       | 'FlattenWork' >> beam.Flatten()
+       | 'Pass2' >> beam.ParDo(_Pass2(output_dir, max_threads),
+                               beam.pvalue.AsSingleton(pass1))
+       | 'KeyAll' >> beam.Map(lambda result: (None, result))
+       | 'Collect' >> beam.GroupByKey()
        | 'Finish' >> beam.Map(
-           _finish, beam.pvalue.AsSingleton(space),
-           beam.pvalue.AsSingleton(errors), beam.pvalue.AsSingleton(confusion),
-           output_dir, len(shards)))
+           lambda kv, pass1: _finish(list(kv[1]), pass1, output_dir,
+                                     len(shards)),
+           beam.pvalue.AsSingleton(pass1)))
 
 
 def _make_runner(runner: str, options: PipelineOptions) -> Any:
@@ -535,7 +650,7 @@ def relabel(*, records_pattern: str, predictions_pattern: str, variant: str,
   if not output_dir:
     raise ValueError('`output_dir` must be set')
   shards = _match_shards(records_pattern, 'records')
-  _match_shards(predictions_pattern, 'predictions')
+  prediction_files = _match_shards(predictions_pattern, 'predictions')
   input_dirs = {os.path.dirname(p) for p in shards}
   if len(input_dirs) != 1:
     raise ValueError(f'`records` must match shards of one directory (the one '
@@ -553,9 +668,11 @@ def relabel(*, records_pattern: str, predictions_pattern: str, variant: str,
       f'--runner={runner}', f'--direct_num_workers={direct_num_workers}'])
   with beam.Pipeline(runner=_make_runner(runner, options),
                      options=options) as p:
-    build_pipeline(p, shards=shards, predictions=predictions_pattern,
+    build_pipeline(p, shards=shards, prediction_files=prediction_files,
                    names=names, variant=variant, k=k, target_scr=target_scr,
-                   output_dir=output_dir)
+                   output_dir=output_dir,
+                   reshuffle=runner not in ('DirectRunner', 'direct') or
+                   direct_num_workers > 1)
   with FileSystems.open(_join(output_dir, STATS_FILENAME),
                         compression_type=_UNCOMPRESSED) as f:
     stats = json.loads(f.read().decode('utf-8'))

@@ -222,37 +222,59 @@ def context_field(context_payload: bytes) -> bytes:
           encode_varint(len(context_payload)) + context_payload)
 
 
+def _file_size(f: BinaryIO) -> int:
+  pos = f.tell()
+  size = f.seek(0, 2)
+  f.seek(pos)
+  return size
+
+
+# Bytes read with a record header in one call: tag + length of the context
+# field and, usually, the whole context (a clip context is a few hundred
+# bytes), so the context-only reader makes one small read per record.
+_CONTEXT_PEEK = 1024
+
+
 def read_contexts(f: BinaryIO, path: str = '<file>') -> Iterator[bytes]:
   """Yields the context payload of every SequenceExample in a TFRecord file.
 
   Reads only the context bytes and seeks over the frames, so it costs a few
   hundred bytes per clip whatever the clip size. The length checksum is
-  verified; the data checksum is not (whoever reads the full record checks
-  it). Falls back to reading the whole record when the context is not its
-  first field.
+  verified, and every record must end inside the file (a truncated shard is
+  an error, not a shorter shard); the data checksum is not verified (whoever
+  reads the full record checks it). Falls back to reading the whole record
+  when the context is not its first field.
 
   Args:
     f: seekable binary file object at a record boundary.
     path: file name for error messages.
+
+  Raises:
+    CorruptRecordError: bad length checksum, a record that runs past the end
+      of the file, or a record that is not a SequenceExample, naming `path`
+      and the byte offset.
   """
-  offset = 0
-  while True:
+  offset = f.tell()
+  size = _file_size(f)
+  while offset < size:
     f.seek(offset)
-    header = f.read(12)
-    if not header:
-      return
-    length = _record_length(header, path, offset)
-    prefix = f.read(min(length, 11))
+    buf = f.read(12 + _CONTEXT_PEEK)
+    length = _record_length(buf[:12], path, offset)
+    if offset + 16 + length > size:
+      raise CorruptRecordError(f'{path}: truncated record at byte {offset} '
+                               f'(length {length}, file ends at byte {size})')
+    head = buf[12:12 + length]
     try:
-      tag, pos = _varint(prefix, 0, len(prefix), 'tag')
-      size, pos = _varint(prefix, pos, len(prefix), 'length')
-      simple = tag == (CONTEXT_FIELD << 3 | _WIRE_LEN) and pos + size <= length
+      tag, pos = _varint(head, 0, len(head), 'tag')
+      n, pos = _varint(head, pos, len(head), 'length')
+      simple = tag == (CONTEXT_FIELD << 3 | _WIRE_LEN) and pos + n <= length
     except ValueError:
       simple = False
     if simple:
-      payload = prefix[pos:] + f.read(max(0, size - (len(prefix) - pos)))
-      payload = payload[:size]
-      if len(payload) != size:
+      payload = head[pos:pos + n]
+      if len(payload) < n:
+        payload += f.read(n - len(payload))
+      if len(payload) != n:
         raise CorruptRecordError(f'{path}: truncated record at byte {offset}')
     else:
       f.seek(offset + 12)
