@@ -153,6 +153,45 @@ def test_context_surgery_gives_a_valid_record():
     list(tfrecord_io.read_split_records(io.BytesIO(bytes(data)), 'mem'))
 
 
+def test_context_reader_on_real_records_and_truncated_shards(tmp_path):
+  rec_pattern, _, clips = make_inputs(str(tmp_path))
+  shard = sorted(tf.io.gfile.glob(rec_pattern))[0]
+  full = [tf.train.SequenceExample.FromString(r.numpy()).context
+          for r in tf.data.TFRecordDataset([shard])]
+  with open(shard, 'rb') as f:
+    contexts = [tf.train.Features.FromString(c)
+                for c in tfrecord_io.read_contexts(f, shard)]
+  assert contexts == full and len(full) == NUM_CLIPS // 2
+  # What pass 1 emits: one (clip index, clip key, weak label) per record.
+  got = sorted((c, key, w) for c, (_, _, key, w) in
+               relabel.read_shard_contexts(shard))
+  assert got == sorted((c[schema.CLIP_INDEX_KEY], c[schema.CLIP_KEY_KEY],
+                        c[schema.WEAK_LABEL_INDEX_KEY]) for c in clips
+                       if c[schema.CLIP_INDEX_KEY] % 2 == 0)
+  data = open(shard, 'rb').read()
+  bad = str(tmp_path / 'bad.tfrecord')
+  # Cut inside the frames of the last record (the context reader never reads
+  # them), inside a header, and a flipped length checksum.
+  for cut, match in ((len(data) - 30, 'truncated record'),
+                     (len(data) - 2, 'truncated record'),
+                     (5, 'truncated record header')):
+    open(bad, 'wb').write(data[:cut])
+    with open(bad, 'rb') as f, pytest.raises(
+        tfrecord_io.CorruptRecordError, match=match) as e:
+      list(tfrecord_io.read_contexts(f, bad))
+    assert bad in str(e.value)
+  flipped = bytearray(data)
+  flipped[9] ^= 1
+  open(bad, 'wb').write(bytes(flipped))
+  with open(bad, 'rb') as f, pytest.raises(tfrecord_io.CorruptRecordError,
+                                           match=f'{bad}: length checksum'):
+    list(tfrecord_io.read_contexts(f, bad))
+  # Pass 1 turns it into a reported problem naming the file.
+  errors = [item.value for item in relabel.read_shard_contexts(bad)]
+  assert errors == [('error', 'corrupt_shard', errors[0][2])]
+  assert bad in errors[0][2] and 'length checksum' in errors[0][2]
+
+
 # ---- The Beam job ----
 
 
@@ -275,3 +314,31 @@ def test_multi_process_direct_runner_gives_the_same_bytes(tmp_path):
                     direct_num_workers=workers, beam_args=args)
     outs.append(_files(out))
   assert outs[0] == outs[1]
+
+
+def test_corrupt_shards_are_reported_and_nothing_is_written(tmp_path):
+  rec_pattern, pred_pattern, _ = make_inputs(str(tmp_path))
+  first, second = sorted(tf.io.gfile.glob(rec_pattern))
+  data = open(first, 'rb').read()
+  open(first, 'wb').write(data[:-40])  # truncated in the last clip's frames
+  out = str(tmp_path / 'out')
+  with pytest.raises(relabel.RelabelError,
+                     match=f'(?s)corrupt_shard.*{first}: truncated record'):
+    relabel.relabel(records_pattern=rec_pattern,
+                    predictions_pattern=pred_pattern, variant='spl',
+                    output_dir=out)
+  assert os.listdir(out) == [relabel.STATS_FILENAME]
+  # A flipped frame byte passes pass 1 (contexts only) but pass 2 checks
+  # every record's CRC: the job fails naming the file, and no shard is
+  # left under a temporary name.
+  open(first, 'wb').write(data)
+  flipped = bytearray(open(second, 'rb').read())
+  flipped[-100] ^= 1
+  open(second, 'wb').write(bytes(flipped))
+  out2 = str(tmp_path / 'out2')
+  with pytest.raises(Exception, match=f'{second}: data checksum mismatch'):
+    relabel.relabel(records_pattern=rec_pattern,
+                    predictions_pattern=pred_pattern, variant='spl',
+                    output_dir=out2)
+  assert not [n for n in os.listdir(out2) if '.tmp-' in n]
+  assert schema.LABEL_SPACE_FILENAME not in os.listdir(out2)

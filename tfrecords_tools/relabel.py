@@ -33,9 +33,11 @@ raised `RelabelError`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import posixpath
 import sys
+import time
 import uuid
 from concurrent import futures
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -43,6 +45,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import Metrics
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
@@ -65,9 +69,17 @@ _MAX_ERROR_MESSAGES = 20
 
 _UNCOMPRESSED = CompressionTypes.UNCOMPRESSED
 
+# Beam metrics namespace of the per-phase wall times (microseconds).
+_TIMING = 'relabel_timing'
+
 
 class RelabelError(RuntimeError):
   """The inputs of the relabel job do not fit together."""
+
+
+def _record_time(phase: str, seconds: float) -> None:
+  """Adds a phase's wall time to the job's metrics (main thread only)."""
+  Metrics.distribution(_TIMING, phase).update(int(seconds * 1e6))
 
 
 # ---- File helpers (Beam FileSystems: local, GCS, ... alike) ----
@@ -146,6 +158,7 @@ def read_shard_contexts(path: str) -> Iterable[Any]:
   Problems come out as `_error` outputs; a corrupt or truncated shard is one
   problem naming the file and byte offset.
   """
+  start = time.perf_counter()
   try:
     with FileSystems.open(path, compression_type=_UNCOMPRESSED) as f:
       for i, payload in enumerate(tfrecord_io.read_contexts(f, path)):
@@ -161,6 +174,7 @@ def read_shard_contexts(path: str) -> Iterable[Any]:
                                               schema.CLIP_KEY_KEY), weak)
   except tfrecord_io.CorruptRecordError as e:
     yield _error('corrupt_shard', str(e))
+  _record_time('pass1_contexts', time.perf_counter() - start)
 
 
 def read_prediction_file(path: str) -> Iterable[Any]:
@@ -169,6 +183,7 @@ def read_prediction_file(path: str) -> Iterable[Any]:
   The records are CRC-checked by `tfrecord_io` (google-crc32c), like every
   other read of the job.
   """
+  start = time.perf_counter()
   try:
     with FileSystems.open(path, compression_type=_UNCOMPRESSED) as f:
       for i, serialized in enumerate(tfrecord_io.read_records(f, path)):
@@ -184,6 +199,7 @@ def read_prediction_file(path: str) -> Iterable[Any]:
             p[schema.PREDICTION_TOP_K_SCORE_KEY][0])
   except tfrecord_io.CorruptRecordError as e:
     yield _error('corrupt_predictions', str(e))
+  _record_time('pass1_predictions', time.perf_counter() - start)
 
 
 class _MatchClips(beam.DoFn):
@@ -426,16 +442,21 @@ class _Pass2(beam.DoFn):
     self._items.append((element, pass1))
 
   def _run(self, element, pass1):
+    """Returns (output element, phase name, seconds)."""
+    start = time.perf_counter()
     space = pass1['space']
     if element == _PLOTS:
-      return ('plots', render_plots(space, pass1['confusion'])
-              if space is not None else {})
+      out = ('plots', render_plots(space, pass1['confusion'])
+             if space is not None else {})
+      return out, 'pass2_plots', time.perf_counter() - start
     path, clips = element
     if space is None:
-      return ('shard', {'shard': posixpath.basename(path), 'skipped': True})
-    teachers = {idx: (teacher, score) for idx, _, teacher, score in clips}
-    out = _join(self._output_dir, posixpath.basename(path))
-    return ('shard', rewrite_shard(path, out, teachers, space))
+      out = ('shard', {'shard': posixpath.basename(path), 'skipped': True})
+    else:
+      teachers = {idx: (teacher, score) for idx, _, teacher, score in clips}
+      dest = _join(self._output_dir, posixpath.basename(path))
+      out = ('shard', rewrite_shard(path, dest, teachers, space))
+    return out, 'pass2_rewrite', time.perf_counter() - start
 
   def finish_bundle(self):
     items = sorted(self._items, key=lambda it: it[0] != _PLOTS)
@@ -443,10 +464,14 @@ class _Pass2(beam.DoFn):
     if not items:
       return
     threads = max(1, min(len(items), self._max_threads))
+    start = time.perf_counter()
     with futures.ThreadPoolExecutor(threads) as pool:
       results = [pool.submit(self._run, *it) for it in items]
       outputs = [r.result() for r in results]
-    for out in outputs:
+    # Metrics are recorded here: Beam's metric context is per thread.
+    _record_time('pass2_wall', time.perf_counter() - start)
+    for out, phase, seconds in outputs:
+      _record_time(phase, seconds)
       yield WindowedValue(out, MIN_TIMESTAMP, [GlobalWindow()])
 
 
@@ -519,6 +544,12 @@ def _finish(results: List[Tuple[str, Any]], pass1: Mapping[str, Any],
                             space)
 
 
+def _finish_element(element, pass1, output_dir: str, num_shards: int) -> None:
+  start = time.perf_counter()
+  _finish(list(element[1]), pass1, output_dir, num_shards)
+  _record_time('finish', time.perf_counter() - start)
+
+
 # ---- The pipeline ----
 
 
@@ -578,10 +609,19 @@ def build_pipeline(pipeline: beam.Pipeline, *, shards: Sequence[str],
                                beam.pvalue.AsSingleton(pass1))
        | 'KeyAll' >> beam.Map(lambda result: (None, result))
        | 'Collect' >> beam.GroupByKey()
-       | 'Finish' >> beam.Map(
-           lambda kv, pass1: _finish(list(kv[1]), pass1, output_dir,
-                                     len(shards)),
-           beam.pvalue.AsSingleton(pass1)))
+       | 'Finish' >> beam.Map(_finish_element, beam.pvalue.AsSingleton(pass1),
+                              output_dir, len(shards)))
+
+
+def _phase_seconds(result: Any) -> Dict[str, float]:
+  """Per-phase wall-time sums from the job's Beam metrics, if reported."""
+  try:
+    found = result.metrics().query(
+        MetricsFilter().with_namespace(_TIMING))['distributions']
+  except Exception:  # pylint: disable=broad-except
+    return {}  # A runner without metrics support: phases are optional.
+  return {m.key.metric.name: m.committed.sum / 1e6 for m in found
+          if m.committed is not None}
 
 
 def _make_runner(runner: str, options: PipelineOptions) -> Any:
@@ -627,11 +667,18 @@ def relabel(*, records_pattern: str, predictions_pattern: str, variant: str,
     beam_args: further Beam pipeline options.
 
   Returns:
-    The content of `relabel_stats.json`.
+    The content of `relabel_stats.json`, plus `timing_s`: wall seconds of
+    `prepare` (checks, globbing), `construct` (building the pipeline),
+    `run` (the runner, all passes), `total`, and, where the runner reports
+    Beam metrics, the per-phase sums `pass1_contexts`, `pass1_predictions`,
+    `pass2_wall`, `pass2_rewrite` (over shards), `pass2_plots` (drawn while
+    shards are rewritten) and `finish`. Timings are not written to the file:
+    a rerun must give identical bytes.
 
   Raises:
     RelabelError: the inputs do not fit together (details in the message).
   """
+  start = time.perf_counter()
   if variant not in label_spaces.VARIANTS:
     raise ValueError(f'`variant` must be one of {label_spaces.VARIANTS}, got '
                      f'{variant!r}')
@@ -664,18 +711,30 @@ def relabel(*, records_pattern: str, predictions_pattern: str, variant: str,
   if k is not None:
     label_spaces.num_output_classes(variant, len(names), k)
   _mkdirs(output_dir)
+  prepared = time.perf_counter()
   options = PipelineOptions(list(beam_args) + [
       f'--runner={runner}', f'--direct_num_workers={direct_num_workers}'])
-  with beam.Pipeline(runner=_make_runner(runner, options),
-                     options=options) as p:
-    build_pipeline(p, shards=shards, prediction_files=prediction_files,
-                   names=names, variant=variant, k=k, target_scr=target_scr,
-                   output_dir=output_dir,
-                   reshuffle=runner not in ('DirectRunner', 'direct') or
-                   direct_num_workers > 1)
+  pipeline = beam.Pipeline(runner=_make_runner(runner, options),
+                           options=options)
+  build_pipeline(pipeline, shards=shards, prediction_files=prediction_files,
+                 names=names, variant=variant, k=k, target_scr=target_scr,
+                 output_dir=output_dir,
+                 reshuffle=runner not in ('DirectRunner', 'direct') or
+                 direct_num_workers > 1)
+  built = time.perf_counter()
+  result = pipeline.run()
+  result.wait_until_finish()
+  done = time.perf_counter()
+  timing = {'prepare': prepared - start, 'construct': built - prepared,
+            'run': done - built}
+  timing.update(_phase_seconds(result))
   with FileSystems.open(_join(output_dir, STATS_FILENAME),
                         compression_type=_UNCOMPRESSED) as f:
     stats = json.loads(f.read().decode('utf-8'))
+  timing['total'] = time.perf_counter() - start
+  logging.info('relabel timing (s): %s', ', '.join(
+      f'{k} {v:.3f}' for k, v in timing.items()))
+  stats['timing_s'] = timing
   if stats['status'] != 'ok':
     e = stats['errors']
     raise RelabelError(

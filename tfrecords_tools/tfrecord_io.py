@@ -223,8 +223,11 @@ def context_field(context_payload: bytes) -> bytes:
 
 
 def _file_size(f: BinaryIO) -> int:
+  # tell() after the seek: not every file object's seek() returns the
+  # position (tf.io.gfile.GFile's returns None).
   pos = f.tell()
-  size = f.seek(0, 2)
+  f.seek(0, 2)
+  size = f.tell()
   f.seek(pos)
   return size
 
