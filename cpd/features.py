@@ -90,7 +90,7 @@ def make_view_embedder(backbone: tf_keras.Model,
 
 
 def _slim(element):
-  return {input_pipeline.VIDEO: element[input_pipeline.VIDEO],
+  return {**input_pipeline.video_features(element),
           input_pipeline.CLIP_INDEX: element[input_pipeline.CLIP_INDEX]}
 
 
@@ -111,6 +111,7 @@ def make_embed_step(embed_fn, strategy: tf.distribute.Strategy, *,
     pooled [B, D], views [B]).
   """
   def replica_fn(inputs):
+    inputs = input_pipeline.finish_features(inputs)
     emb, pooled = embed_fn(inputs[input_pipeline.VIDEO])
     views = tf.fill(tf.shape(inputs[input_pipeline.CLIP_INDEX]),
                     tf.cast(tf.shape(inputs[input_pipeline.VIDEO])[1],

@@ -179,6 +179,7 @@ def make_embed_step(models: CpdModels, strategy: tf.distribute.Strategy):
   """The compiled step of `embed_pairs`; make it once, reuse it every epoch."""
 
   def replica_fn(inputs):
+    inputs = input_pipeline.finish_features(inputs)
     return (models.embed_videos(inputs[input_pipeline.VIDEO]),
             models.embed_titles(inputs[TITLES]),
             inputs[input_pipeline.LABEL])
@@ -218,7 +219,7 @@ def embed_pairs(models: CpdModels, strategy: tf.distribute.Strategy,
         batch_size=ctx.get_per_replica_batch_size(global_batch_size),
         input_context=ctx, repeat=False, drop_remainder=False)
     return ds.map(lambda e: {
-        input_pipeline.VIDEO: e[input_pipeline.VIDEO],
+        **input_pipeline.video_features(e),
         input_pipeline.LABEL: e[input_pipeline.LABEL],
         TITLES: _titles(e, clean_titles)})
 
@@ -271,6 +272,7 @@ class _Trainer:
     self._loops = {}
 
   def _replica_step(self, inputs, stage):
+    inputs = input_pipeline.finish_features(inputs)
     indices = inputs[input_pipeline.CLIP_INDEX]
     if not isinstance(self.strategy, tf.distribute.TPUStrategy):
       tf.debugging.assert_less(
@@ -570,7 +572,7 @@ def _train(*, strategy, models, loss_module, curriculum, optimizers,
       per_pipeline = ctx.num_replicas_in_sync // ctx.num_input_pipelines
       ds = ds.skip(step * per_pipeline)
     return ds.map(lambda e: {
-        input_pipeline.VIDEO: e[input_pipeline.VIDEO],
+        **input_pipeline.video_features(e),
         input_pipeline.CLIP_INDEX: e[input_pipeline.CLIP_INDEX],
         TITLES: _titles(e, clean_titles)})
 

@@ -239,14 +239,14 @@ def restore_backbone(model: tf_keras.Model, init_checkpoint: str) -> str:
 
 
 def _train_features(element):
-  return {input_pipeline.VIDEO: element[input_pipeline.VIDEO],
+  return {**input_pipeline.video_features(element),
           input_pipeline.LABEL: element[input_pipeline.LABEL],
           input_pipeline.CLIP_INDEX: element[input_pipeline.CLIP_INDEX]}
 
 
 def _eval_features(element):
   label = element[input_pipeline.LABEL]
-  return {input_pipeline.VIDEO: element[input_pipeline.VIDEO],
+  return {**input_pipeline.video_features(element),
           input_pipeline.LABEL: label,
           _VIDEO_HASH: tf.strings.to_hash_bucket_fast(
               element[input_pipeline.VIDEO_ID], 2**62),
@@ -255,7 +255,7 @@ def _eval_features(element):
 
 def _predict_features(element):
   index = element[input_pipeline.CLIP_INDEX]
-  return {input_pipeline.VIDEO: element[input_pipeline.VIDEO],
+  return {**input_pipeline.video_features(element),
           input_pipeline.CLIP_INDEX: index,
           _VALID: tf.ones_like(index, tf.int32)}
 
@@ -347,6 +347,7 @@ def evaluate(model: tf_keras.Model,
   dist = strategy.distribute_datasets_from_function(make)
 
   def replica_fn(inputs):
+    inputs = input_pipeline.finish_features(inputs)
     video = inputs[input_pipeline.VIDEO]
     flat = tf.reshape(video, tf.concat([[-1], tf.shape(video)[2:]], 0))
     logits = tf.cast(model(flat, training=False), tf.float32)
@@ -437,6 +438,7 @@ def predict(model: tf_keras.Model,
   tf.io.gfile.makedirs(output_dir)
 
   def replica_fn(inputs):
+    inputs = input_pipeline.finish_features(inputs)
     video = inputs[input_pipeline.VIDEO]
     num_views = video.shape[1]
     flat = tf.reshape(video, tf.concat([[-1], tf.shape(video)[2:]], 0))
@@ -560,6 +562,7 @@ class _Trainer:
     return grads, logits, loss * num_replicas
 
   def _replica_step(self, inputs):
+    inputs = input_pipeline.finish_features(inputs)
     labels = inputs[input_pipeline.LABEL]
     if not isinstance(self.strategy, tf.distribute.TPUStrategy):
       # Out-of-range labels give NaN on GPU instead of an error. (On TPU the

@@ -514,3 +514,146 @@ def test_mirrored_strategy_replica_batches_disjoint_and_cover(
     assert len(a) + len(b) == 8
   else:
     assert sorted(a + b) == list(range(11))
+
+
+# ---- Device finishing (uint8 from the host, float work in the step) ----
+
+
+@pytest.fixture(scope='module')
+def textured(tmp_path_factory):
+  """8 clips of 6 textured 36x48 frames: crop 32 windows need upscaling."""
+  rng = np.random.default_rng(0)
+  records = []
+  for c in range(8):
+    base = rng.integers(0, 256, (9, 12, 3)).astype(np.float32)
+    base = tf.image.resize(base[None], [36, 48], 'bicubic')[0].numpy()
+    frames = [testing.encode_jpeg(np.clip(np.roll(base, t, 1), 0, 255)
+                                  .astype(np.uint8)) for t in range(6)]
+    records.append(testing.make_fake_clip(c, num_frames=6, height=36,
+                                          width=48, frames=frames))
+  path = str(tmp_path_factory.mktemp('textured') / 'textured.tfrecord')
+  return write(path, records)
+
+
+@pytest.mark.parametrize('image_mode,is_training,clips_,crops,expected', [
+    (False, True, 1, 1, (3, 4, 16, 16, 3)),
+    (False, False, 2, 3, (3, 6, 4, 16, 16, 3)),
+    (True, True, 1, 1, (3, 16, 16, 3)),
+    (True, False, 1, 3, (3, 3, 16, 16, 3)),
+])
+def test_device_finishing_shapes_and_dtypes(clips, images, image_mode,
+                                            is_training, clips_, crops,
+                                            expected):
+  ds = ip.make_dataset(images if image_mode else clips,
+                       is_training=is_training, batch_size=3, num_frames=4,
+                       stride=2, crop_size=16, num_classes=3,
+                       num_test_clips=clips_, num_test_crops=crops,
+                       image_mode=image_mode, device_finishing=True)
+  spec = ds.element_spec
+  assert spec[ip.VIDEO].dtype == tf.uint8
+  assert spec[ip.VIDEO].shape[1:] == expected[1:]
+  assert spec[ip.VIDEO_FINISH].dtype == tf.float32
+  assert spec[ip.VIDEO_FINISH].shape[1:] == (14,)
+  batch = next(iter(ds))
+  assert batch[ip.VIDEO].shape == expected
+  out = ip.finish_features(batch)
+  assert ip.VIDEO_FINISH not in out
+  assert out[ip.VIDEO].dtype == tf.float32
+  assert out[ip.VIDEO].shape == expected
+  pixels = to_pixels(out[ip.VIDEO].numpy())
+  assert pixels.min() > -1e-3 and pixels.max() < 255 + 1e-3
+  # A float batch (host finishing) passes through unchanged.
+  assert ip.finish_features({ip.VIDEO: out[ip.VIDEO]})[ip.VIDEO] is (
+      out[ip.VIDEO])
+
+
+@pytest.mark.parametrize('crop_size', [32, 24])  # device / host resize
+@pytest.mark.parametrize('is_training', [True, False])
+def test_device_finishing_matches_host_finishing(textured, crop_size,
+                                                 is_training):
+  # Same seed -> same window and flip; without colour jitter the two paths
+  # differ only by float error (device resampling = tf.image.resize) or, where
+  # the host resizes, by rounding to uint8 (half a level).
+  common = dict(is_training=is_training, batch_size=8, num_frames=3,
+                stride=2, crop_size=crop_size, seed=4, deterministic=True,
+                num_test_clips=2, num_test_crops=3, **NO_COLOUR)
+  host = next(iter(ip.make_dataset(textured, **common)))
+  dev = next(iter(ip.make_dataset(textured, device_finishing=True,
+                                  **common)))
+  finish = dev[ip.VIDEO_FINISH].numpy()
+  device_resized = is_training and crop_size == 32
+  assert np.all(finish[:, :2] <= crop_size)
+  assert np.any(finish[:, :2] < crop_size) == device_resized
+  if is_training:
+    assert 0 < finish[:, 2].sum() < 8  # Some clips flipped, some not.
+  got = to_pixels(ip.finish_features(dev)[ip.VIDEO].numpy())
+  want = to_pixels(host[ip.VIDEO].numpy())
+  np.testing.assert_allclose(got, want, atol=1e-2 if device_resized else 0.51)
+  # Inside a compiled step (XLA, as in the train step) the same.
+  compiled = tf.function(ip.finish_features, jit_compile=True)(
+      ip.video_features(dev))
+  np.testing.assert_allclose(to_pixels(compiled[ip.VIDEO].numpy()), got,
+                             atol=1e-2)
+
+
+def test_device_finishing_with_colour_is_close_to_host(textured):
+  # Colour jitter on: the host clips before resizing, the device after, and
+  # they estimate the clip's mean grey on different pixels.
+  common = dict(is_training=True, batch_size=8, num_frames=3, stride=2,
+                crop_size=32, seed=1, deterministic=True, color_jitter_prob=1.0)
+  host = next(iter(ip.make_dataset(textured, **common)))
+  dev = ip.finish_features(next(iter(ip.make_dataset(
+      textured, device_finishing=True, **common))))
+  diff = np.abs(to_pixels(dev[ip.VIDEO].numpy()) -
+                to_pixels(host[ip.VIDEO].numpy()))
+  assert diff.mean() < 2.0, diff.mean()
+
+
+def test_device_finishing_same_transform_for_every_frame(tmp_path):
+  records = []
+  for c in range(8):
+    frame = testing.fake_frame(c, 0, 36, 48)
+    frame[:, :, 1] = np.linspace(0, 255, 48, dtype=np.float32).astype(np.uint8)
+    records.append(testing.make_fake_clip(
+        c, num_frames=6, height=36, width=48,
+        frames=[testing.encode_jpeg(frame)] * 6))
+  path = write(str(tmp_path / 'same.tfrecord'), records)
+  ds = ip.make_dataset(path, is_training=True, batch_size=8, num_frames=6,
+                       stride=1, crop_size=32, seed=0, color_jitter_prob=1.0,
+                       hue=0.2, device_finishing=True)
+  batch = next(iter(ds))
+  assert np.any(batch[ip.VIDEO_FINISH].numpy()[:, :2] < 32)
+  videos = ip.finish_features(batch)[ip.VIDEO].numpy()
+  for video in videos:
+    for t in range(1, 6):
+      np.testing.assert_allclose(video[t], video[0], atol=1e-5)
+  assert len({v[0].tobytes() for v in videos}) == 8
+
+
+@pytest.mark.parametrize('valid,size', [(5, 9), (9, 9), (1, 3), (3, 7)])
+def test_interp_matrix_is_tf_image_resize(valid, size):
+  x = np.random.default_rng(valid).uniform(0, 255, (valid, 1, 1)).astype(
+      np.float32)
+  want = tf.image.resize(x, [size, 1], method='bilinear').numpy()[:, 0, 0]
+  m = ip._interp_matrix(tf.constant([valid]), size).numpy()[0]
+  padded = np.zeros(size, np.float32)
+  padded[:valid] = x[:, 0, 0]
+  padded[valid:] = 1e6  # Padding must get no weight.
+  np.testing.assert_allclose(m @ padded, want, rtol=1e-5, atol=1e-3)
+
+
+def test_yiq_hue_turns_like_tf_image_adjust_hue_for_small_deltas():
+  # A YIQ rotation is not HSV's hexcone shift: per colour the change points
+  # the same way roughly (median cosine ~0.7) and is about as large.
+  rgb = np.random.default_rng(0).uniform(40, 215, (256, 3)).astype(np.float32)
+  for delta in (-0.03, 0.02):
+    colour = tf.constant([[1.0, 1.0, 1.0, 1.0, delta]])
+    matrix, offset = ip._colour_affine(colour, tf.constant([0.0]))
+    ours = rgb @ matrix[0].numpy() + offset[0].numpy() - rgb
+    theirs = tf.image.adjust_hue(rgb[None] / 255.0, delta).numpy()[0] * 255
+    theirs -= rgb
+    cos = (ours * theirs).sum(-1) / (
+        np.linalg.norm(ours, axis=-1) * np.linalg.norm(theirs, axis=-1))
+    assert np.median(cos) > 0.6, (delta, np.median(cos))
+    ratio = np.linalg.norm(ours) / np.linalg.norm(theirs)
+    assert 0.8 < ratio < 1.3, (delta, ratio)
