@@ -25,7 +25,27 @@ Phases (dmvr / Model Garden style), per record:
    uint8 window in one XLA-fused pass (per-pixel affine maps commute with
    bilinear resizing, and the window has at most as many pixels as the
    output), then one bilinear resize of the window to the output size.
+   With `device_finishing=True` (what the gin run files use for training)
+   this phase is left to the consumer's step on the accelerator (see below).
 6. batch.
+
+Device finishing
+----------------
+JPEG decoding at training frame sizes is mostly entropy decoding, which
+libjpeg does for every row and column whatever the window, so decoding the
+crop window alone saves only ~10-20% of the decode; the float32 resize,
+colour and normalisation of 16x224x224x3 outputs cost more than that on the
+host. With `device_finishing=True` the host emits the decoded uint8 window
+(training: zero-padded at the bottom right to `crop_size` by `padded_batch`;
+evaluation: the views resized and cut on the host, rounded to uint8) and a
+VIDEO_FINISH row of 14 floats per record (window size, flip, the colour draw,
+mean, std), all drawn here from the seed. `finish_features` (or
+`finish_video`), called first in every consumer's step, does the bilinear
+resize (the same sampling as `tf.image.resize`, as two batched matmuls, flip
+folded in), the colour matrix, the clip and the normalisation: the papers'
+order. 4x fewer bytes cross to the device; the host does about as much work
+per clip as reading and fully decoding the frames. `finish_features` leaves
+float batches (host finishing) as they are, so consumers call it always.
 
 Temporal sampling
 -----------------
@@ -64,8 +84,10 @@ In training, with probability `color_jitter_prob` (default 0.8) a clip gets
 brightness (factor in `[1 - b, 1 + b]`), contrast (blend with the clip's mean
 grey level, estimated on every 16th pixel, factor in `[1 - c, 1 + c]`),
 saturation (blend with each pixel's grey level, factor in `[1 - s, 1 + s]`)
-and hue (rotation of the chroma plane
-in YIQ space by `2 * pi * h'`, `h'` in `[-h, h]`), applied in that order with
+and hue (rotation of the chroma plane in YIQ space by `2 * pi * h'`, `h'` in
+`[-h, h]`: not the HSV hexcone shift of `tf.image.adjust_hue`; for small `h'`
+colours move the same way, by about as much, see the tests), applied in that
+order with
 one draw per clip (defaults b = c = s = 0.4, h = 0.1). All four are linear, so
 they are fused into one 3x3 colour matrix plus offset; the result is clipped
 to the valid range once at the end (not after each step). Then every pixel is
@@ -76,13 +98,15 @@ Output
 ------
 A dict per batch (B = per-replica batch size):
 
-* `VIDEO` float32: training `[B, T, H, W, 3]` (`[B, H, W, 3]` in image mode);
+* `VIDEO` float32 (uint8 with `device_finishing`, float32 after
+  `finish_features`): training `[B, T, H, W, 3]` (`[B, H, W, 3]` in image mode);
   evaluation `[B, V, T, H, W, 3]` (`[B, V, H, W, 3]` in image mode) with
   `V = num_test_clips * num_test_crops` views, clip-major
   (view `k * num_test_crops + j` = test clip `k`, crop `j`).
 * `LABEL` int32 `[B]` (from `label_key`), `CLIP_INDEX` int64 `[B]`
   (`clip/index`, the memory-bank row), `CLIP_KEY`, `VIDEO_ID`, `CAPTION`
   tf.string `[B]`.
+* `VIDEO_FINISH` float32 `[B, 14]`, only with `device_finishing`.
 
 Distribution
 ------------
