@@ -162,9 +162,12 @@ def test_context_reader_on_real_records_and_truncated_shards(tmp_path):
     contexts = [tf.train.Features.FromString(c)
                 for c in tfrecord_io.read_contexts(f, shard)]
   assert contexts == full and len(full) == NUM_CLIPS // 2
-  # What pass 1 emits: one (clip index, clip key, weak label) per record.
-  got = sorted((c, key, w) for c, (_, _, key, w) in
-               relabel.read_shard_contexts(shard))
+  # What pass 1 emits: (clip index, clip key, weak label) of every record,
+  # grouped by bucket of clip indices.
+  out = list(relabel.read_shard_contexts(shard))
+  assert all(rows and {c // relabel._BUCKET for c, _, _ in rows} == {bucket}
+             and p == shard for bucket, (_, p, rows) in out)
+  got = sorted(row for _, (_, _, rows) in out for row in rows)
   assert got == sorted((c[schema.CLIP_INDEX_KEY], c[schema.CLIP_KEY_KEY],
                         c[schema.WEAK_LABEL_INDEX_KEY]) for c in clips
                        if c[schema.CLIP_INDEX_KEY] % 2 == 0)
@@ -195,16 +198,22 @@ def test_context_reader_on_real_records_and_truncated_shards(tmp_path):
 # ---- The Beam job ----
 
 
-def test_relabel_end_to_end_deterministic_and_model_garden_reads_it(tmp_path):
+def test_relabel_end_to_end_deterministic_and_model_garden_reads_it(
+    tmp_path, monkeypatch):
   rec_pattern, pred_pattern, clips = make_inputs(str(tmp_path))
   out_a, out_b = str(tmp_path / 'out_a'), str(tmp_path / 'out_b')
   stats = relabel.relabel(records_pattern=rec_pattern,
                           predictions_pattern=pred_pattern, variant='spl_d',
                           k=2, output_dir=out_a)
+  # The rerun joins in buckets of 5 clip indices (one bucket at first): same
+  # bytes.
+  monkeypatch.setattr(relabel, '_BUCKET', 5)
   relabel.relabel(records_pattern=rec_pattern, predictions_pattern=pred_pattern,
                   variant='spl_d', k=2, output_dir=out_b)
   files_a, files_b = _files(out_a), _files(out_b)
   assert files_a == files_b
+  assert len(list(relabel.read_shard_contexts(
+      sorted(tf.io.gfile.glob(rec_pattern))[0]))) == 3  # buckets 0, 1, 2
   shard_names = sorted(os.path.basename(p) for p in tf.io.gfile.glob(
       rec_pattern))
   for name in shard_names + [schema.LABEL_SPACE_FILENAME,

@@ -39,7 +39,6 @@ import posixpath
 import sys
 import time
 import uuid
-from concurrent import futures
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import apache_beam as beam
@@ -48,9 +47,6 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.timestamp import MIN_TIMESTAMP
-from apache_beam.utils.windowed_value import WindowedValue
 import numpy as np
 import tensorflow as tf
 
@@ -142,7 +138,13 @@ def _float_feature(value: float) -> tf.train.Feature:
 
 # ---- Pass 1: contexts and predictions ----
 
-# First item of the values joined on `clip/index`.
+# Pass 1 joins clips and predictions on `clip/index` in buckets of this many
+# consecutive indices: one Beam element per (file, bucket), not per clip (a
+# per-clip element costs the runner more than copying the clip's frames), and
+# still one group per bucket for a distributed runner to spread.
+_BUCKET = 1 << 15
+
+# First item of the values joined on the bucket.
 _CLIP, _PRED = 0, 1
 
 
@@ -151,14 +153,17 @@ def _error(kind: str, message: str) -> beam.pvalue.TaggedOutput:
 
 
 def read_shard_contexts(path: str) -> Iterable[Any]:
-  """Yields `(clip_index, (_CLIP, path, clip_key, weak))` per clip of a shard.
+  """Yields `(bucket, (_CLIP, path, rows))` for the clips of a shard.
 
-  Only the contexts are read (`tfrecord_io.read_contexts`); the frames are
-  seeked over, their checksum is verified by pass 2, which reads them anyway.
-  Problems come out as `_error` outputs; a corrupt or truncated shard is one
-  problem naming the file and byte offset.
+  `rows` lists `(clip_index, clip_key, weak)` of the shard's clips whose index
+  falls in `bucket` (`clip_index // _BUCKET`). Only the contexts are read
+  (`tfrecord_io.read_contexts`); the frames are seeked over, and their
+  checksum is verified by pass 2, which reads them anyway. Problems come out
+  as `_error` outputs; a corrupt or truncated shard is one problem naming the
+  file and byte offset.
   """
   start = time.perf_counter()
+  buckets: Dict[int, List[Tuple[int, str, int]]] = {}
   try:
     with FileSystems.open(path, compression_type=_UNCOMPRESSED) as f:
       for i, payload in enumerate(tfrecord_io.read_contexts(f, path)):
@@ -170,20 +175,24 @@ def read_shard_contexts(path: str) -> Iterable[Any]:
         except Exception as e:  # pylint: disable=broad-except
           yield _error('bad_record', str(e))
           continue
-        yield clip_index, (_CLIP, path, _text(feature_map,
-                                              schema.CLIP_KEY_KEY), weak)
+        buckets.setdefault(clip_index // _BUCKET, []).append(
+            (clip_index, _text(feature_map, schema.CLIP_KEY_KEY), weak))
   except tfrecord_io.CorruptRecordError as e:
     yield _error('corrupt_shard', str(e))
+  for bucket, rows in sorted(buckets.items()):
+    yield bucket, (_CLIP, path, rows)
   _record_time('pass1_contexts', time.perf_counter() - start)
 
 
 def read_prediction_file(path: str) -> Iterable[Any]:
-  """Yields `(clip_index, (_PRED, key, num_classes, top-1, score))` per record.
+  """Yields `(bucket, (_PRED, path, rows))` for the predictions of a file.
 
-  The records are CRC-checked by `tfrecord_io` (google-crc32c), like every
-  other read of the job.
+  `rows` lists `(clip_index, clip_key, num_classes, top-1, score)`. The
+  records are CRC-checked by `tfrecord_io` (google-crc32c), like every other
+  read of the job.
   """
   start = time.perf_counter()
+  buckets: Dict[int, List[Tuple[int, str, int, int, float]]] = {}
   try:
     with FileSystems.open(path, compression_type=_UNCOMPRESSED) as f:
       for i, serialized in enumerate(tfrecord_io.read_records(f, path)):
@@ -193,59 +202,79 @@ def read_prediction_file(path: str) -> Iterable[Any]:
           yield _error('bad_prediction', f'{path} record {i}: unreadable '
                        f'prediction record: {e}')
           continue
-        yield p[schema.CLIP_INDEX_KEY], (
-            _PRED, p[schema.CLIP_KEY_KEY], p[schema.PREDICTION_NUM_CLASSES_KEY],
+        clip_index = p[schema.CLIP_INDEX_KEY]
+        buckets.setdefault(clip_index // _BUCKET, []).append((
+            clip_index, p[schema.CLIP_KEY_KEY],
+            p[schema.PREDICTION_NUM_CLASSES_KEY],
             p[schema.PREDICTION_TOP_K_INDEX_KEY][0],
-            p[schema.PREDICTION_TOP_K_SCORE_KEY][0])
+            p[schema.PREDICTION_TOP_K_SCORE_KEY][0]))
   except tfrecord_io.CorruptRecordError as e:
     yield _error('corrupt_predictions', str(e))
+  for bucket, rows in sorted(buckets.items()):
+    yield bucket, (_PRED, path, rows)
   _record_time('pass1_predictions', time.perf_counter() - start)
 
 
 class _MatchClips(beam.DoFn):
-  """Checks one clip index: one record, one prediction, same key, same N."""
+  """Checks every clip index of a bucket: one record, one prediction, same
+  key, same N; yields `(shard path, [(clip_index, weak, teacher, score)])`.
+  """
 
   def __init__(self, num_classes: int):
     self._n = num_classes
 
   def process(self, element):
-    clip_index, values = element
-    clips = sorted(v[1:] for v in values if v[0] == _CLIP)
-    preds = sorted(v[1:] for v in values if v[0] == _PRED)
+    _, chunks = element
+    clips: Dict[int, List[Tuple[str, str, int]]] = {}
+    preds: Dict[int, List[Tuple[str, int, int, float]]] = {}
+    for kind, path, rows in chunks:
+      if kind == _CLIP:
+        for clip_index, key, weak in rows:
+          clips.setdefault(clip_index, []).append((path, key, weak))
+      else:
+        for clip_index, *pred in rows:
+          preds.setdefault(clip_index, []).append(tuple(pred))
+    by_shard: Dict[str, List[Tuple[int, int, int, float]]] = {}
+    for clip_index in sorted(clips.keys() | preds.keys()):
+      error = self._check(clip_index, sorted(clips.get(clip_index, ())),
+                          sorted(preds.get(clip_index, ())))
+      if error:
+        yield _error(*error)
+        continue
+      (path, _, weak), = clips[clip_index]
+      (_, _, teacher, score), = preds[clip_index]
+      by_shard.setdefault(path, []).append((clip_index, weak, teacher, score))
+    yield from sorted(by_shard.items())
+
+  def _check(self, clip_index, clips, preds) -> Optional[Tuple[str, str]]:
+    """(kind, message) of the first problem of one clip index, or None."""
     if not clips:
-      for key, *_ in preds:
-        yield _error('unknown_clip', f'prediction for unknown clip: clip/index '
-                     f'{clip_index} (key {key!r}) is in no clip record')
-      return
+      keys = [key for key, *_ in preds]
+      return ('unknown_clip', f'prediction for unknown clip: clip/index '
+              f'{clip_index} (key {keys[0]!r}) is in no clip record')
     if len(clips) > 1:
-      yield _error('duplicate_clip', f'clip/index {clip_index} appears in '
-                   f'{len(clips)} records: {[c[:2] for c in clips]}')
-      return
+      return ('duplicate_clip', f'clip/index {clip_index} appears in '
+              f'{len(clips)} records: {[c[:2] for c in clips]}')
     path, clip_key, weak = clips[0]
     if not preds:
-      yield _error('missing_prediction', f'record without prediction: '
-                   f'clip/index {clip_index} (key {clip_key!r}) in {path}')
-      return
+      return ('missing_prediction', f'record without prediction: clip/index '
+              f'{clip_index} (key {clip_key!r}) in {path}')
     if len(preds) > 1:
-      yield _error('duplicate_prediction', f'clip/index {clip_index} has '
-                   f'{len(preds)} predictions')
-      return
-    pred_key, num_classes, teacher, score = preds[0]
+      return ('duplicate_prediction', f'clip/index {clip_index} has '
+              f'{len(preds)} predictions')
+    pred_key, num_classes, teacher, _ = preds[0]
     if pred_key != clip_key:
-      yield _error('unknown_clip', f'prediction for unknown clip: clip/index '
-                   f'{clip_index} has key {pred_key!r} in the predictions but '
-                   f'{clip_key!r} in {path}')
-      return
+      return ('unknown_clip', f'prediction for unknown clip: clip/index '
+              f'{clip_index} has key {pred_key!r} in the predictions but '
+              f'{clip_key!r} in {path}')
     if num_classes != self._n:
-      yield _error('num_classes', f'teacher with a different N: clip/index '
-                   f'{clip_index} was predicted over prediction/num_classes='
-                   f'{num_classes} classes, the label map has {self._n}')
-      return
+      return ('num_classes', f'teacher with a different N: clip/index '
+              f'{clip_index} was predicted over prediction/num_classes='
+              f'{num_classes} classes, the label map has {self._n}')
     if not 0 <= teacher < self._n or not 0 <= weak < self._n:
-      yield _error('out_of_range', f'clip/index {clip_index}: weak label '
-                   f'{weak} or teacher class {teacher} not in [0, {self._n})')
-      return
-    yield path, (clip_index, weak, teacher, score)
+      return ('out_of_range', f'clip/index {clip_index}: weak label {weak} '
+              f'or teacher class {teacher} not in [0, {self._n})')
+    return None
 
 
 class _ShardClips(beam.DoFn):
@@ -261,7 +290,7 @@ class _ShardClips(beam.DoFn):
 
   def process(self, element):
     path, values = element
-    clips = sorted(v for v in values if v is not None)
+    clips = sorted(c for chunk in values if chunk is not None for c in chunk)
     confusion = np.zeros((self._n, self._n), np.int64)
     if clips:
       pairs = np.array([(w, t) for _, w, t, _ in clips], np.int64)
@@ -398,17 +427,12 @@ def rewrite_shard(in_path: str, out_path: str,
   return stats
 
 
-# The work item of pass 2 that renders the plots (every other item is a
-# shard).
-_PLOTS = '<plots>'
-
-
 def render_plots(space: Mapping[str, Any],
                  confusion: Sequence[Sequence[int]]) -> Dict[str, bytes]:
-  """PNG bytes of the three plots, by file name; needs only pass 1's output."""
+  """PNG bytes of the three plots, by file name."""
   # pylint: disable=g-import-not-at-top
-  # matplotlib is imported here, on the plotting thread, not by every user
-  # of this module.
+  # matplotlib is imported when plots are drawn, not by every user of this
+  # module.
   from spl import label_space_plots
   # pylint: enable=g-import-not-at-top
   curve = label_spaces.scr_curve(confusion)
@@ -421,64 +445,34 @@ def render_plots(space: Mapping[str, Any],
   }
 
 
-class _Pass2(beam.DoFn):
-  """Pass 2 work items: rewrite a shard, or render the plots.
+class _RewriteShard(beam.DoFn):
+  """Pass 2 for one whole shard (one element), unless pass 1 found problems.
 
-  The items of a bundle run on a small thread pool, plots first: rewriting
-  is file I/O and CRC (the GIL is free for much of it) and the plots need
-  only the label space, so they are drawn while shards are copied instead of
-  after the last one. Nothing runs when pass 1 found problems. Every shard
-  gives exactly one output element, so the finish step always runs.
+  Every shard gives exactly one output element, so the finish step always
+  runs.
   """
 
-  def __init__(self, output_dir: str, max_threads: int):
+  def __init__(self, output_dir: str):
     self._output_dir = output_dir
-    self._max_threads = max_threads
-
-  def start_bundle(self):
-    self._items = []
 
   def process(self, element, pass1):
-    self._items.append((element, pass1))
-
-  def _run(self, element, pass1):
-    """Returns (output element, phase name, seconds)."""
-    start = time.perf_counter()
-    space = pass1['space']
-    if element == _PLOTS:
-      out = ('plots', render_plots(space, pass1['confusion'])
-             if space is not None else {})
-      return out, 'pass2_plots', time.perf_counter() - start
     path, clips = element
+    space = pass1['space']
     if space is None:
-      out = ('shard', {'shard': posixpath.basename(path), 'skipped': True})
-    else:
-      teachers = {idx: (teacher, score) for idx, _, teacher, score in clips}
-      dest = _join(self._output_dir, posixpath.basename(path))
-      out = ('shard', rewrite_shard(path, dest, teachers, space))
-    return out, 'pass2_rewrite', time.perf_counter() - start
-
-  def finish_bundle(self):
-    items = sorted(self._items, key=lambda it: it[0] != _PLOTS)
-    self._items = []
-    if not items:
+      yield {'shard': posixpath.basename(path), 'skipped': True}
       return
-    threads = max(1, min(len(items), self._max_threads))
     start = time.perf_counter()
-    with futures.ThreadPoolExecutor(threads) as pool:
-      results = [pool.submit(self._run, *it) for it in items]
-      outputs = [r.result() for r in results]
-    # Metrics are recorded here: Beam's metric context is per thread.
-    _record_time('pass2_wall', time.perf_counter() - start)
-    for out, phase, seconds in outputs:
-      _record_time(phase, seconds)
-      yield WindowedValue(out, MIN_TIMESTAMP, [GlobalWindow()])
+    teachers = {idx: (teacher, score) for idx, _, teacher, score in clips}
+    dest = _join(self._output_dir, posixpath.basename(path))
+    stats = rewrite_shard(path, dest, teachers, space)
+    _record_time('pass2_rewrite', time.perf_counter() - start)
+    yield stats
 
 
 # ---- Finish: check the totals, write the side files ----
 
 
-def _finish(results: List[Tuple[str, Any]], pass1: Mapping[str, Any],
+def _finish(shard_stats: List[Dict[str, Any]], pass1: Mapping[str, Any],
             output_dir: str, num_shards: int) -> None:
   """Checks input = written + dropped and writes the side files.
 
@@ -491,9 +485,7 @@ def _finish(results: List[Tuple[str, Any]], pass1: Mapping[str, Any],
     stats['status'] = 'failed'
     records.write_json_atomic(_join(output_dir, STATS_FILENAME), stats)
     return
-  shard_stats = sorted((r for kind, r in results if kind == 'shard'),
-                       key=lambda s: s['shard'])
-  plots = [r for kind, r in results if kind == 'plots']
+  shard_stats = sorted(shard_stats, key=lambda s: s['shard'])
   totals = {k: sum(s[k] for s in shard_stats)
             for k in ('input', 'written', 'dropped', 'bytes_in', 'bytes_out')}
   class_counts = np.sum([s['class_counts'] for s in shard_stats] or
@@ -501,8 +493,6 @@ def _finish(results: List[Tuple[str, Any]], pass1: Mapping[str, Any],
   problems = []
   if len(shard_stats) != num_shards:
     problems.append(f'{len(shard_stats)} shards written of {num_shards}')
-  if len(plots) != 1:
-    problems.append(f'{len(plots)} sets of plots rendered, expected 1')
   if totals['input'] != totals['written'] + totals['dropped']:
     problems.append(f'{totals["input"]} clips in != {totals["written"]} '
                     f'written + {totals["dropped"]} dropped')
@@ -531,8 +521,10 @@ def _finish(results: List[Tuple[str, Any]], pass1: Mapping[str, Any],
       'confusion_matrix': confusion,
       'scr_by_k': label_spaces.scr_curve(confusion),
   })
-  for name, png in sorted(plots[0].items()):
+  start = time.perf_counter()
+  for name, png in sorted(render_plots(space, confusion).items()):
     _write_bytes_atomic(_join(output_dir, name), png)
+  _record_time('finish_plots', time.perf_counter() - start)
   # Name -> class id; ids are the label space's (N*w + t for spl), so the
   # names need not sort in id order.
   records.write_json_atomic(
@@ -564,8 +556,7 @@ def _match_shards(pattern: str, what: str) -> List[str]:
 def build_pipeline(pipeline: beam.Pipeline, *, shards: Sequence[str],
                    prediction_files: Sequence[str], names: Sequence[str],
                    variant: str, k: Optional[int], target_scr: Optional[float],
-                   output_dir: str, max_threads: int = 2,
-                   reshuffle: bool = True) -> None:
+                   output_dir: str, reshuffle: bool = True) -> None:
   """Adds pass 1, pass 2 and the finish step to `pipeline`.
 
   Few stages on purpose (each costs the DirectRunner a bundle): per-clip
@@ -574,7 +565,6 @@ def build_pipeline(pipeline: beam.Pipeline, *, shards: Sequence[str],
   problems of pass 1.
 
   Args:
-    max_threads: threads that run the pass-2 items of one bundle.
     reshuffle: spread the shard list over workers before pass 1 (what a
       distributed runner wants; a one-process DirectRunner does not).
     (The others as in `relabel`.)
@@ -590,7 +580,7 @@ def build_pipeline(pipeline: beam.Pipeline, *, shards: Sequence[str],
                'error', main='preds'))
   matched = ((contexts.clips, preds.preds)
              | 'FlattenClipsAndPredictions' >> beam.Flatten()
-             | 'JoinOnClipIndex' >> beam.GroupByKey()
+             | 'JoinOnBucket' >> beam.GroupByKey()
              | 'Match' >> beam.ParDo(_MatchClips(n)).with_outputs(
                  'error', main='ok'))
   by_shard = ((matched.ok, paths | 'KeyShards' >> beam.Map(lambda p: (p, None)))
@@ -603,11 +593,10 @@ def build_pipeline(pipeline: beam.Pipeline, *, shards: Sequence[str],
            | 'Pass1' >> beam.CombineGlobally(_Pass1Fn(n)).without_defaults()
            | 'LabelSpace' >> beam.Map(_with_label_space, variant, names, k,
                                       target_scr))
-  _ = ((by_shard.clips, pipeline | 'PlotsItem' >> beam.Create([_PLOTS]))
-       | 'FlattenWork' >> beam.Flatten()
-       | 'Pass2' >> beam.ParDo(_Pass2(output_dir, max_threads),
-                               beam.pvalue.AsSingleton(pass1))
-       | 'KeyAll' >> beam.Map(lambda result: (None, result))
+  _ = (by_shard.clips
+       | 'Rewrite' >> beam.ParDo(_RewriteShard(output_dir),
+                                 beam.pvalue.AsSingleton(pass1))
+       | 'KeyAll' >> beam.Map(lambda stats: (None, stats))
        | 'Collect' >> beam.GroupByKey()
        | 'Finish' >> beam.Map(_finish_element, beam.pvalue.AsSingleton(pass1),
                               output_dir, len(shards)))
@@ -671,8 +660,8 @@ def relabel(*, records_pattern: str, predictions_pattern: str, variant: str,
     `prepare` (checks, globbing), `construct` (building the pipeline),
     `run` (the runner, all passes), `total`, and, where the runner reports
     Beam metrics, the per-phase sums `pass1_contexts`, `pass1_predictions`,
-    `pass2_wall`, `pass2_rewrite` (over shards), `pass2_plots` (drawn while
-    shards are rewritten) and `finish`. Timings are not written to the file:
+    `pass2_rewrite` (over shards), `finish` and, within it, `finish_plots`.
+    Timings are not written to the file:
     a rerun must give identical bytes.
 
   Raises:
