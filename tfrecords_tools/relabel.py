@@ -370,11 +370,16 @@ def rewrite_shard(in_path: str, out_path: str,
     Per-shard statistics: input / written / dropped clips, bytes in / out,
     written clips per new class.
   """
-  table = label_spaces.relabel_lookup(space)
+  # Everything per record that does not depend on the record is built once:
+  # the loop below runs once per clip and is what the pass costs beyond
+  # copying bytes.
+  n = len(space['input_classes'])
+  table = label_spaces.relabel_lookup(space).tolist()
   label_features = [_int64_feature(c['index']) for c in space['classes']]
   text_features = [_bytes_feature(c['name']) for c in space['classes']]
+  teacher_features = [_int64_feature(t) for t in range(n)]
   id_feature = _bytes_feature(space['id'])
-  class_counts = np.zeros(space['num_classes'], np.int64)
+  class_counts = [0] * space['num_classes']
   stats = {'shard': posixpath.basename(out_path), 'input': 0, 'written': 0,
            'dropped': 0, 'bytes_in': 0, 'bytes_out': 0}
   seen = set()
@@ -386,23 +391,30 @@ def rewrite_shard(in_path: str, out_path: str,
           tfrecord_io.read_split_records(fin, in_path)):
         stats['input'] += 1
         stats['bytes_in'] += length + 16
-        where = f'{in_path} record {i}'
         context = tf.train.Features.FromString(ctx_payload)
         feature_map = context.feature
-        clip_index = _int(feature_map, schema.CLIP_INDEX_KEY, where)
-        weak = _int(feature_map, schema.WEAK_LABEL_INDEX_KEY, where)
+        try:
+          clip_index = feature_map[schema.CLIP_INDEX_KEY].int64_list.value[0]
+          weak = feature_map[schema.WEAK_LABEL_INDEX_KEY].int64_list.value[0]
+        except IndexError:
+          # Pass 1 read the same contexts, so only a changed file gets here.
+          _int(feature_map, schema.CLIP_INDEX_KEY, f'{in_path} record {i}')
+          _int(feature_map, schema.WEAK_LABEL_INDEX_KEY,
+               f'{in_path} record {i}')
+          raise
         if clip_index not in teachers or clip_index in seen:
-          raise RelabelError(f'{where}: clip/index {clip_index} was not seen '
-                             f'exactly once in pass 1 (file changed during '
-                             f'the job?)')
+          raise RelabelError(f'{in_path} record {i}: clip/index {clip_index} '
+                             f'was not seen exactly once in pass 1 (file '
+                             f'changed during the job?)')
         seen.add(clip_index)
         teacher, score = teachers[clip_index]
-        new = int(table[weak, teacher])
+        new = table[weak][teacher]
         if new == label_spaces.DROP:
           stats['dropped'] += 1
           continue
-        feature_map[schema.TEACHER_INDEX_KEY].CopyFrom(_int64_feature(teacher))
-        feature_map[schema.TEACHER_SCORE_KEY].CopyFrom(_float_feature(score))
+        feature_map[schema.TEACHER_INDEX_KEY].CopyFrom(
+            teacher_features[teacher])
+        feature_map[schema.TEACHER_SCORE_KEY].float_list.value[:] = [score]
         feature_map[schema.LABEL_INDEX_KEY].CopyFrom(label_features[new])
         feature_map[schema.LABEL_TEXT_KEY].CopyFrom(text_features[new])
         feature_map[schema.LABEL_SPACE_ID_KEY].CopyFrom(id_feature)
@@ -423,7 +435,7 @@ def rewrite_shard(in_path: str, out_path: str,
     raise RelabelError(f'{in_path}: {stats["input"]} clips in, '
                        f'{stats["written"]} written + {stats["dropped"]} '
                        f'dropped')
-  stats['class_counts'] = class_counts.tolist()
+  stats['class_counts'] = class_counts
   return stats
 
 

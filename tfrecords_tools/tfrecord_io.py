@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from typing import BinaryIO, Iterator, List, Sequence, Tuple
+from typing import BinaryIO, Iterator, List, Optional, Sequence, Tuple
 
 import google_crc32c
 
@@ -130,13 +130,16 @@ def write_record_parts(f: BinaryIO, parts: Sequence[bytes]) -> int:
   Returns:
     The bytes written (payload + 16 bytes of framing).
   """
-  length = sum(len(p) for p in parts)
+  length = 0
+  crc = 0
+  for p in parts:
+    length += len(p)
+    crc = google_crc32c.extend(crc, p)
   length_bytes = _LEN.pack(length)
-  f.write(length_bytes)
-  f.write(_CRC.pack(masked_crc32c(length_bytes)))
+  f.write(length_bytes + _CRC.pack(masked_crc32c(length_bytes)))
   for p in parts:
     f.write(p)
-  f.write(_CRC.pack(_masked_crc_parts(parts)))
+  f.write(_CRC.pack(_mask(crc)))
   return length + 16
 
 
@@ -170,6 +173,32 @@ def encode_varint(value: int) -> bytes:
     else:
       out.append(b)
       return bytes(out)
+
+
+_CONTEXT_TAG = CONTEXT_FIELD << 3 | _WIRE_LEN
+
+
+def _leading_context(head: bytes, length: int) -> Optional[Tuple[int, int]]:
+  """(payload start, payload size) if a record starts with its context field.
+
+  `head` is the record's first bytes (up to 11: tag + a 10-byte varint);
+  `length` the record's length. None for any other layout, which callers
+  handle by a full split. One- and two-byte lengths (every clip context)
+  are decoded inline: this runs once per record.
+  """
+  if len(head) < 2 or head[0] != _CONTEXT_TAG:
+    return None
+  b = head[1]
+  if b < 0x80:
+    size, pos = b, 2
+  elif len(head) > 2 and head[2] < 0x80:
+    size, pos = (b & 0x7f) | (head[2] << 7), 3
+  else:
+    try:
+      size, pos = _varint(head, 1, len(head), 'length')
+    except ValueError:
+      return None
+  return (pos, size) if pos + size <= length else None
 
 
 def _split_fields(data: bytes) -> List[Tuple[int, int, int, int]]:
@@ -267,13 +296,9 @@ def read_contexts(f: BinaryIO, path: str = '<file>') -> Iterator[bytes]:
       raise CorruptRecordError(f'{path}: truncated record at byte {offset} '
                                f'(length {length}, file ends at byte {size})')
     head = buf[12:12 + length]
-    try:
-      tag, pos = _varint(head, 0, len(head), 'tag')
-      n, pos = _varint(head, pos, len(head), 'length')
-      simple = tag == (CONTEXT_FIELD << 3 | _WIRE_LEN) and pos + n <= length
-    except ValueError:
-      simple = False
-    if simple:
+    found = _leading_context(head[:11], length)
+    if found:
+      pos, n = found
       payload = head[pos:pos + n]
       if len(payload) < n:
         payload += f.read(n - len(payload))
@@ -312,14 +337,9 @@ def read_split_records(f: BinaryIO, path: str = '<file>'
       return
     length = _record_length(header, path, offset)
     head = f.read(min(length, 11))
-    simple = False
-    try:
-      tag, pos = _varint(head, 0, len(head), 'tag')
-      size, pos = _varint(head, pos, len(head), 'length')
-      simple = tag == (CONTEXT_FIELD << 3 | _WIRE_LEN) and pos + size <= length
-    except ValueError:
-      pass
-    if simple:
+    found = _leading_context(head, length)
+    if found:
+      pos, size = found
       context = head[pos:] + f.read(max(0, pos + size - len(head)))
       context = context[:size]
       # Bytes of the context field read past `size` (tiny contexts) belong
