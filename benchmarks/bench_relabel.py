@@ -132,12 +132,15 @@ def _time_all(methods: Dict[str, Callable[[str], Any]], root: str,
               repeats: int) -> Dict[str, tuple]:
   """Best (wall time, return value) of every method.
 
-  Methods take turns within each repeat, so load from other processes on a
-  shared machine hits them alike.
+  Methods take turns within each repeat, starting one later every repeat,
+  so load from other processes on a shared machine and the kernel's
+  write-back of the previous method's output hit them alike.
   """
   best = {name: (float('inf'), None) for name in methods}
+  names = list(methods)
   for r in range(repeats):
-    for name, fn in methods.items():
+    for name in names[r % len(names):] + names[:r % len(names)]:
+      fn = methods[name]
       out = os.path.join(root, f'{name}_{r}')
       os.makedirs(out)
       t0 = time.perf_counter()
