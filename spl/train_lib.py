@@ -743,6 +743,11 @@ def run(*,
     pad_eval_batches = _is_tpu(strategy)
   training = mode in ('train', 'train_and_eval')
   evaluating = mode in ('eval', 'train_and_eval')
+  if (evaluating or pad_eval_batches) and eval_global_batch_size % num_replicas:
+    # Evaluation splits its batch evenly over replicas; padded prediction
+    # must too, or the replicas' shapes would not be static.
+    raise ValueError(f'`eval_global_batch_size`={eval_global_batch_size} '
+                     f'must be a multiple of the {num_replicas} replicas')
 
   # ---- Everything that can be wrong is checked before any step ----
   if training:

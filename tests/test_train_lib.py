@@ -312,3 +312,12 @@ def test_padded_eval_and_predict_equal_unpadded(trained, data, tmp_path,
     np.testing.assert_allclose(q[schema.PREDICTION_TOP_K_SCORE_KEY],
                                p[schema.PREDICTION_TOP_K_SCORE_KEY],
                                rtol=1e-6)
+
+
+def test_eval_batch_not_divisible_by_replicas_is_refused(trained, data,
+                                                         logical_cpus):
+  model_dir, _ = trained
+  with pytest.raises(ValueError, match='eval_global_batch_size'):
+    _run(mode='predict', model_dir=model_dir, predict_file_pattern=data,
+         strategy=_mirrored(logical_cpus[:2]), eval_global_batch_size=3,
+         pad_eval_batches=True)
