@@ -5,6 +5,8 @@ against references measured in its own run, which is only meaningful on a
 machine that is otherwise idle.
 """
 
+import ast
+import os
 import pkgutil
 
 import benchmarks
@@ -15,9 +17,12 @@ def main():
                  if m.name.startswith('bench_'))
   print('Benchmarks (run each with `python -m benchmarks.<name> --help`):')
   for name in names:
-    module = __import__(f'benchmarks.{name}', fromlist=['__doc__'])
-    first = (module.__doc__ or '').strip().split('\n')[0]
-    print(f'  {name:24s} {first}')
+    # Docstrings are read, not imported: the modules define absl flags of
+    # the same names (--steps, --repeats), which one process cannot hold.
+    path = os.path.join(os.path.dirname(benchmarks.__file__), name + '.py')
+    with open(path) as f:
+      doc = ast.get_docstring(ast.parse(f.read())) or ''
+    print(f'  {name:24s} {doc.strip().splitlines()[0] if doc else ""}')
 
 
 if __name__ == '__main__':
