@@ -425,7 +425,16 @@ def _frame_indices(num_available: tf.Tensor, *, num_frames: int, stride: int,
 
 def _decode_window(frames: tf.Tensor, window: tf.Tensor,
                    dct_method: str) -> tf.Tensor:
-  """Decodes `window` ([y, x, h, w]) of every JPEG in `frames` -> uint8."""
+  """Decodes `window` ([y, x, h, w]) of every JPEG in `frames` -> uint8.
+
+  With a static number of frames (up to 64) the decodes are unrolled: a
+  `map_fn` while loop costs ~8% of a 16-frame clip's decode time.
+  """
+  n = frames.shape[0]
+  if n is not None and n <= 64:
+    return tf.stack([tf.io.decode_and_crop_jpeg(
+        frames[i], window, channels=3, dct_method=dct_method)
+                     for i in range(n)])
   return tf.map_fn(
       lambda b: tf.io.decode_and_crop_jpeg(
           b, window, channels=3, dct_method=dct_method),
@@ -963,6 +972,8 @@ def make_dataset(file_pattern: str, *, is_training: bool, batch_size: int,
       `finish_features` in the consumer's step, on the accelerator, driven
       by a VIDEO_FINISH feature drawn here (so seeds still fix everything).
       4x fewer bytes to the device and ~1.5x the clips per host CPU-second.
+      For accelerators: on a CPU-only machine the resampling matmuls cost
+      more than the host path saves.
     **augmentation_kwargs: fields of `AugmentationOptions`.
 
   Returns:
