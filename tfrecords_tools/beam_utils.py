@@ -10,18 +10,24 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 
 def make_pipeline(runner: str = 'DirectRunner', direct_num_workers: int = 1,
-                  extra_args: Sequence[str] = ()) -> beam.Pipeline:
+                  extra_args: Sequence[str] = (),
+                  running_mode: str = 'multi_processing') -> beam.Pipeline:
   """A pipeline on `runner`; any other Beam option passes through.
 
-  `DirectRunner` means Beam's in-process FnApiRunner, multi-process when
-  `direct_num_workers` > 1. Beam 2.77's DirectRunner would first try to
-  download the Prism runner binary from GitHub, which fails (and stalls)
-  without network, so we go to the FnApiRunner directly.
+  `DirectRunner` means Beam's in-process FnApiRunner, with
+  `direct_num_workers` parallel workers in `running_mode` when > 1 (a
+  `--direct_running_mode=...` in `extra_args` wins). Beam 2.77's
+  DirectRunner would first try to download the Prism runner binary from
+  GitHub, which fails (and stalls) without network, so we go to the
+  FnApiRunner directly.
 
   Args:
     runner: Beam runner name (DirectRunner, DataflowRunner, FlinkRunner, ...).
-    direct_num_workers: worker processes for the DirectRunner.
+    direct_num_workers: parallel workers for the DirectRunner.
     extra_args: further Beam pipeline options, e.g. `--project=...`.
+    running_mode: `multi_processing` (a Python process per worker) or
+      `multi_threading` (threads of this process; enough when the heavy
+      work runs in child processes of its own, as the writer's decoding).
   """
   if direct_num_workers < 1:
     raise ValueError(
@@ -32,8 +38,9 @@ def make_pipeline(runner: str = 'DirectRunner', direct_num_workers: int = 1,
   if runner in ('DirectRunner', 'direct'):
     from apache_beam.runners.portability.fn_api_runner import fn_runner  # pylint: disable=g-import-not-at-top
     args += [f'--direct_num_workers={direct_num_workers}']
-    if direct_num_workers > 1:
-      args += ['--direct_running_mode=multi_processing']
+    if direct_num_workers > 1 and not any(
+        a.startswith('--direct_running_mode') for a in args):
+      args += [f'--direct_running_mode={running_mode}']
     return beam.Pipeline(runner=fn_runner.FnApiRunner(),
                          options=PipelineOptions(args))
   return beam.Pipeline(options=PipelineOptions(args + [f'--runner={runner}']))
