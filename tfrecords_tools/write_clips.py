@@ -10,11 +10,12 @@ locally and on Dataflow/Flink/Spark unchanged):
   manifest rows (read and validated in the driver)
     -> probe each video (duration, rate, size, rotation; time-limited)
     -> plan clip windows (global: the per-class budget needs all videos)
-    -> decode + resample + resize + JPEG each clip (time-limited, per video)
+    -> decode + resample + resize + JPEG each clip (time-limited, per video,
+       in the worker's decoder child process); the worker writes the
+       serialised frames to a per-video temporary file next to the output
+       and passes on only small `ClipPiece` metadata (no frame is shuffled)
     -> clip indices: contiguous over written clips, in (manifest row, time)
        order, computed after decoding so a failed video leaves no gap
-       (the frames go straight to a per-video temporary file next to the
-       output; only small `ClipPiece` metadata is shuffled)
     -> group pieces by shard (crc32 of the clip key), sort by clip index,
        build each record's context and copy its frames from the temp file
        into `clips-SSSSS-of-NNNNN.tfrecord` under a temporary name, rename
@@ -23,7 +24,10 @@ locally and on Dataflow/Flink/Spark unchanged):
 
 No TensorFlow in the job: records are serialised by `clip_proto` (byte-
 identical to TF's deterministic serialisation) and files go through Beam's
-FileSystems (local, gs://, ...), so worker processes start in ~1 s.
+FileSystems (local, gs://, ...): a worker process costs a Beam import,
+not seconds of TensorFlow import. On the DirectRunner the workers are
+threads by default (the heavy work is in their decoder processes), which
+start in well under a second.
 
 Determinism: nothing depends on worker count, timing or hash seeds: clip
 windows, indices and shard assignment are functions of the inputs and flags
