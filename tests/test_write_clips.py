@@ -291,7 +291,9 @@ def test_non_utf8_titles_jsonl_and_per_class_budget(tmp_path):
          clip_key='k', weak_label_index=300, weak_label_text='w'),
 ])
 def test_clip_proto_is_byte_identical_to_tensorflow(kw):
-  frames = [b'\xff\xd8' + bytes(range(256)) * 3, b'x' * 200]
+  # Sizes around varint boundaries of the nested lengths (127/128, 16383).
+  frames = [b'\xff\xd8' + bytes(range(256)) * 3, b'x' * 200, b'y' * 124,
+            b'z' * 125, b'w' * 16378]
   ours = clip_proto.serialize_clip(frames=frames, **kw)
   theirs = records.make_clip_example(frames=frames, **kw).SerializeToString(
       deterministic=True)

@@ -82,12 +82,31 @@ def _features(feature: Dict[str, bytes]) -> bytes:
 
 def frames_field(frames: Sequence[bytes],
                  key: str = schema.IMAGE_KEY) -> bytes:
-  """The record's `feature_lists` field: one bytes feature per frame."""
+  """The record's `feature_lists` field: one bytes feature per frame.
+
+  Lengths are computed first so the frames are copied once (nesting
+  `_field`s would copy the ~0.5 MB of a clip once per nesting level).
+  """
   if not frames:
     raise ValueError('`frames` must not be empty')
-  frame_list = b''.join(_field(_LEN1, _bytes_feature((f,))) for f in frames)
-  entry = _field(_LEN1, key.encode('utf-8')) + _field(_LEN2, frame_list)
-  return _field(_LEN2, _field(_LEN1, entry))
+  parts = [b'']  # The prefix, filled in below.
+  list_len = 0
+  for f in frames:
+    n = len(f)
+    bytes_list = 1 + len(_varint(n)) + n  # BytesList { value: f }
+    feature = 1 + len(_varint(bytes_list)) + bytes_list  # Feature {...}
+    parts.append(bytes([_LEN1]) + _varint(feature) + bytes([_LEN1]) +
+                 _varint(bytes_list) + bytes([_LEN1]) + _varint(n))
+    parts.append(f)
+    list_len += 1 + len(_varint(feature)) + feature
+  key_bytes = key.encode('utf-8')
+  entry = 1 + len(_varint(len(key_bytes))) + len(key_bytes) + 1 + len(
+      _varint(list_len)) + list_len
+  lists = 1 + len(_varint(entry)) + entry
+  parts[0] = (bytes([_LEN2]) + _varint(lists) + bytes([_LEN1]) +
+              _varint(entry) + bytes([_LEN1]) + _varint(len(key_bytes)) +
+              key_bytes + bytes([_LEN2]) + _varint(list_len))
+  return b''.join(parts)
 
 
 def context_field(
