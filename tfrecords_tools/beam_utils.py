@@ -8,6 +8,8 @@ from typing import Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from tfrecords_tools import schema
+
 
 def make_pipeline(runner: str = 'DirectRunner', direct_num_workers: int = 1,
                   extra_args: Sequence[str] = (),
@@ -116,9 +118,7 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
 
 def write_json_atomic(path: str, obj) -> None:
   """JSON as `records.write_json_atomic` writes it, without TensorFlow."""
-  import json  # pylint: disable=g-import-not-at-top
-  write_bytes_atomic(path, (json.dumps(
-      obj, indent=1, sort_keys=True, ensure_ascii=False) + '\n').encode('utf-8'))
+  write_bytes_atomic(path, schema.json_text(obj).encode('utf-8'))
 
 
 def read_bytes(path: str) -> bytes:

@@ -186,17 +186,13 @@ def write_json_atomic(path: str, obj: Any) -> None:
   """Writes JSON to `path` via a temporary name, so `path` is never partial."""
   tmp = f'{path}.tmp-partial'
   with tf.io.gfile.GFile(tmp, 'w') as f:
-    f.write(json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False))
-    f.write('\n')
+    f.write(schema.json_text(obj))
   tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def write_label_map(path: str, class_names: Sequence[str]) -> None:
   """Writes `{"class name": index}`; indices follow the sorted order of names."""
-  names = list(class_names)
-  if names != sorted(set(names)):
-    raise ValueError('class names must be sorted and unique')
-  write_json_atomic(path, {name: i for i, name in enumerate(names)})
+  write_json_atomic(path, schema.label_map(class_names))
 
 
 def read_label_map(path: str) -> List[str]:

@@ -133,6 +133,20 @@ def shard_pattern(prefix: str = SHARD_PREFIX) -> str:
   return f'{prefix}-?????-of-?????{SHARD_SUFFIX}'
 
 
+def json_text(obj) -> str:
+  """The JSON text of every metadata file that travels with the shards."""
+  import json  # pylint: disable=g-import-not-at-top
+  return json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + '\n'
+
+
+def label_map(class_names) -> dict:
+  """`label_map.json`'s content: `{"class name": index}` in sorted order."""
+  names = list(class_names)
+  if names != sorted(set(names)):
+    raise ValueError('class names must be sorted and unique')
+  return {name: i for i, name in enumerate(names)}
+
+
 def make_clip_key(video_id: str, start_seconds: float) -> str:
   """Stable clip id: video id + start time in whole milliseconds."""
   return f'{video_id}@{int(round(start_seconds * 1000)):09d}'

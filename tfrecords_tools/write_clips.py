@@ -559,12 +559,10 @@ def run_writer(manifest_path: str, config: WriterConfig, *,
   if not class_names:
     raise ValueError(f'manifest {manifest_path!r}: no usable class label')
   beam_utils.makedirs(config.output_dir)
-  if list(class_names) != sorted(set(class_names)):
-    raise ValueError('class names must be sorted and unique')
-  # The format of `records.write_label_map`, written without TensorFlow.
+  # `records.write_label_map`'s format, written without TensorFlow.
   beam_utils.write_json_atomic(
       beam_utils.join(config.output_dir, schema.LABEL_MAP_FILENAME),
-      {name: i for i, name in enumerate(class_names)})
+      schema.label_map(class_names))
   # Temp files of an earlier run that crashed are never read (each run has
   # its own directory); remove them so they do not pile up.
   beam_utils.delete_tree(temp_root(config.output_dir))
