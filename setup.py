@@ -36,7 +36,10 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['spl*', 'cpd*',
                                                'tfrecords_tools*']),
     install_requires=INSTALL_REQUIRES,
-    extras_require={'test': TEST_REQUIRES},
+    # `gcp`: Beam's gs:// filesystem for the batch jobs on Dataflow (their
+    # files go through Beam's FileSystems, not TensorFlow's GCS support).
+    extras_require={'test': TEST_REQUIRES,
+                    'gcp': ['apache-beam[gcp]==2.77.0']},
     entry_points={
         'console_scripts': [
             'write-clips=tfrecords_tools.write_clips:run',
