@@ -40,6 +40,9 @@ _LEN3 = 0x1a  # Field 3, length-delimited.
 
 Value = Union[int, float, str, bytes]
 
+# Feature kinds of `clip_context`.
+INT64, FLOAT, BYTES = 'int64', 'float', 'bytes'
+
 
 def _varint(value: int) -> bytes:
   if value < 0:
@@ -109,7 +112,7 @@ def frames_field(frames: Sequence[bytes],
   return b''.join(parts)
 
 
-def context_field(
+def clip_context(
     *,
     clip_index: int,
     video_id: str,
@@ -125,11 +128,12 @@ def context_field(
     clip_key: Optional[str] = None,
     weak_label_index: Optional[int] = None,
     weak_label_text: Optional[str] = None,
-) -> bytes:
-  """The record's `context` field; arguments as `records.make_clip_example`.
+) -> Dict[str, Tuple[str, list]]:
+  """Every context feature a written clip carries, as `(kind, values)`.
 
-  Only what the writer sets: teacher and label-space fields are added by
-  the relabeller (which goes through `records`).
+  The one definition of a clip's context: this module's encoder and the
+  TensorFlow one (`records.make_clip_example`, which adds the teacher and
+  label-space fields of relabelled records) both build from it.
   """
   if clip_key is None:
     clip_key = schema.make_clip_key(video_id, start)
@@ -137,24 +141,34 @@ def context_field(
     weak_label_index = label_index
   if weak_label_text is None:
     weak_label_text = label_text
-  context = {
-      schema.SCHEMA_VERSION_KEY: _int64_feature([schema.SCHEMA_VERSION]),
-      schema.CLIP_INDEX_KEY: _int64_feature([clip_index]),
-      schema.CLIP_KEY_KEY: _bytes_feature([clip_key]),
-      schema.VIDEO_ID_KEY: _bytes_feature([video_id]),
-      schema.CLIP_START_KEY: _float_feature([start]),
-      schema.CLIP_END_KEY: _float_feature([end]),
-      schema.FRAME_RATE_KEY: _float_feature([frame_rate]),
-      schema.NUM_FRAMES_KEY: _int64_feature([num_frames]),
-      schema.IMAGE_HEIGHT_KEY: _int64_feature([height]),
-      schema.IMAGE_WIDTH_KEY: _int64_feature([width]),
-      schema.LABEL_INDEX_KEY: _int64_feature([label_index]),
-      schema.LABEL_TEXT_KEY: _bytes_feature([label_text]),
-      schema.WEAK_LABEL_INDEX_KEY: _int64_feature([weak_label_index]),
-      schema.WEAK_LABEL_TEXT_KEY: _bytes_feature([weak_label_text]),
-      schema.CAPTION_KEY: _bytes_feature([caption]),
+  return {
+      schema.SCHEMA_VERSION_KEY: (INT64, [schema.SCHEMA_VERSION]),
+      schema.CLIP_INDEX_KEY: (INT64, [clip_index]),
+      schema.CLIP_KEY_KEY: (BYTES, [clip_key]),
+      schema.VIDEO_ID_KEY: (BYTES, [video_id]),
+      schema.CLIP_START_KEY: (FLOAT, [start]),
+      schema.CLIP_END_KEY: (FLOAT, [end]),
+      schema.FRAME_RATE_KEY: (FLOAT, [frame_rate]),
+      schema.NUM_FRAMES_KEY: (INT64, [num_frames]),
+      schema.IMAGE_HEIGHT_KEY: (INT64, [height]),
+      schema.IMAGE_WIDTH_KEY: (INT64, [width]),
+      schema.LABEL_INDEX_KEY: (INT64, [label_index]),
+      schema.LABEL_TEXT_KEY: (BYTES, [label_text]),
+      schema.WEAK_LABEL_INDEX_KEY: (INT64, [weak_label_index]),
+      schema.WEAK_LABEL_TEXT_KEY: (BYTES, [weak_label_text]),
+      schema.CAPTION_KEY: (BYTES, [caption]),
   }
-  return _field(_LEN1, _features(context))
+
+
+_ENCODERS = {INT64: _int64_feature, FLOAT: _float_feature,
+             BYTES: _bytes_feature}
+
+
+def context_field(**fields) -> bytes:
+  """The record's `context` field; `fields` as `clip_context`."""
+  return _field(_LEN1, _features({
+      key: _ENCODERS[kind](values)
+      for key, (kind, values) in clip_context(**fields).items()}))
 
 
 def serialize_clip(*, frames: Sequence[bytes], **context) -> bytes:

@@ -11,6 +11,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import tensorflow as tf
 
+from tfrecords_tools import clip_proto
 from tfrecords_tools import schema
 
 
@@ -26,6 +27,10 @@ def _bytes(values: Iterable[Any]) -> tf.train.Feature:
   return tf.train.Feature(bytes_list=tf.train.BytesList(
       value=[v.encode('utf-8') if isinstance(v, str) else bytes(v)
              for v in values]))
+
+
+_FEATURES = {clip_proto.INT64: _int64, clip_proto.FLOAT: _float,
+             clip_proto.BYTES: _bytes}
 
 
 def make_clip_example(
@@ -71,29 +76,14 @@ def make_clip_example(
   """
   if not frames:
     raise ValueError(f'clip {video_id}@{start}: `frames` must not be empty')
-  if clip_key is None:
-    clip_key = schema.make_clip_key(video_id, start)
-  if weak_label_index is None:
-    weak_label_index = label_index
-  if weak_label_text is None:
-    weak_label_text = label_text
-  context = {
-      schema.SCHEMA_VERSION_KEY: _int64([schema.SCHEMA_VERSION]),
-      schema.CLIP_INDEX_KEY: _int64([clip_index]),
-      schema.CLIP_KEY_KEY: _bytes([clip_key]),
-      schema.VIDEO_ID_KEY: _bytes([video_id]),
-      schema.CLIP_START_KEY: _float([start]),
-      schema.CLIP_END_KEY: _float([end]),
-      schema.FRAME_RATE_KEY: _float([frame_rate]),
-      schema.NUM_FRAMES_KEY: _int64([len(frames)]),
-      schema.IMAGE_HEIGHT_KEY: _int64([height]),
-      schema.IMAGE_WIDTH_KEY: _int64([width]),
-      schema.LABEL_INDEX_KEY: _int64([label_index]),
-      schema.LABEL_TEXT_KEY: _bytes([label_text]),
-      schema.WEAK_LABEL_INDEX_KEY: _int64([weak_label_index]),
-      schema.WEAK_LABEL_TEXT_KEY: _bytes([weak_label_text]),
-      schema.CAPTION_KEY: _bytes([caption]),
-  }
+  fields = clip_proto.clip_context(
+      clip_index=clip_index, video_id=video_id, start=start, end=end,
+      frame_rate=frame_rate, num_frames=len(frames), height=height,
+      width=width, label_index=label_index, label_text=label_text,
+      caption=caption, clip_key=clip_key, weak_label_index=weak_label_index,
+      weak_label_text=weak_label_text)
+  context = {key: _FEATURES[kind](values)
+             for key, (kind, values) in fields.items()}
   if teacher_index is not None:
     context[schema.TEACHER_INDEX_KEY] = _int64([teacher_index])
   if teacher_score is not None:
