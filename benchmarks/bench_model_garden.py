@@ -53,6 +53,7 @@ from official.vision.configs import video_classification as mg_config  # pylint:
 from official.vision.tasks import video_classification as mg_task
 from spl import input_pipeline
 from spl import losses
+from spl import optimization
 from spl import train_lib
 from spl.models import factory
 from tfrecords_tools import schema
@@ -136,7 +137,7 @@ def our_side(strategy, pattern, batch, clip_shape, steps):
                                      input_shape=clip_shape,
                                      dropout_rate=DROPOUT)
     model(tf.zeros((1,) + tuple(clip_shape)), training=False)
-    optimizer = tf_keras.optimizers.SGD(LEARNING_RATE, momentum=0.9)
+    optimizer = optimization.build_sgd(LEARNING_RATE, momentum=0.9)
     optimizer.build(model.trainable_variables)
   trainer = train_lib._Trainer(  # pylint: disable=protected-access
       strategy=strategy, model=model, optimizer=optimizer,

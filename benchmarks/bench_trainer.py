@@ -21,7 +21,6 @@ from absl import flags
 
 import numpy as np
 import tensorflow as tf
-import tf_keras
 
 from spl import input_pipeline
 from spl import losses
@@ -54,7 +53,7 @@ def _batch(shape, batch):
 def bare_clips_per_second(backbone, shape, batch, steps):
   model = factory.build_classifier(backbone, num_classes=NUM_CLASSES,
                                    input_shape=shape)
-  optimizer = tf_keras.optimizers.SGD(0.01, momentum=0.9)
+  optimizer = optimization.build_sgd(0.01, momentum=0.9)
   data = _batch(shape, batch)
   video = tf.constant(data[input_pipeline.VIDEO])
   labels = tf.constant(data[input_pipeline.LABEL])

@@ -189,8 +189,37 @@ def build_sgd(learning_rate, *, momentum: float = 0.9,
   """
   if not 0.0 <= momentum < 1.0:
     raise ValueError(f'`momentum` must be in [0, 1), got {momentum}')
-  return tf_keras.optimizers.SGD(
-      learning_rate=learning_rate, momentum=momentum, nesterov=nesterov)
+  return FusedSGD(learning_rate=learning_rate, momentum=momentum,
+                  nesterov=nesterov)
+
+
+class FusedSGD(tf_keras.optimizers.SGD):
+  """`tf_keras.optimizers.SGD` with the dense update in one fused kernel.
+
+  The Keras 3-style SGD updates each variable with a handful of small ops
+  (read lr, two multiplies, an add, two assigns); `ResourceApplyKerasMomentum`
+  (what the legacy SGD and Model Garden's default optimiser run) does the same
+  arithmetic in one kernel:
+
+      m <- momentum * m - lr * g;   w <- w + m
+      (nesterov: w <- w + momentum * m - lr * g)
+
+  On an R3D-50 (~300 variables) that is ~5% of a CPU training step. Same
+  variables, slot names and config as the parent, so checkpoints are
+  interchangeable; sparse gradients (`tf.IndexedSlices`) take the parent's
+  path.
+  """
+
+  def update_step(self, gradient, variable):
+    if isinstance(gradient, tf.IndexedSlices):
+      return super().update_step(gradient, variable)
+    m = self.momentums[self._index_dict[self._var_key(variable)]]
+    return tf.raw_ops.ResourceApplyKerasMomentum(
+        var=variable.handle, accum=m.handle,
+        lr=tf.cast(self.learning_rate, variable.dtype),
+        grad=tf.cast(gradient, variable.dtype),
+        momentum=tf.cast(self.momentum, variable.dtype),
+        use_nesterov=self.nesterov)
 
 
 DEFAULT_NO_DECAY = ('bias', 'beta', 'gamma', 'batch_norm', '/bn')
@@ -204,15 +233,30 @@ def decayed_variables(variables: Iterable[tf.Variable],
           if not any(pattern in v.name for pattern in exclude)]
 
 
-def l2_weight_decay(variables: Sequence[tf.Variable],
-                    weight_decay: float) -> tf.Tensor:
-  """0.5 * weight_decay * sum ||w||^2, whose gradient is weight_decay * w."""
+def add_weight_decay(grads: Sequence[Optional[tf.Tensor]],
+                     variables: Sequence[tf.Variable],
+                     decayed: Sequence[tf.Variable],
+                     weight_decay: float,
+                     scale: float = 1.0) -> list:
+  """Adds `scale * weight_decay * w` to the gradient of every decayed `w`.
+
+  That is the gradient of an L2 term `0.5 * weight_decay * sum ||w||^2` on
+  the loss (PyTorch's coupled `weight_decay`, which the papers'
+  hyper-parameters were tuned with), added directly instead of
+  differentiating the term: two elementwise passes over the weights instead
+  of the forward square-and-sum and its backward (~8% of a CPU step of an
+  R3D-50, measured by `benchmarks/bench_model_garden`). `scale` is
+  1 / replicas when the gradients are summed over replicas afterwards.
+  """
   if weight_decay < 0:
     raise ValueError(f'`weight_decay` must be >= 0, got {weight_decay}')
-  if not variables or weight_decay == 0:
-    return tf.constant(0.0)
-  return 0.5 * weight_decay * tf.add_n(
-      [tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in variables])
+  if weight_decay == 0:
+    return list(grads)
+  refs = {v.ref() for v in decayed}
+  coefficient = float(scale) * float(weight_decay)
+  return [g + tf.cast(coefficient, g.dtype) * tf.cast(v, g.dtype)
+          if g is not None and v.ref() in refs else g
+          for g, v in zip(grads, variables)]
 
 
 def wrap_for_mixed_precision(optimizer: tf_keras.optimizers.Optimizer,

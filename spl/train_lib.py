@@ -547,18 +547,19 @@ class _Trainer:
       per_example = self.loss_fn(labels, logits, epoch=epoch,
                                  features=features)
       loss = tf.reduce_sum(per_example) / float(self.global_batch_size)
-      regularization = optimization.l2_weight_decay(self.decayed,
-                                                    self.weight_decay)
+      total = loss
       if self.model.losses:
-        regularization += tf.add_n(
-            [tf.cast(l, tf.float32) for l in self.model.losses])
-      # Summed over replicas by the all-reduce, so divided here.
-      total = loss + regularization / num_replicas
+        # Summed over replicas by the all-reduce, so divided here.
+        total += tf.add_n([tf.cast(l, tf.float32)
+                           for l in self.model.losses]) / num_replicas
       if self.mixed_precision == 'float16':
         total = self.optimizer.get_scaled_loss(total)
     grads = tape.gradient(total, self.variables)
     if self.mixed_precision == 'float16':
       grads = self.optimizer.get_unscaled_gradients(grads)
+    grads = optimization.add_weight_decay(
+        grads, self.variables, self.decayed, self.weight_decay,
+        scale=1.0 / num_replicas)
     return grads, logits, loss * num_replicas
 
   def _replica_step(self, inputs):

@@ -14,6 +14,7 @@ import tensorflow as tf
 import tf_keras
 
 from spl import input_pipeline
+from spl import losses
 from spl import optimization
 from spl import train_lib
 from spl.models import factory
@@ -251,6 +252,83 @@ def test_learning_rate_scales_warms_up_and_decays():
   assert lr[20] == pytest.approx(0.2)
   assert all(a >= b for a, b in zip(lr[20:], lr[21:]))
   assert float(schedule(100)) == pytest.approx(0.0, abs=1e-7)
+
+
+def _sgd_trajectory(optimizer_cls, strategy, *, nesterov, steps=4):
+  with strategy.scope():
+    w = tf.Variable(np.linspace(-2.0, 3.0, 12, dtype=np.float32).reshape(3, 4))
+    optimizer = optimizer_cls(learning_rate=0.1, momentum=0.9,
+                              nesterov=nesterov)
+    optimizer.build([w])
+
+  @tf.function
+  def step():
+    def replica_fn():
+      with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.sin(w) * w)
+      optimizer.apply_gradients(zip(tape.gradient(loss, [w]), [w]))
+    strategy.run(replica_fn)
+
+  for _ in range(steps):
+    step()
+  return w.numpy(), optimizer.momentums[0].numpy()
+
+
+@pytest.mark.parametrize('nesterov', [False, True])
+@pytest.mark.parametrize('replicas', [1, 2])
+def test_fused_sgd_matches_keras_sgd(nesterov, replicas, logical_cpus):
+  strategy = (tf.distribute.OneDeviceStrategy(logical_cpus[0])
+              if replicas == 1 else _mirrored(logical_cpus[:2]))
+  reference = _sgd_trajectory(tf_keras.optimizers.SGD, strategy,
+                              nesterov=nesterov)
+  fused = _sgd_trajectory(optimization.FusedSGD, strategy, nesterov=nesterov)
+  assert np.abs(reference[0]).max() > 0.1  # The weights really moved.
+  for a, b in zip(reference, fused):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize('replicas', [1, 2])
+def test_weight_decay_equals_l2_term_on_the_loss(replicas, logical_cpus):
+  """The trainer's gradient-form decay == differentiating 0.5 wd ||w||^2."""
+  wd, lr, batch = 0.5, 0.2, 4
+  strategy = (tf.distribute.OneDeviceStrategy(logical_cpus[0])
+              if replicas == 1 else _mirrored(logical_cpus[:2]))
+  dataset = _memory_dataset(None, is_training=True, batch_size=batch,
+                            input_context=None, num_classes=NUM_CLASSES)
+  batches = list(dataset.take(3).as_numpy_iterator())
+
+  tf_keras.utils.set_random_seed(3)
+  reference = _no_bn_model(NUM_CLASSES, (2, 8, 8, 3))
+  optimizer = tf_keras.optimizers.SGD(lr, momentum=0.9)
+  decayed = optimization.decayed_variables(reference.trainable_variables)
+  for element in batches:
+    with tf.GradientTape() as tape:
+      logits = reference(element[input_pipeline.VIDEO], training=True)
+      loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+          element[input_pipeline.LABEL], logits)) + 0.5 * wd * tf.add_n(
+              [tf.reduce_sum(tf.square(v)) for v in decayed])
+    optimizer.apply_gradients(zip(
+        tape.gradient(loss, reference.trainable_variables),
+        reference.trainable_variables))
+
+  tf_keras.utils.set_random_seed(3)
+  with strategy.scope():
+    model = _no_bn_model(NUM_CLASSES, (2, 8, 8, 3))
+    ours = optimization.build_sgd(lr, momentum=0.9)
+    ours.build(model.trainable_variables)
+  trainer = train_lib._Trainer(  # pylint: disable=protected-access
+      strategy=strategy, model=model, optimizer=ours,
+      loss_fn=losses.softmax_cross_entropy, num_classes=NUM_CLASSES,
+      global_batch_size=batch, steps_per_epoch=10, weight_decay=wd,
+      mixed_precision=None, jit_compile=False)
+  iterator = iter(strategy.experimental_distribute_dataset(
+      tf.data.Dataset.from_tensor_slices(
+          {k: np.stack([b[k] for b in batches]) for k in batches[0]})))
+  trainer.run_steps(iterator, len(batches))
+
+  assert len(decayed) == 2  # Conv and dense kernels; not the biases.
+  for a, b in zip(reference.trainable_variables, model.trainable_variables):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_weight_decay_skips_norm_and_bias():
