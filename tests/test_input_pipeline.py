@@ -430,6 +430,33 @@ def test_skip_mode_drops_and_counts(bad_file, is_training):
   assert ip.num_skipped_records() == 0
 
 
+@pytest.mark.parametrize('records_per_task', [1, 3, 4, 16])
+def test_lost_records_are_found_wherever_they_fall_in_a_task(
+    tmp_path, records_per_task):
+  # Corrupt frames first, last, at and across task boundaries, in a row.
+  bad = {0, 3, 4, 5, 8, 11}
+  path = write(str(tmp_path / 'lost.tfrecord'), [
+      _corrupt(testing.make_fake_clip(c)) if c in bad else
+      testing.make_fake_clip(c) for c in range(12)])
+  kwargs = dict(is_training=False, batch_size=2, num_frames=2, crop_size=16,
+                num_classes=3, repeat=False, drop_remainder=False,
+                deterministic=True, records_per_task=records_per_task)
+  ip.reset_skipped_records()
+  out = take_all(ip.make_dataset(path, on_bad_record='skip', **kwargs))
+  assert out[ip.CLIP_INDEX].tolist() == [c for c in range(12) if c not in bad]
+  assert ip.num_skipped_records() == len(bad)
+  messages = ip.skipped_record_messages()
+  assert sorted(int(m.split('record #')[1].split(':')[0])
+                for m in messages) == sorted(bad)
+  assert all(m.startswith(path) and 'could not be parsed or decoded' in m
+             for m in messages)
+  ip.reset_skipped_records()
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=f'{path} record #0:') as err:
+    take_all(ip.make_dataset(path, **kwargs))
+  assert 'could not be parsed or decoded' in err.value.message
+
+
 def test_argument_errors(clips, tmp_path):
   with pytest.raises(ValueError, match='matches no file'):
     ip.make_dataset(str(tmp_path / 'none-*.tfrecord'), is_training=True,
@@ -448,6 +475,8 @@ def test_argument_errors(clips, tmp_path):
   with pytest.raises(ValueError, match='scale_jitter'):
     ip.make_dataset(clips, is_training=True, batch_size=1, crop_size=16,
                     scale_jitter=(10, 20))
+  with pytest.raises(ValueError, match='records_per_task'):
+    ip.make_dataset(clips, is_training=True, batch_size=1, records_per_task=0)
 
 
 # ---- Evaluation counts and distribution ----
