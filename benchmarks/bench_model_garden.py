@@ -6,7 +6,10 @@ r"""Trainer throughput vs Model Garden's own `video_classification` task.
 Both sides train R3D-50 with self-gating (Model Garden's `ResNet3D50` block
 specs: temporal kernels (3,3,3), (3,1,3,1), (3,1,3,1,3,1), (1,3,1), gate in
 every stage, default 5x7x7 stem) on the same clip shape, batch and optimizer
-(SGD momentum 0.9, constant lr 0.001, L2 1e-4 on kernels, dropout 0.5),
+(SGD momentum 0.9, constant lr 0.001, L2 1e-4 on kernels, dropout 0.5;
+Model Garden's default legacy SGD and ours `optimization.FusedSGD` both update
+a variable with one `ResourceApplyKerasMomentum`; its L2 term is on the loss
+through kernel regularisers, ours is added to the gradient),
 reading the same TFRecords of real JPEG frames, under the same
 `OneDeviceStrategy`:
 
