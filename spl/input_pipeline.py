@@ -276,15 +276,18 @@ def reset_skipped_records() -> None:
 
 
 def _record_skip(message: tf.Tensor) -> tf.Tensor:
+  _count_skip(message.numpy().decode('utf-8', errors='replace'))
+  return tf.constant(True)
+
+
+def _count_skip(text: str) -> None:
   global _skip_count
-  text = message.numpy().decode('utf-8', errors='replace')
   with _skip_lock:
     _skip_count += 1
     _skip_messages.append(text)
     count = _skip_count
   if count <= 100 or count % 1000 == 0:
     logging.warning('Skipping bad record (%d so far): %s', count, text)
-  return tf.constant(True)
 
 
 # ---- Argument checks ----
@@ -989,7 +992,7 @@ def _raise_if_bad(element):
 def _record_lost(lost: tf.Tensor) -> tf.Tensor:
   for name in lost.numpy().decode('utf-8', errors='replace').split(
       _LOST_SEPARATOR):
-    _record_skip(tf.constant(f'{name}: {_LOST_REASON}'))
+    _count_skip(f'{name}: {_LOST_REASON}')
   return tf.constant(True)
 
 
