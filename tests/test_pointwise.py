@@ -1,0 +1,159 @@
+"""Tests of spl.models.pointwise: 1x1x1 convolutions as matrix products."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from official.vision.modeling.backbones import resnet_3d as mg_resnet_3d
+from spl import models
+from spl.models import factory
+from spl.models import pointwise
+
+
+def _pair(**kwargs):
+  """A plain Conv3D and a converted copy with the same weights."""
+  conv = tf_keras.layers.Conv3D(**kwargs)
+  fast = tf_keras.layers.Conv3D(**kwargs)
+  assert pointwise.use_matmul_for_pointwise_convs(fast) == 1
+  assert isinstance(fast, pointwise.PointwiseConv3D)
+  return conv, fast
+
+
+def _value_and_grads(layer, x):
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    y = layer(x)
+    # A loss that weights every output differently.
+    loss = tf.reduce_sum(tf.reshape(y, [-1]) * tf.cos(
+        tf.range(tf.size(y), dtype=y.dtype)))
+  return [y] + tape.gradient(loss, [x] + layer.trainable_variables)
+
+
+@pytest.mark.parametrize('strides', [(1, 1, 1), (1, 2, 2), (2, 2, 2),
+                                     (2, 1, 3)])
+@pytest.mark.parametrize('padding', ['same', 'valid'])
+@pytest.mark.parametrize('use_bias', [True, False])
+def test_matches_conv3d_values_and_gradients(strides, padding, use_bias):
+  conv, fast = _pair(filters=6, kernel_size=1, strides=strides,
+                     padding=padding, use_bias=use_bias,
+                     bias_initializer='random_normal', activation='relu')
+  # Odd sizes, so strides do not divide them.
+  x = tf.random.stateless_normal((2, 5, 7, 9, 4), seed=(1, 2))
+  conv(x)
+  fast(x)
+  fast.set_weights(conv.get_weights())
+  expected = _value_and_grads(conv, x)
+  got = _value_and_grads(fast, x)
+  assert got[0].shape == expected[0].shape
+  assert len(got) == len(expected) == (4 if use_bias else 3)
+  for e, g in zip(expected, got):
+    np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_dims_keep_static_shape_where_known():
+  _, fast = _pair(filters=3, kernel_size=(1, 1, 1), strides=(1, 2, 2),
+                  padding='same')
+
+  @tf.function(input_signature=[
+      tf.TensorSpec([None, None, 8, None, 5], tf.float32)])
+  def call(x):
+    y = fast(x)
+    assert y.shape.as_list() == [None, None, 4, None, 3], y.shape
+    return y
+
+  y = call(tf.ones((1, 3, 8, 7, 5)))
+  assert y.shape == (1, 3, 4, 4, 3)
+
+
+def test_mixed_precision_computes_in_bfloat16():
+  tf_keras.mixed_precision.set_global_policy('mixed_bfloat16')
+  try:
+    conv, fast = _pair(filters=8, kernel_size=1)
+  finally:
+    tf_keras.mixed_precision.set_global_policy('float32')
+  x = tf.random.stateless_normal((2, 2, 4, 4, 16), seed=(3, 4))
+  conv(x)
+  fast(x)
+  fast.set_weights(conv.get_weights())
+  y = fast(x)
+  assert y.dtype == tf.bfloat16
+  assert fast.kernel.dtype == tf.float32  # Variables stay float32.
+  np.testing.assert_allclose(
+      tf.cast(y, tf.float32).numpy(),
+      tf.cast(conv(x), tf.float32).numpy(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(kernel_size=(3, 1, 1)),
+    dict(kernel_size=1, dilation_rate=2),
+    dict(kernel_size=1, groups=2),
+])
+def test_other_convolutions_are_left_alone(kwargs):
+  layer = tf_keras.layers.Conv3D(filters=4, **kwargs)
+  layer(tf.ones((1, 4, 4, 4, 4)))
+  assert not pointwise.is_pointwise(layer)
+  assert pointwise.use_matmul_for_pointwise_convs(layer) == 0
+  assert type(layer) is tf_keras.layers.Conv3D  # pylint: disable=unidiomatic-typecheck
+  transpose = tf_keras.layers.Conv3DTranspose(filters=4, kernel_size=1)
+  assert not pointwise.is_pointwise(transpose)
+  assert pointwise.use_matmul_for_pointwise_convs(transpose) == 0
+
+
+def test_ineligible_layer_names_the_problem():
+  layer = pointwise.PointwiseConv3D(filters=2, kernel_size=3, name='bad')
+  with pytest.raises(ValueError, match=r'bad: PointwiseConv3D needs a 1x1x1'):
+    layer(tf.ones((1, 3, 3, 3, 2)))
+
+
+def _model_garden_r3d50(shape):
+  # Model Garden's own construction, as `factory` builds it, unconverted.
+  return mg_resnet_3d.ResNet3D(
+      model_id=50, temporal_strides=[1, 1, 1, 1],
+      temporal_kernel_sizes=[list(k)
+                             for k in factory.R3D50_SG_TEMPORAL_KERNELS],
+      use_self_gating=[True] * 4,
+      input_specs=tf_keras.layers.InputSpec(shape=(None,) + shape),
+      name='resnet3d')
+
+
+def test_r3d50_sg_uses_matmuls_and_shares_checkpoints(tmp_path):
+  # 8x64x64 clips, so that res5 still has 2x2 positions: in training mode
+  # batch norm over fewer values amplifies float round-off without bound.
+  shape = (8, 64, 64, 3)
+  ours = models.build_backbone('r3d50_sg', input_shape=shape)
+  net = ours.get_layer('resnet3d')
+  convs = [l for l in net.submodules
+           if isinstance(l, tf_keras.layers.Conv3D)]
+  fast = [l for l in convs if isinstance(l, pointwise.PointwiseConv3D)]
+  # Per bottleneck: the reducing conv when its temporal kernel is 1 (7 of
+  # 16), the expanding conv (16); 4 projection shortcuts; 4 gates. (Model
+  # Garden creates a shortcut conv in every block but builds and calls it
+  # only in the 4 projection blocks.)
+  assert len([l for l in fast if l.built]) == 7 + 16 + 4 + 4
+  assert all(pointwise.is_pointwise(l) == (l in fast) for l in convs)
+
+  reference = _model_garden_r3d50(shape)
+  path = tf.train.Checkpoint(net=reference).write(str(tmp_path / 'mg'))
+  tf.train.Checkpoint(net=net).read(path).assert_consumed()
+  x = tf.random.stateless_uniform((2,) + shape, seed=(5, 6))
+  for training in (False, True):
+    expected = reference(x, training=training)['5'].numpy()
+    np.testing.assert_allclose(net(x, training=training)['5'].numpy(),
+                               expected, rtol=0,
+                               atol=1e-4 * np.abs(expected).max())
+  # And back: our checkpoint restores into Model Garden's network.
+  path = tf.train.Checkpoint(net=net).write(str(tmp_path / 'ours'))
+  again = _model_garden_r3d50(shape)
+  tf.train.Checkpoint(net=again).read(path).assert_consumed()
+  assert len(again.weights) == len(net.weights)
+  for a, b in zip(again.weights, net.weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.parametrize('name', ['slowonly_r18', 'slowonly_r50', 'tiny3d'])
+def test_other_3d_backbones_convert_their_pointwise_convs(name):
+  net = models.build_backbone(name, input_shape=(4, 32, 32, 3))
+  convs = [l for l in net.submodules if isinstance(l, tf_keras.layers.Conv3D)]
+  assert all(isinstance(l, pointwise.PointwiseConv3D) ==
+             pointwise.is_pointwise(l) for l in convs)
