@@ -9,8 +9,9 @@ every stage, default 5x7x7 stem) on the same clip shape, batch and optimizer
 (SGD momentum 0.9, constant lr 0.001, L2 1e-4 on kernels, dropout 0.5;
 Model Garden's default legacy SGD and ours `optimization.FusedSGD` both update
 a variable with one `ResourceApplyKerasMomentum`; its L2 term is on the loss
-through kernel regularisers, ours is added to the gradient),
-reading the same TFRecords of real JPEG frames, under the same
+through kernel regularisers, ours is added to the gradient; the same
+weights, but ours computes the 31 1x1x1 convolutions as matrix products,
+`spl.models.pointwise`), reading the same TFRecords of real JPEG frames, under the same
 `OneDeviceStrategy`:
 
 * Model Garden: `VideoClassificationTask` (its Decoder/Parser input pipeline,
