@@ -21,6 +21,7 @@ the banks after scoring.
 import tensorflow as tf
 
 from cpd import memory_bank as mb
+from spl import optimization
 
 Z_FIRST_BATCH = 'first_batch'
 Z_EMA = 'ema'
@@ -348,7 +349,8 @@ class SelfInstanceNCE(tf.Module):
 
 
 def cpd_train_step(loss_module, video_model, text_encoder, text_head,
-                   curriculum, optimizers, clips, titles, indices, stage):
+                   curriculum, optimizers, clips, titles, indices, stage,
+                   weight_decay: float = 0.0):
   """One single-replica CPD training step; call it inside `strategy.run`.
 
   Forward both modalities, NCE loss (banks updated after scoring), gradients
@@ -370,6 +372,10 @@ def cpd_train_step(loss_module, video_model, text_encoder, text_head,
     titles: this replica's titles (what `text_encoder` takes).
     indices: int [B] clip indices.
     stage: 1 or 2 (a Python int: trace one step per stage).
+    weight_decay: coupled L2 decay (PyTorch SGD's `weight_decay`, what the
+      authors' code trains with) added to the gradient of every trained
+      kernel/embedding (`spl.optimization.decayed_variables`: not biases or
+      normalisation parameters, which the authors' optimiser decays too).
 
   Returns:
     Dict of scalar metrics (the loss module's).
@@ -391,8 +397,13 @@ def cpd_train_step(loss_module, video_model, text_encoder, text_head,
   names = sorted(groups)
   grads = tape.gradient(scaled_loss, [groups[n] for n in names])
   for name, group_grads in zip(names, grads):
+    variables = groups[name]
+    # Summed over replicas by the all-reduce, so scaled like the loss.
+    group_grads = optimization.add_weight_decay(
+        group_grads, variables, optimization.decayed_variables(variables),
+        weight_decay, scale=1.0 / replicas)
     # Variables off the loss path (e.g. the unused BERT pooler) get None.
-    pairs = [(g, v) for g, v in zip(group_grads, groups[name])
+    pairs = [(g, v) for g, v in zip(group_grads, variables)
              if g is not None]
     optimizers[name].apply_gradients(pairs)
   return metrics

@@ -44,6 +44,17 @@ def _batch(step):
   return clips, tokens, rng.permutation(N)[:GLOBAL_B].astype(np.int32)
 
 
+def _run(strategy, step, s):
+  """Runs `step` on batch `s` split over the 2 replicas; the mean loss."""
+  data = _batch(s)
+  inputs = strategy.experimental_distribute_values_from_function(
+      lambda ctx: tf.nest.map_structure(
+          lambda x: x[ctx.replica_id_in_sync_group * 2:
+                      (ctx.replica_id_in_sync_group + 1) * 2], data))
+  metrics = step(*inputs)
+  return strategy.reduce('MEAN', metrics['nce/loss'], axis=None).numpy()
+
+
 def _snapshot(variables):
   return [v.numpy().copy() for v in variables]
 
@@ -75,13 +86,7 @@ def test_stage1_freezes_exactly_the_text_encoder_then_stage2_trains_it(
     return step
 
   def run(step, s):
-    data = _batch(s)
-    inputs = strategy.experimental_distribute_values_from_function(
-        lambda ctx: tf.nest.map_structure(
-            lambda x: x[ctx.replica_id_in_sync_group * 2:
-                        (ctx.replica_id_in_sync_group + 1) * 2], data))
-    metrics = step(*inputs)
-    return strategy.reduce('MEAN', metrics['nce/loss'], axis=None).numpy()
+    return _run(strategy, step, s)
 
   text_vars = text.trainable_variables
   other_vars = video.trainable_variables + head.trainable_variables
@@ -131,3 +136,49 @@ def test_switch_when_validation_stops_improving():
     curriculum.variable_groups([shared], [shared])
   with pytest.raises(ValueError, match='patience'):
     curriculum_lib.Curriculum(patience=0)
+
+
+@pytest.mark.slow  # two traced train steps of BERT + 3D conv
+def test_weight_decay_is_coupled_l2_on_kernels_over_replicas():
+  # Plain SGD: w' = w - lr * (g + wd * w) for kernels and embeddings, so two
+  # runs from the same state that differ only in wd differ by -lr * wd * w
+  # there and not at all for biases and norms. The gradients are summed over
+  # the 2 replicas, so a decay not scaled by 1/replicas shows as twice that.
+  strategy = _strategy()
+  wd = 0.1
+  runs = []
+  for decay in (0.0, wd):
+    tf_keras.utils.set_random_seed(0)
+    with strategy.scope():
+      video, text, head = _models()
+      loss_fn = nce.CrossModalNCE(N, D, M, seed=1)
+      curriculum = curriculum_lib.Curriculum(switch_epoch=1)
+      opts = {g: tf_keras.optimizers.SGD(lr)
+              for g, lr in curriculum.learning_rates(1).items()}
+      clips, tokens, _ = _batch(0)
+      video(clips[:1])
+      head(text(tf.nest.map_structure(lambda x: x[:1], tokens)))
+    variables = video.trainable_variables + head.trainable_variables
+    before = _snapshot(variables)
+
+    @tf.function
+    def step(clips, tokens, idx, decay=decay, video=video, text=text,
+             head=head, loss_fn=loss_fn, curriculum=curriculum, opts=opts):
+      return strategy.run(
+          nce.cpd_train_step,
+          args=(loss_fn, video, text, head, curriculum, opts, clips, tokens,
+                idx, 1), kwargs={'weight_decay': decay})
+
+    _run(strategy, step, 0)
+    runs.append((variables, before, _snapshot(variables)))
+  (variables, before, plain), (_, before_wd, decayed) = runs
+  for b, c in zip(before, before_wd):
+    np.testing.assert_array_equal(b, c)  # The same start.
+  lr = curriculum.learning_rates(1)['rest']
+  kinds = set()
+  for v, w, p, d in zip(variables, before, plain, decayed):
+    is_kernel = 'kernel' in v.name
+    kinds.add(is_kernel)
+    np.testing.assert_allclose(d - p, -lr * wd * w if is_kernel else 0.0,
+                               rtol=1e-4, atol=1e-6, err_msg=v.name)
+  assert kinds == {True, False}  # Kernels and biases were both checked.
