@@ -18,6 +18,8 @@ it samples negatives, scores, returns the loss and every NCE term, and updates
 the banks after scoring.
 """
 
+from typing import Optional
+
 import tensorflow as tf
 
 from cpd import memory_bank as mb
@@ -350,7 +352,8 @@ class SelfInstanceNCE(tf.Module):
 
 def cpd_train_step(loss_module, video_model, text_encoder, text_head,
                    curriculum, optimizers, clips, titles, indices, stage,
-                   weight_decay: float = 0.0):
+                   weight_decay: float = 0.0,
+                   clip_norm: Optional[float] = None):
   """One single-replica CPD training step; call it inside `strategy.run`.
 
   Forward both modalities, NCE loss (banks updated after scoring), gradients
@@ -376,9 +379,14 @@ def cpd_train_step(loss_module, video_model, text_encoder, text_head,
       authors' code trains with) added to the gradient of every trained
       kernel/embedding (`spl.optimization.decayed_variables`: not biases or
       normalisation parameters, which the authors' optimiser decays too).
+    clip_norm: if set, the summed gradient of all trained variables (weight
+      decay included) is scaled down to this global norm if it is larger
+      (the authors' code: `clip_grad_norm_` to 20); the metrics then include
+      the norm before clipping as 'gradient_norm'.
 
   Returns:
-    Dict of scalar metrics (the loss module's).
+    Dict of scalar metrics (the loss module's; with `clip_norm` also
+    'gradient_norm').
   """
   replicas = tf.distribute.get_replica_context().num_replicas_in_sync
   groups = curriculum.variable_groups(
@@ -396,6 +404,7 @@ def cpd_train_step(loss_module, video_model, text_encoder, text_head,
     scaled_loss = loss / replicas
   names = sorted(groups)
   grads = tape.gradient(scaled_loss, [groups[n] for n in names])
+  pairs = {}
   for name, group_grads in zip(names, grads):
     variables = groups[name]
     # Summed over replicas by the all-reduce, so scaled like the loss.
@@ -403,7 +412,19 @@ def cpd_train_step(loss_module, video_model, text_encoder, text_head,
         group_grads, variables, optimization.decayed_variables(variables),
         weight_decay, scale=1.0 / replicas)
     # Variables off the loss path (e.g. the unused BERT pooler) get None.
-    pairs = [(g, v) for g, v in zip(group_grads, variables)
-             if g is not None]
-    optimizers[name].apply_gradients(pairs)
+    pairs[name] = [(g, v) for g, v in zip(group_grads, variables)
+                   if g is not None]
+  if clip_norm is not None:
+    # The norm of the whole update (every group), as the authors' clipping
+    # of all parameters' gradients: all-reduce first, then clip.
+    flat = [g for name in names for g, _ in pairs[name]]
+    summed = tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.SUM, flat)
+    clipped, norm = tf.clip_by_global_norm(summed, clip_norm)
+    metrics = dict(metrics, gradient_norm=norm)
+    it = iter(clipped)
+    pairs = {name: [(next(it), v) for _, v in pairs[name]] for name in names}
+  for name in names:
+    optimizers[name].apply_gradients(
+        pairs[name], skip_gradients_aggregation=clip_norm is not None)
   return metrics

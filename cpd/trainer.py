@@ -262,7 +262,7 @@ class _Trainer:
   """Compiled train loops (one per curriculum stage) of one run."""
 
   def __init__(self, *, strategy, models, loss_module, curriculum,
-               optimizers, num_rows, weight_decay):
+               optimizers, num_rows, weight_decay, clip_norm):
     self.strategy = strategy
     self.models = models
     self.loss_module = loss_module
@@ -270,6 +270,7 @@ class _Trainer:
     self.optimizers = optimizers
     self.num_rows = num_rows
     self.weight_decay = weight_decay
+    self.clip_norm = clip_norm
     self._loops = {}
 
   def _replica_step(self, inputs, stage):
@@ -283,7 +284,7 @@ class _Trainer:
         self.loss_module, self.models.video_model, self.models.text_encoder,
         self.models.text_head, self.curriculum, self.optimizers,
         inputs[input_pipeline.VIDEO], inputs[TITLES], indices, stage,
-        weight_decay=self.weight_decay)
+        weight_decay=self.weight_decay, clip_norm=self.clip_norm)
 
   def _make_loop(self, stage):
     @tf.function
@@ -334,6 +335,7 @@ def run_cpd(*,
                 curriculum_lib.Curriculum),
             optimizer_fn: Callable[..., Any] = optimization.build_sgd,
             weight_decay: float = 0.0,
+            clip_norm: Optional[float] = None,
             dataset_fn=input_pipeline.make_dataset,
             eval_dataset_fn=None,
             train_file_pattern: Optional[str] = None,
@@ -376,6 +378,8 @@ def run_cpd(*,
     weight_decay: coupled L2 weight decay of the trained kernels and
       embeddings (`cpd.nce.cpd_train_step`); the authors' pre-training
       command uses 1e-4.
+    clip_norm: clip the summed gradient of every trained variable to this
+      global norm (the authors' code clips to 20); None: no clipping.
     dataset_fn: `input_pipeline.make_dataset`-like, training.
     eval_dataset_fn: same for held-out pairs (default `dataset_fn`).
     train_file_pattern: training records (clips with titles).
@@ -414,6 +418,8 @@ def run_cpd(*,
     raise ValueError('`model_dir` must be set')
   if weight_decay < 0:
     raise ValueError(f'`weight_decay` must be >= 0, got {weight_decay}')
+  if clip_norm is not None and not clip_norm > 0:
+    raise ValueError(f'`clip_norm` must be > 0 or None, got {clip_norm}')
   if text_encoder_fn is None:
     raise ValueError('`text_encoder_fn` must be set')
   train_lib.check_positive(num_train_examples=num_train_examples,
@@ -543,7 +549,8 @@ def run_cpd(*,
         steps_per_loop=steps_per_loop,
         checkpoint_every_steps=checkpoint_every_steps,
         max_checkpoints_to_keep=max_checkpoints_to_keep,
-        weight_decay=weight_decay, deterministic=deterministic,
+        weight_decay=weight_decay, clip_norm=clip_norm,
+        deterministic=deterministic,
         do_eval=do_eval if evaluating else None,
         validate_every_epochs=validate_every_epochs,
         retrieval_metric=f'mean_R@{max(retrieval_ks)}', setup_done=setup_done)
@@ -557,13 +564,13 @@ def _train(*, strategy, models, loss_module, curriculum, optimizers,
            train_kwargs, train_file_pattern, clean_titles, num_rows,
            global_batch_size, steps_per_epoch, total_steps, steps_per_loop,
            checkpoint_every_steps, max_checkpoints_to_keep, weight_decay,
-           deterministic, do_eval, validate_every_epochs, retrieval_metric,
-           setup_done) -> Dict[str, Any]:
+           clip_norm, deterministic, do_eval, validate_every_epochs,
+           retrieval_metric, setup_done) -> Dict[str, Any]:
   """The training loop of `run_cpd` (state already built and restored)."""
   trainer = _Trainer(strategy=strategy, models=models,
                      loss_module=loss_module, curriculum=curriculum,
                      optimizers=optimizers, num_rows=num_rows,
-                     weight_decay=weight_decay)
+                     weight_decay=weight_decay, clip_norm=clip_norm)
   ckpt_dir = model_dir if chief else os.path.join(
       model_dir, f'.worker_{worker}_scratch')
   manager = tf.train.CheckpointManager(

@@ -45,14 +45,14 @@ def _batch(step):
 
 
 def _run(strategy, step, s):
-  """Runs `step` on batch `s` split over the 2 replicas; the mean loss."""
+  """Runs `step` on batch `s` split over the 2 replicas; mean metrics."""
   data = _batch(s)
   inputs = strategy.experimental_distribute_values_from_function(
       lambda ctx: tf.nest.map_structure(
           lambda x: x[ctx.replica_id_in_sync_group * 2:
                       (ctx.replica_id_in_sync_group + 1) * 2], data))
-  metrics = step(*inputs)
-  return strategy.reduce('MEAN', metrics['nce/loss'], axis=None).numpy()
+  return {k: strategy.reduce('MEAN', v, axis=None).numpy()
+          for k, v in step(*inputs).items()}
 
 
 def _snapshot(variables):
@@ -86,7 +86,7 @@ def test_stage1_freezes_exactly_the_text_encoder_then_stage2_trains_it(
     return step
 
   def run(step, s):
-    return _run(strategy, step, s)
+    return _run(strategy, step, s)['nce/loss']
 
   text_vars = text.trainable_variables
   other_vars = video.trainable_variables + head.trainable_variables
@@ -138,6 +138,38 @@ def test_switch_when_validation_stops_improving():
     curriculum_lib.Curriculum(patience=0)
 
 
+def _one_stage1_step(strategy, **step_kwargs):
+  """Fresh models (seed 0), one stage-1 step on batch 0 with plain SGD.
+
+  Returns:
+    (video + head trainable variables, their values before and after, the
+    'rest' learning rate, the step's metrics).
+  """
+  tf_keras.utils.set_random_seed(0)
+  with strategy.scope():
+    video, text, head = _models()
+    loss_fn = nce.CrossModalNCE(N, D, M, seed=1)
+    curriculum = curriculum_lib.Curriculum(switch_epoch=1)
+    opts = {g: tf_keras.optimizers.SGD(lr)
+            for g, lr in curriculum.learning_rates(1).items()}
+    clips, tokens, _ = _batch(0)
+    video(clips[:1])
+    head(text(tf.nest.map_structure(lambda x: x[:1], tokens)))
+  variables = video.trainable_variables + head.trainable_variables
+  before = _snapshot(variables)
+
+  @tf.function
+  def step(clips, tokens, idx):
+    return strategy.run(
+        nce.cpd_train_step,
+        args=(loss_fn, video, text, head, curriculum, opts, clips, tokens,
+              idx, 1), kwargs=step_kwargs)
+
+  metrics = _run(strategy, step, 0)
+  return (variables, before, _snapshot(variables),
+          curriculum.learning_rates(1)['rest'], metrics)
+
+
 @pytest.mark.slow  # two traced train steps of BERT + 3D conv
 def test_weight_decay_is_coupled_l2_on_kernels_over_replicas():
   # Plain SGD: w' = w - lr * (g + wd * w) for kernels and embeddings, so two
@@ -146,35 +178,10 @@ def test_weight_decay_is_coupled_l2_on_kernels_over_replicas():
   # the 2 replicas, so a decay not scaled by 1/replicas shows as twice that.
   strategy = _strategy()
   wd = 0.1
-  runs = []
-  for decay in (0.0, wd):
-    tf_keras.utils.set_random_seed(0)
-    with strategy.scope():
-      video, text, head = _models()
-      loss_fn = nce.CrossModalNCE(N, D, M, seed=1)
-      curriculum = curriculum_lib.Curriculum(switch_epoch=1)
-      opts = {g: tf_keras.optimizers.SGD(lr)
-              for g, lr in curriculum.learning_rates(1).items()}
-      clips, tokens, _ = _batch(0)
-      video(clips[:1])
-      head(text(tf.nest.map_structure(lambda x: x[:1], tokens)))
-    variables = video.trainable_variables + head.trainable_variables
-    before = _snapshot(variables)
-
-    @tf.function
-    def step(clips, tokens, idx, decay=decay, video=video, text=text,
-             head=head, loss_fn=loss_fn, curriculum=curriculum, opts=opts):
-      return strategy.run(
-          nce.cpd_train_step,
-          args=(loss_fn, video, text, head, curriculum, opts, clips, tokens,
-                idx, 1), kwargs={'weight_decay': decay})
-
-    _run(strategy, step, 0)
-    runs.append((variables, before, _snapshot(variables)))
-  (variables, before, plain), (_, before_wd, decayed) = runs
+  variables, before, plain, lr, _ = _one_stage1_step(strategy)
+  _, before_wd, decayed, _, _ = _one_stage1_step(strategy, weight_decay=wd)
   for b, c in zip(before, before_wd):
     np.testing.assert_array_equal(b, c)  # The same start.
-  lr = curriculum.learning_rates(1)['rest']
   kinds = set()
   for v, w, p, d in zip(variables, before, plain, decayed):
     is_kernel = 'kernel' in v.name
@@ -182,3 +189,27 @@ def test_weight_decay_is_coupled_l2_on_kernels_over_replicas():
     np.testing.assert_allclose(d - p, -lr * wd * w if is_kernel else 0.0,
                                rtol=1e-4, atol=1e-6, err_msg=v.name)
   assert kinds == {True, False}  # Kernels and biases were both checked.
+
+
+@pytest.mark.slow  # two traced train steps of BERT + 3D conv
+def test_clip_norm_scales_the_summed_gradient_to_the_norm():
+  # Plain SGD: the update is -lr * g, so clipping to c scales every
+  # variable's update by c / ||g||, g summed over the 2 replicas (clipping
+  # each replica's half before the all-reduce would give another update).
+  strategy = _strategy()
+  _, before, plain, lr, metrics = _one_stage1_step(strategy)
+  assert 'gradient_norm' not in metrics
+  updates = [p - b for p, b in zip(plain, before)]
+  norm = np.sqrt(sum(np.sum(u.astype(np.float64) ** 2)
+                     for u in updates)) / lr
+  clip = norm / 4
+  _, _, clipped, _, metrics = _one_stage1_step(strategy, clip_norm=clip)
+  # The norm before clipping, the same on both replicas.
+  np.testing.assert_allclose(metrics['gradient_norm'], norm, rtol=1e-4)
+  for u, c, b in zip(updates, clipped, before):
+    np.testing.assert_allclose(c - b, u * (clip / norm), rtol=1e-3,
+                               atol=1e-7)
+  # A norm above the gradient's changes nothing.
+  _, _, loose, _, _ = _one_stage1_step(strategy, clip_norm=norm * 2)
+  for p, l in zip(plain, loose):
+    np.testing.assert_allclose(l, p, rtol=1e-5, atol=1e-7)
