@@ -10,8 +10,9 @@ every stage, default 5x7x7 stem) on the same clip shape, batch and optimizer
 Model Garden's default legacy SGD and ours `optimization.FusedSGD` both update
 a variable with one `ResourceApplyKerasMomentum`; its L2 term is on the loss
 through kernel regularisers, ours is added to the gradient; the same
-weights, but ours computes the 31 1x1x1 convolutions as matrix products,
-`spl.models.pointwise`), reading the same TFRecords of real JPEG frames, under the same
+weights, but ours computes the 31 1x1x1 convolutions as matrix products and
+batch norms on the 4D view of their input, `spl.models.fast_layers`),
+reading the same TFRecords of real JPEG frames, under the same
 `OneDeviceStrategy`:
 
 * Model Garden: `VideoClassificationTask` (its Decoder/Parser input pipeline,

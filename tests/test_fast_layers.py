@@ -1,4 +1,4 @@
-"""Tests of spl.models.pointwise: 1x1x1 convolutions as matrix products."""
+"""Tests of spl.models.fast_layers: pointwise convs as matmuls, 4D-view BN."""
 
 import numpy as np
 import pytest
@@ -8,15 +8,15 @@ import tf_keras
 from official.vision.modeling.backbones import resnet_3d as mg_resnet_3d
 from spl import models
 from spl.models import factory
-from spl.models import pointwise
+from spl.models import fast_layers
 
 
 def _pair(**kwargs):
   """A plain Conv3D and a converted copy with the same weights."""
   conv = tf_keras.layers.Conv3D(**kwargs)
   fast = tf_keras.layers.Conv3D(**kwargs)
-  assert pointwise.use_matmul_for_pointwise_convs(fast) == 1
-  assert isinstance(fast, pointwise.PointwiseConv3D)
+  assert fast_layers.use_fast_layers(fast)['PointwiseConv3D'] == 1
+  assert isinstance(fast, fast_layers.PointwiseConv3D)
   return conv, fast
 
 
@@ -92,16 +92,16 @@ def test_mixed_precision_computes_in_bfloat16():
 def test_other_convolutions_are_left_alone(kwargs):
   layer = tf_keras.layers.Conv3D(filters=4, **kwargs)
   layer(tf.ones((1, 4, 4, 4, 4)))
-  assert not pointwise.is_pointwise(layer)
-  assert pointwise.use_matmul_for_pointwise_convs(layer) == 0
+  assert not fast_layers.is_pointwise(layer)
+  assert fast_layers.use_fast_layers(layer)['PointwiseConv3D'] == 0
   assert type(layer) is tf_keras.layers.Conv3D  # pylint: disable=unidiomatic-typecheck
   transpose = tf_keras.layers.Conv3DTranspose(filters=4, kernel_size=1)
-  assert not pointwise.is_pointwise(transpose)
-  assert pointwise.use_matmul_for_pointwise_convs(transpose) == 0
+  assert not fast_layers.is_pointwise(transpose)
+  assert fast_layers.use_fast_layers(transpose)['PointwiseConv3D'] == 0
 
 
 def test_ineligible_layer_names_the_problem():
-  layer = pointwise.PointwiseConv3D(filters=2, kernel_size=3, name='bad')
+  layer = fast_layers.PointwiseConv3D(filters=2, kernel_size=3, name='bad')
   with pytest.raises(ValueError, match=r'bad: PointwiseConv3D needs a 1x1x1'):
     layer(tf.ones((1, 3, 3, 3, 2)))
 
@@ -125,13 +125,19 @@ def test_r3d50_sg_uses_matmuls_and_shares_checkpoints(tmp_path):
   net = ours.get_layer('resnet3d')
   convs = [l for l in net.submodules
            if isinstance(l, tf_keras.layers.Conv3D)]
-  fast = [l for l in convs if isinstance(l, pointwise.PointwiseConv3D)]
+  fast = [l for l in convs if isinstance(l, fast_layers.PointwiseConv3D)]
   # Per bottleneck: the reducing conv when its temporal kernel is 1 (7 of
   # 16), the expanding conv (16); 4 projection shortcuts; 4 gates. (Model
   # Garden creates a shortcut conv in every block but builds and calls it
   # only in the 4 projection blocks.)
   assert len([l for l in fast if l.built]) == 7 + 16 + 4 + 4
-  assert all(pointwise.is_pointwise(l) == (l in fast) for l in convs)
+  assert all(fast_layers.is_pointwise(l) == (l in fast) for l in convs)
+  norms = [l for l in net.submodules
+           if isinstance(l, tf_keras.layers.BatchNormalization)]
+  # Stem + 3 per bottleneck + 4 projection shortcuts, all built and 5D.
+  assert len([l for l in norms if l.built]) == 1 + 3 * 16 + 4
+  assert all(isinstance(l, fast_layers.FlatBatchNormalization) == l.built
+             for l in norms)
 
   reference = _model_garden_r3d50(shape)
   path = tf.train.Checkpoint(net=reference).write(str(tmp_path / 'mg'))
@@ -152,8 +158,103 @@ def test_r3d50_sg_uses_matmuls_and_shares_checkpoints(tmp_path):
 
 
 @pytest.mark.parametrize('name', ['slowonly_r18', 'slowonly_r50', 'tiny3d'])
-def test_other_3d_backbones_convert_their_pointwise_convs(name):
+def test_other_3d_backbones_convert_their_layers(name):
   net = models.build_backbone(name, input_shape=(4, 32, 32, 3))
   convs = [l for l in net.submodules if isinstance(l, tf_keras.layers.Conv3D)]
-  assert all(isinstance(l, pointwise.PointwiseConv3D) ==
-             pointwise.is_pointwise(l) for l in convs)
+  assert all(isinstance(l, fast_layers.PointwiseConv3D) ==
+             fast_layers.is_pointwise(l) for l in convs)
+  norms = [l for l in net.submodules
+           if isinstance(l, tf_keras.layers.BatchNormalization) and l.built]
+  assert norms and all(
+      isinstance(l, fast_layers.FlatBatchNormalization) for l in norms)
+
+
+def test_2d_backbone_is_left_alone():
+  net = models.build_backbone('r2d50', input_shape=(32, 32, 3))
+  assert not any(isinstance(l, (fast_layers.PointwiseConv3D,
+                                fast_layers.FlatBatchNormalization))
+                 for l in net.submodules)
+
+
+def _bn_pair(**kwargs):
+  """A plain 5D BatchNormalization and a converted copy, same weights."""
+  x = tf.random.stateless_normal((2, 3, 5, 7, 4), seed=(7, 8)) * 3.0 + 1.0
+  norm = tf_keras.layers.BatchNormalization(**kwargs)
+  flat = tf_keras.layers.BatchNormalization(**kwargs)
+  norm(x)
+  flat(x)
+  assert fast_layers.use_fast_layers(flat)['FlatBatchNormalization'] == 1
+  assert isinstance(flat, fast_layers.FlatBatchNormalization)
+  rng = np.random.RandomState(0)
+  weights = [w + rng.uniform(0.1, 0.5, w.shape).astype(np.float32)
+             for w in norm.get_weights()]
+  norm.set_weights(weights)
+  flat.set_weights(weights)
+  return norm, flat, x
+
+
+@pytest.mark.parametrize('kwargs', [dict(), dict(center=False, scale=False),
+                                    dict(momentum=0.9, epsilon=1e-5)])
+def test_flat_batch_norm_matches_values_gradients_and_statistics(kwargs):
+  norm, flat, x = _bn_pair(**kwargs)
+  for training in (True, False):
+    results = []
+    for layer in (norm, flat):
+      with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=training)
+        loss = tf.reduce_sum(tf.reshape(y, [-1]) * tf.cos(
+            tf.range(tf.size(y), dtype=y.dtype)))
+      results.append([y] + tape.gradient(
+          loss, [x] + layer.trainable_variables) +
+                     [v.numpy() for v in layer.non_trainable_variables])
+    expected, got = results
+    assert got[0].shape == expected[0].shape == x.shape
+    assert len(got) == len(expected)
+    for e, g in zip(expected, got):
+      # Moving statistics too: updated the same way in training mode.
+      np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-4,
+                                 atol=1e-4)
+
+
+def test_flat_batch_norm_inside_a_function_with_unknown_dims():
+  _, flat, _ = _bn_pair()
+
+  @tf.function(input_signature=[
+      tf.TensorSpec([None, None, 5, None, 4], tf.float32)])
+  def call(x):
+    y = flat(x, training=True)
+    assert y.shape.as_list() == [None, None, 5, None, 4], y.shape
+    return y
+
+  x = tf.random.stateless_normal((3, 2, 5, 6, 4), seed=(1, 1))
+  y = call(x).numpy().reshape(-1, 4)
+  # Training mode: each channel normalised over all B*T*H*W values.
+  np.testing.assert_allclose(
+      (y - flat.beta.numpy()) / flat.gamma.numpy(),
+      _normalised(x.numpy().reshape(-1, 4), flat.epsilon), atol=1e-4)
+
+
+def _normalised(x, epsilon):
+  return (x - x.mean(0)) / np.sqrt(x.var(0) + epsilon)
+
+
+def test_other_batch_norms_are_left_alone():
+  four_d = tf_keras.layers.BatchNormalization()
+  four_d(tf.ones((2, 3, 3, 4)))
+  unbuilt = tf_keras.layers.BatchNormalization()
+  not_fused = tf_keras.layers.BatchNormalization(fused=False)
+  not_fused(tf.ones((2, 2, 3, 3, 4)))
+  for layer in (four_d, unbuilt, not_fused):
+    assert not fast_layers.is_flattenable_batch_norm(layer)
+    assert fast_layers.use_fast_layers(layer)['FlatBatchNormalization'] == 0
+
+
+def test_flat_batch_norm_built_directly_and_on_other_ranks():
+  # As `from_config` of a converted functional model creates it.
+  x5 = tf.random.stateless_normal((2, 3, 4, 4, 6), seed=(2, 3))
+  for x in (x5, tf.reshape(x5, (6, 4, 4, 6))):
+    direct = fast_layers.FlatBatchNormalization()
+    plain = tf_keras.layers.BatchNormalization()
+    np.testing.assert_allclose(direct(x, training=True).numpy(),
+                               plain(x, training=True).numpy(), atol=1e-5)
