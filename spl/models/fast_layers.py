@@ -24,7 +24,8 @@ input is a pooled [B, 1, 1, 1, C] volume). The gates' convolutions alone took
 Batch norm over channels-last [B, T, H, W, C] normalises each channel over
 B*T*H*W values, exactly what it does on the [B*T, H, W, C] view; TF's fused
 kernel is ~1.5x faster on the 4D view on CPU (forward + backward, R3D-50
-shapes: 11.3 vs 16.7 ms), ~3% of the step.
+shapes: 11.3 vs 16.7 ms); in the benchmark's training loop the ratio to Model
+Garden went from ~1.08 (matmuls alone) to ~1.16.
 """
 
 from __future__ import annotations
