@@ -88,13 +88,12 @@ class FlatBatchNormalization(tf_keras.layers.BatchNormalization):
     self._use_4d_view()
 
   def _use_4d_view(self):
-    self._flat = getattr(self, '_data_format', None) == 'NDHWC' and bool(
-        self.fused)
-    if self._flat:
+    # What the parent chose for a channels-last 5D input; the only state.
+    if getattr(self, '_data_format', None) == 'NDHWC':
       self._data_format = 'NHWC'
 
   def _fused_batch_norm(self, inputs, mask, training):
-    if not self._flat:
+    if inputs.shape.rank != 5 or self._data_format != 'NHWC':
       return super()._fused_batch_norm(inputs, mask, training)
     shape = tf.shape(inputs)
     flat = tf.reshape(inputs, tf.concat([[-1], shape[2:]], axis=0))
@@ -117,7 +116,8 @@ def use_fast_layers(model: tf_keras.layers.Layer) -> Dict[str, int]:
 
   Every 1x1x1 `Conv3D` becomes a `PointwiseConv3D`, every built fused 5D
   `BatchNormalization` a `FlatBatchNormalization`. Only the class changes
-  (the subclasses add no state and keep the parents' call signatures), so the
+  (plus the batch norms' fused-kernel data format; the subclasses keep the
+  parents' call signatures and variables), so the
   variables, the checkpoint object graph and the model's other layers are
   untouched; a converted model and an unconverted one restore each other's
   checkpoints.
