@@ -70,7 +70,12 @@ def test_stage1_freezes_exactly_the_text_encoder_then_stage2_trains_it(
     optimizers = {}
     for stage in (1, 2):
       for group, lr in curriculum.learning_rates(stage).items():
-        optimizers[(stage, group)] = tf_keras.optimizers.SGD(lr)
+        # Which variables move is the point here, not the step size: the
+        # stage-2 text rate (3e-5) times a small gradient can fall below the
+        # float32 spacing of a weight near 1 (a layer-norm gamma) and leave it
+        # bit-identical although it was trained, so stage 2 steps with 1.0.
+        optimizers[(stage, group)] = tf_keras.optimizers.SGD(
+            lr if stage == 1 else 1.0)
     clips, tokens, idx = _batch(0)
     video(clips[:1])
     head(text(tf.nest.map_structure(lambda x: x[:1], tokens)))
