@@ -418,9 +418,7 @@ def cpd_train_step(loss_module, video_model, text_encoder, text_head,
     # The norm of the whole update (every group), as the authors' clipping
     # of all parameters' gradients: all-reduce first, then clip.
     flat = [g for name in names for g, _ in pairs[name]]
-    summed = tf.distribute.get_replica_context().all_reduce(
-        tf.distribute.ReduceOp.SUM, flat)
-    clipped, norm = tf.clip_by_global_norm(summed, clip_norm)
+    clipped, norm = optimization.all_reduce_and_clip(flat, clip_norm)
     metrics = dict(metrics, gradient_norm=norm)
     it = iter(clipped)
     pairs = {name: [(next(it), v) for _, v in pairs[name]] for name in names}

@@ -259,6 +259,35 @@ def add_weight_decay(grads: Sequence[Optional[tf.Tensor]],
           for g, v in zip(grads, variables)]
 
 
+def all_reduce_and_clip(grads: Sequence[Optional[tf.Tensor]],
+                        clip_norm: float):
+  """Sums gradients over replicas, then clips them to a global norm.
+
+  Call in replica context with this replica's gradients (of a loss already
+  divided by the number of replicas); apply the result with
+  `skip_gradients_aggregation=True`, since it is already the sum. Clipping
+  after the all-reduce is what clipping on one device does: the norm is that
+  of the whole update, not of one replica's share.
+
+  Args:
+    grads: per-replica gradients; None entries (variables off the loss path)
+      stay None and do not count.
+    clip_norm: the largest global norm let through (> 0).
+
+  Returns:
+    (gradients summed over replicas and scaled by min(1, clip_norm / norm),
+    norm of the summed gradients before clipping).
+  """
+  if not clip_norm > 0:
+    raise ValueError(f'`clip_norm` must be > 0, got {clip_norm}')
+  present = [g for g in grads if g is not None]
+  summed = tf.distribute.get_replica_context().all_reduce(
+      tf.distribute.ReduceOp.SUM, present)
+  clipped, norm = tf.clip_by_global_norm(summed, clip_norm)
+  it = iter(clipped)
+  return [None if g is None else next(it) for g in grads], norm
+
+
 def wrap_for_mixed_precision(optimizer: tf_keras.optimizers.Optimizer,
                              mixed_precision: Optional[str]
                              ) -> tf_keras.optimizers.Optimizer:

@@ -513,7 +513,7 @@ class _Trainer:
 
   def __init__(self, *, strategy, model, optimizer, loss_fn, num_classes,
                global_batch_size, steps_per_epoch, weight_decay,
-               mixed_precision, jit_compile):
+               mixed_precision, jit_compile, clip_norm=None):
     self.strategy = strategy
     self.model = model
     self.optimizer = optimizer
@@ -523,6 +523,7 @@ class _Trainer:
     self.steps_per_epoch = steps_per_epoch
     self.mixed_precision = mixed_precision
     self.weight_decay = weight_decay
+    self.clip_norm = clip_norm
     self.variables = list(model.trainable_variables) + list(
         getattr(loss_fn, 'trainable_variables', ()))
     # A loss with `apply_gradients` updates its own variables (own learning
@@ -534,6 +535,7 @@ class _Trainer:
     with strategy.scope():
       self.loss_metric = tf_keras.metrics.Mean('loss')
       self.accuracy = tf_keras.metrics.SparseCategoricalAccuracy('accuracy')
+      self.gradient_norm = tf_keras.metrics.Mean('gradient_norm')
     self._grads = tf.function(self._compute_gradients,
                               jit_compile=bool(jit_compile))
     self._loop = tf.function(self._train_loop)
@@ -574,7 +576,14 @@ class _Trainer:
     grads, logits, loss = self._grads(inputs[input_pipeline.VIDEO], labels,
                                       inputs)
     n = self.num_main_variables
-    self.optimizer.apply_gradients(zip(grads[:n], self.variables[:n]))
+    main = grads[:n]
+    if self.clip_norm is not None:
+      # A loss that owns its update (Data Parameters) is not clipped.
+      main, norm = optimization.all_reduce_and_clip(main, self.clip_norm)
+      self.gradient_norm.update_state(norm)
+    self.optimizer.apply_gradients(
+        zip(main, self.variables[:n]),
+        skip_gradients_aggregation=self.clip_norm is not None)
     if n < len(self.variables):
       self.loss_fn.apply_gradients(grads[n:])
     self.loss_metric.update_state(loss)
@@ -590,6 +599,7 @@ class _Trainer:
   def reset_metrics(self):
     self.loss_metric.reset_state()
     self.accuracy.reset_state()
+    self.gradient_norm.reset_state()
 
 
 def _loss_owns_update(loss_fn) -> bool:
@@ -636,6 +646,7 @@ def run(*,
             optimization.build_learning_rate),
         optimizer_fn: Callable[..., Any] = optimization.build_sgd,
         weight_decay: float = 1e-4,
+        clip_norm: Optional[float] = None,
         loss_fn: Callable[..., tf.Tensor] = losses.softmax_cross_entropy,
         mixed_precision: Optional[str] = None,
         jit_compile: bool = False,
@@ -682,6 +693,10 @@ def run(*,
       optimizer.
     weight_decay: Coupled L2 coefficient (gradient += weight_decay * w) on
       all weights except norm and bias variables.
+    clip_norm: If set, the gradients of the model (summed over replicas,
+      weight decay included) are scaled down to this global norm when larger;
+      the norm before clipping is logged as 'gradient_norm'. Neither paper
+      clips; off by default.
     loss_fn: Per-example loss with the signature of `spl.losses`. A loss
       object may also have `build(num_classes=)` (called under the strategy
       scope), `trainable_variables` (checkpointed; optimised by the main
@@ -716,6 +731,8 @@ def run(*,
   if mixed_precision not in MIXED_PRECISION:
     raise ValueError(f'`mixed_precision` must be one of {MIXED_PRECISION}, '
                      f'got {mixed_precision!r}')
+  if clip_norm is not None and not clip_norm > 0:
+    raise ValueError(f'`clip_norm` must be > 0 or None, got {clip_norm}')
   if not model_dir:
     raise ValueError('`model_dir` must be set')
   space = None
@@ -899,6 +916,7 @@ def run(*,
         train_file_pattern=train_file_pattern, num_classes=num_classes,
         global_batch_size=global_batch_size, steps_per_epoch=steps_per_epoch,
         total_steps=total_steps, weight_decay=weight_decay,
+        clip_norm=clip_norm,
         mixed_precision=mixed_precision, jit_compile=jit_compile,
         steps_per_loop=steps_per_loop,
         checkpoint_every_steps=checkpoint_every_steps,
@@ -913,7 +931,7 @@ def _train(*, strategy, model, optimizer, checkpoint, loss_fn, model_dir,
            lr_schedule=None,
            chief, worker, dataset_fn, train_file_pattern, num_classes,
            global_batch_size, steps_per_epoch, total_steps, weight_decay,
-           mixed_precision, jit_compile, steps_per_loop,
+           clip_norm, mixed_precision, jit_compile, steps_per_loop,
            checkpoint_every_steps, max_checkpoints_to_keep, do_eval,
            setup_done) -> Dict[str, Any]:
   """The training loop of `run` (state already built and restored)."""
@@ -921,7 +939,8 @@ def _train(*, strategy, model, optimizer, checkpoint, loss_fn, model_dir,
       strategy=strategy, model=model, optimizer=optimizer, loss_fn=loss_fn,
       num_classes=num_classes, global_batch_size=global_batch_size,
       steps_per_epoch=steps_per_epoch, weight_decay=weight_decay,
-      mixed_precision=mixed_precision, jit_compile=jit_compile)
+      mixed_precision=mixed_precision, jit_compile=jit_compile,
+      clip_norm=clip_norm)
   ckpt_dir = model_dir if chief else os.path.join(
       model_dir, f'.worker_{worker}_scratch')
   manager = tf.train.CheckpointManager(
@@ -963,9 +982,13 @@ def _train(*, strategy, model, optimizer, checkpoint, loss_fn, model_dir,
     train_result = {'step': step, 'loss': loss, 'accuracy': accuracy,
                     'learning_rate': lr, 'clips_per_second': clips_per_second,
                     'epoch': step / steps_per_epoch}
+    if clip_norm is not None:
+      train_result['gradient_norm'] = float(trainer.gradient_norm.result())
     with writer.as_default(step=step):
-      for k in ('loss', 'accuracy', 'learning_rate', 'clips_per_second'):
-        tf.summary.scalar(k, train_result[k])
+      for k in ('loss', 'accuracy', 'learning_rate', 'clips_per_second',
+                'gradient_norm'):
+        if k in train_result:
+          tf.summary.scalar(k, train_result[k])
     writer.flush()
     trainer.reset_metrics()
     logging.info(

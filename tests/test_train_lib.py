@@ -214,29 +214,62 @@ def _memory_dataset(file_pattern, *, is_training, batch_size, input_context,
           batch_size, drop_remainder=True).repeat()
 
 
-def test_mirrored_two_replicas_equals_one_device(tmp_path, logical_cpus):
+def _one_device_and_mirrored(tmp_path, logical_cpus, **kwargs):
+  """Trains `_no_bn_model` 4 steps on one device and on 2 replicas."""
+  tmp_path.mkdir(parents=True, exist_ok=True)
   (tmp_path / 'x.tfrecord').write_bytes(b'')
-  weights = {}
+  results = {}
   for name, strategy in (
       ('one', tf.distribute.OneDeviceStrategy(logical_cpus[0])),
       ('mirrored', _mirrored(logical_cpus[:2]))):
     tf_keras.utils.set_random_seed(1)
-    result = _run(mode='train', model_dir=str(tmp_path / name),
-                  strategy=strategy, model_fn=_no_bn_model,
-                  dataset_fn=_memory_dataset,
-                  train_file_pattern=str(tmp_path / 'x.tfrecord'),
-                  train_steps=4, steps_per_loop=2, checkpoint_every_steps=4,
-                  weight_decay=1e-2,
-                  learning_rate_fn=functools.partial(
-                      optimization.build_learning_rate,
-                      base_learning_rate=20.0))
-    weights[name] = [w.numpy() for w in result['model'].weights]
-  tf_keras.utils.set_random_seed(1)
-  initial = [w.numpy() for w in _no_bn_model(NUM_CLASSES, (2, 8, 8, 3)).weights]
-  # Training moved the weights far beyond the tolerance below.
-  assert max(np.abs(a - b).max() for a, b in zip(initial, weights['one'])) > 0.01
+    results[name] = _run(
+        mode='train', model_dir=str(tmp_path / name), strategy=strategy,
+        model_fn=_no_bn_model, dataset_fn=_memory_dataset,
+        train_file_pattern=str(tmp_path / 'x.tfrecord'), train_steps=4,
+        steps_per_loop=2, checkpoint_every_steps=4, weight_decay=1e-2,
+        learning_rate_fn=functools.partial(
+            optimization.build_learning_rate, base_learning_rate=20.0),
+        **kwargs)
+  weights = {name: [w.numpy() for w in r['model'].weights]
+             for name, r in results.items()}
   for a, b in zip(weights['one'], weights['mirrored']):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  return results, weights['one']
+
+
+def test_mirrored_two_replicas_equals_one_device(tmp_path, logical_cpus):
+  _, trained_weights = _one_device_and_mirrored(tmp_path, logical_cpus)
+  tf_keras.utils.set_random_seed(1)
+  initial = [w.numpy() for w in _no_bn_model(NUM_CLASSES, (2, 8, 8, 3)).weights]
+  # Training moved the weights far beyond the tolerance of the comparison.
+  assert max(np.abs(a - b).max()
+             for a, b in zip(initial, trained_weights)) > 0.01
+
+
+def test_gradient_clipping_is_of_the_summed_gradient(tmp_path, logical_cpus):
+  # Equal weights on one device and 2 replicas (checked by the helper) mean
+  # the norm clipped is that of the all-reduced gradient, not of a replica's.
+  clip = 0.05
+  results, clipped = _one_device_and_mirrored(tmp_path / 'clip', logical_cpus,
+                                              clip_norm=clip)
+  norms = [r['train']['gradient_norm'] for r in results.values()]
+  assert norms[0] == pytest.approx(norms[1], rel=1e-4)
+  assert norms[0] > 5 * clip  # Clipping was active on the last steps.
+  _, loose = _one_device_and_mirrored(tmp_path / 'loose', logical_cpus,
+                                      clip_norm=1e6)
+  _, unclipped = _one_device_and_mirrored(tmp_path / 'none', logical_cpus)
+  for a, b in zip(loose, unclipped):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  assert max(np.abs(a - b).max() for a, b in zip(clipped, unclipped)) > 0.01
+  summaries = tf.io.gfile.glob(str(tmp_path / 'clip' / 'one' / 'train' / '*'))
+  tags = {v.tag for path in summaries
+          for event in tf.compat.v1.train.summary_iterator(path)
+          for v in event.summary.value}
+  assert 'gradient_norm' in tags
+  with pytest.raises(ValueError, match='clip_norm'):
+    _run(mode='train', model_dir=str(tmp_path / 'bad'), clip_norm=0.0,
+         train_file_pattern=str(tmp_path / 'clip' / 'x.tfrecord'))
 
 
 # ---- Schedule ----
