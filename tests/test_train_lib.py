@@ -144,9 +144,12 @@ def test_finetune_restores_backbone_with_new_classes(trained, data, tmp_path):
 @pytest.mark.parametrize('precision', ['float16', 'bfloat16'])
 def test_mixed_precision_trains_and_restores_policy(data, tmp_path,
                                                    precision):
+  # With clipping: the loss-scale optimizer applies already-summed gradients.
   result = _run(mode='train', model_dir=str(tmp_path / 'm'), train_steps=1,
-                train_file_pattern=data, mixed_precision=precision)
+                train_file_pattern=data, mixed_precision=precision,
+                clip_norm=1.0, strategy=_mirrored(['/cpu:0', '/cpu:1']))
   assert np.isfinite(result['train']['loss'])
+  assert result['train']['gradient_norm'] > 0
   assert result['model'].backbone.layers[1].compute_dtype == precision
   assert result['model'].output.dtype == tf.float32
   assert tf_keras.mixed_precision.global_policy().name == 'float32'
