@@ -416,10 +416,7 @@ def run_cpd(*,
                      f'got {mixed_precision!r}')
   if not model_dir:
     raise ValueError('`model_dir` must be set')
-  if weight_decay < 0:
-    raise ValueError(f'`weight_decay` must be >= 0, got {weight_decay}')
-  if clip_norm is not None and not clip_norm > 0:
-    raise ValueError(f'`clip_norm` must be > 0 or None, got {clip_norm}')
+  optimization.check_weight_decay_and_clip(weight_decay, clip_norm)
   if text_encoder_fn is None:
     raise ValueError('`text_encoder_fn` must be set')
   train_lib.check_positive(num_train_examples=num_train_examples,

@@ -233,6 +233,15 @@ def decayed_variables(variables: Iterable[tf.Variable],
           if not any(pattern in v.name for pattern in exclude)]
 
 
+def check_weight_decay_and_clip(weight_decay: float,
+                                clip_norm: Optional[float] = None) -> None:
+  """ValueError unless weight_decay >= 0 and clip_norm is None or > 0."""
+  if not weight_decay >= 0:
+    raise ValueError(f'`weight_decay` must be >= 0, got {weight_decay}')
+  if clip_norm is not None and not clip_norm > 0:
+    raise ValueError(f'`clip_norm` must be > 0 or None, got {clip_norm}')
+
+
 def add_weight_decay(grads: Sequence[Optional[tf.Tensor]],
                      variables: Sequence[tf.Variable],
                      decayed: Sequence[tf.Variable],
@@ -248,8 +257,7 @@ def add_weight_decay(grads: Sequence[Optional[tf.Tensor]],
   R3D-50, measured by `benchmarks/bench_model_garden`). `scale` is
   1 / replicas when the gradients are summed over replicas afterwards.
   """
-  if weight_decay < 0:
-    raise ValueError(f'`weight_decay` must be >= 0, got {weight_decay}')
+  check_weight_decay_and_clip(weight_decay)
   if weight_decay == 0:
     return list(grads)
   refs = {v.ref() for v in decayed}
@@ -278,8 +286,7 @@ def all_reduce_and_clip(grads: Sequence[Optional[tf.Tensor]],
     (gradients summed over replicas and scaled by min(1, clip_norm / norm),
     norm of the summed gradients before clipping).
   """
-  if not clip_norm > 0:
-    raise ValueError(f'`clip_norm` must be > 0, got {clip_norm}')
+  check_weight_decay_and_clip(0.0, clip_norm)
   present = [g for g in grads if g is not None]
   summed = tf.distribute.get_replica_context().all_reduce(
       tf.distribute.ReduceOp.SUM, present)

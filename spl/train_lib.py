@@ -731,8 +731,7 @@ def run(*,
   if mixed_precision not in MIXED_PRECISION:
     raise ValueError(f'`mixed_precision` must be one of {MIXED_PRECISION}, '
                      f'got {mixed_precision!r}')
-  if clip_norm is not None and not clip_norm > 0:
-    raise ValueError(f'`clip_norm` must be > 0 or None, got {clip_norm}')
+  optimization.check_weight_decay_and_clip(weight_decay, clip_norm)
   if not model_dir:
     raise ValueError('`model_dir` must be set')
   space = None
