@@ -16,10 +16,18 @@ import tf_keras
 
 
 class WarmupCosineDecay(tf_keras.optimizers.schedules.LearningRateSchedule):
-  """Linear warmup from 0 to `peak`, then cosine decay to `end` at `total`."""
+  """Linear warmup from `warmup_start` to `peak`, then cosine decay to `end`.
+
+  With `warmup_start` 0, warmup step s trains with peak * (s + 1) / warmup (the
+  first step does not waste a batch on a zero learning rate); with a
+  starting rate s0 > 0 (the SPL paper: "warm up ... with starting learning
+  rate as 0.04"), step s trains with s0 + (peak - s0) * s / warmup, so the
+  first step uses exactly s0. The cosine runs from `warmup_steps` to `total`.
+  """
 
   def __init__(self, peak_learning_rate: float, warmup_steps: int,
-               total_steps: int, end_learning_rate: float = 0.0):
+               total_steps: int, end_learning_rate: float = 0.0,
+               warmup_start: float = 0.0):
     super().__init__()
     if peak_learning_rate <= 0:
       raise ValueError(
@@ -29,10 +37,14 @@ class WarmupCosineDecay(tf_keras.optimizers.schedules.LearningRateSchedule):
     if not 0 <= warmup_steps <= total_steps:
       raise ValueError(f'`warmup_steps` must be in [0, total_steps='
                        f'{total_steps}], got {warmup_steps}')
+    if not 0 <= warmup_start <= peak_learning_rate:
+      raise ValueError(f'`warmup_start` must be in [0, peak_learning_rate='
+                       f'{peak_learning_rate}], got {warmup_start}')
     self.peak_learning_rate = float(peak_learning_rate)
     self.warmup_steps = int(warmup_steps)
     self.total_steps = int(total_steps)
     self.end_learning_rate = float(end_learning_rate)
+    self.warmup_start = float(warmup_start)
 
   def __call__(self, step):
     step = tf.cast(step, tf.float32)
@@ -44,15 +56,18 @@ class WarmupCosineDecay(tf_keras.optimizers.schedules.LearningRateSchedule):
     cosine = end + 0.5 * (peak - end) * (1.0 + tf.cos(math.pi * progress))
     if self.warmup_steps == 0:
       return cosine
-    # Step s of warmup trains with peak*(s+1)/warmup so the first step does
-    # not waste a batch on a zero learning rate.
-    linear = peak * (step + 1.0) / warmup
+    start = self.warmup_start
+    if start > 0:
+      linear = start + (peak - start) * step / warmup
+    else:
+      linear = peak * (step + 1.0) / warmup
     return tf.where(step < warmup, linear, cosine)
 
   def get_config(self):
     return dict(peak_learning_rate=self.peak_learning_rate,
                 warmup_steps=self.warmup_steps, total_steps=self.total_steps,
-                end_learning_rate=self.end_learning_rate)
+                end_learning_rate=self.end_learning_rate,
+                warmup_start=self.warmup_start)
 
 
 def build_learning_rate(*,
@@ -60,9 +75,11 @@ def build_learning_rate(*,
                         global_batch_size: int,
                         steps_per_epoch: int,
                         total_steps: int,
-                        base_batch_size: int = 256,
+                        base_batch_size: Optional[int] = 256,
                         warmup_epochs: float = 0.0,
-                        end_learning_rate: float = 0.0
+                        warmup_learning_rate: float = 0.0,
+                        end_learning_rate: float = 0.0,
+                        constant: bool = False
                         ) -> WarmupCosineDecay:
   """Warmup + cosine schedule with the learning rate scaled by batch size.
 
@@ -72,23 +89,34 @@ def build_learning_rate(*,
       trainer, never by gin).
     steps_per_epoch: Steps of one epoch at `global_batch_size` (trainer).
     total_steps: Length of training (trainer).
-    base_batch_size: Batch size `base_learning_rate` is given for.
+    base_batch_size: Batch size `base_learning_rate` is given for; None: the
+      rate is used as given, whatever the batch (a paper's rate for a batch
+      it does not state unambiguously).
     warmup_epochs: Linear warmup length in epochs.
+    warmup_learning_rate: Rate of the first warmup step (scaled like the
+      base rate); 0: warm up from zero.
     end_learning_rate: Final learning rate, not scaled.
+    constant: No decay: the (scaled) base rate after warmup until the end.
 
   Returns:
     A `tf_keras` learning-rate schedule.
   """
   for name, value in (('global_batch_size', global_batch_size),
-                      ('steps_per_epoch', steps_per_epoch),
-                      ('base_batch_size', base_batch_size)):
+                      ('steps_per_epoch', steps_per_epoch)):
     if int(value) <= 0:
       raise ValueError(f'`{name}` must be > 0, got {value}')
+  if base_batch_size is not None and int(base_batch_size) <= 0:
+    raise ValueError(f'`base_batch_size` must be > 0 or None, got '
+                     f'{base_batch_size}')
   if warmup_epochs < 0:
     raise ValueError(f'`warmup_epochs` must be >= 0, got {warmup_epochs}')
-  peak = base_learning_rate * global_batch_size / base_batch_size
+  scale = (1.0 if base_batch_size is None else
+           global_batch_size / base_batch_size)
+  peak = base_learning_rate * scale
   warmup_steps = min(int(round(warmup_epochs * steps_per_epoch)), total_steps)
-  return WarmupCosineDecay(peak, warmup_steps, total_steps, end_learning_rate)
+  return WarmupCosineDecay(peak, warmup_steps, total_steps,
+                           peak if constant else end_learning_rate,
+                           warmup_start=warmup_learning_rate * scale)
 
 
 class PlateauDecay(tf.Module,

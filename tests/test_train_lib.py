@@ -290,6 +290,39 @@ def test_learning_rate_scales_warms_up_and_decays():
   assert float(schedule(100)) == pytest.approx(0.0, abs=1e-7)
 
 
+def test_learning_rate_spl_paper_schedule_from_its_words():
+  # SPL 4.3: "warm up training for 10 epochs with starting learning rate as
+  # 0.04 and then use learning rate 0.4 with cosine decay for 150 epochs";
+  # the rate as printed, whatever the batch (base_batch_size None).
+  epoch = 7
+  schedule = optimization.build_learning_rate(
+      base_learning_rate=0.4, global_batch_size=48, steps_per_epoch=epoch,
+      total_steps=160 * epoch, base_batch_size=None, warmup_epochs=10,
+      warmup_learning_rate=0.04)
+  warm = 10 * epoch
+  for s in (0, 1, warm // 2, warm - 1):
+    assert float(schedule(s)) == pytest.approx(0.04 + 0.36 * s / warm)
+  for s in (warm, warm + 1, 100 * epoch, 160 * epoch - 1):
+    expected = 0.2 * (1 + np.cos(np.pi * (s - warm) / (150 * epoch)))
+    assert float(schedule(s)) == pytest.approx(expected, abs=1e-6)
+  # SoccerNet fine-tuning: "learning rate of 0.005 for 20 epochs".
+  flat = optimization.build_learning_rate(
+      base_learning_rate=0.005, global_batch_size=48, steps_per_epoch=epoch,
+      total_steps=20 * epoch, base_batch_size=None, constant=True)
+  assert {round(float(flat(s)), 9) for s in range(20 * epoch)} == {0.005}
+  # A scaled warmup start keeps its ratio to the peak.
+  scaled = optimization.build_learning_rate(
+      base_learning_rate=0.4, global_batch_size=512, steps_per_epoch=epoch,
+      total_steps=20 * epoch, base_batch_size=256, warmup_epochs=1,
+      warmup_learning_rate=0.04)
+  assert float(scaled(0)) == pytest.approx(0.08)
+  assert float(scaled(epoch)) == pytest.approx(0.8)
+  with pytest.raises(ValueError, match='warmup_start'):
+    optimization.build_learning_rate(
+        base_learning_rate=0.1, global_batch_size=8, steps_per_epoch=1,
+        total_steps=10, warmup_epochs=1, warmup_learning_rate=0.5)
+
+
 def _sgd_trajectory(optimizer_cls, strategy, *, nesterov, steps=4):
   with strategy.scope():
     w = tf.Variable(np.linspace(-2.0, 3.0, 12, dtype=np.float32).reshape(3, 4))
