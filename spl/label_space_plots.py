@@ -4,7 +4,8 @@
   hold most clips; a linear scale shows only the diagonal);
 * the clip count of every new class, sorted, coloured in-diagonal vs
   off-diagonal (the paper's Figures 7 and 8);
-* SCR as a function of K, with the chosen K marked.
+* SCR as a function of K, with the chosen size marked (a K, a target SCR or
+  a class count that need not be a multiple of N).
 
 Each function returns PNG bytes, so callers write them wherever their files
 live (local disk, GCS through Beam's FileSystems). Figures are drawn with the
@@ -134,14 +135,25 @@ def class_counts_png(space: Mapping[str, Any]) -> bytes:
   return _png(fig)
 
 
-def scr_curve_png(curve: Sequence[float], chosen_k: Optional[int] = None,
-                  target_scr: Optional[float] = None) -> bytes:
+def scr_curve_png(curve: Sequence[float],
+                  chosen_k: Optional[float] = None,
+                  target_scr: Optional[float] = None, *,
+                  chosen_scr: Optional[float] = None,
+                  scr_by_count: Optional[Sequence[float]] = None) -> bytes:
   """SCR of the SPL-M/D selection for K = 1..N.
 
   Args:
-    curve: SCR for K = 1..N (`spl.label_spaces.scr_curve`).
-    chosen_k: the K in use, marked on the curve.
+    curve: SCR for K = 1..N (`spl.label_spaces.scr_curve`), drawn as markers
+      (and as the line when `scr_by_count` is not given).
+    chosen_k: the K in use, marked on the curve; fractional for a class count
+      that is not a multiple of N (K = `num_classes` / N, e.g. 22.5).
     target_scr: the target SCR it was chosen from, drawn as a line.
+    chosen_scr: the SCR reached at `chosen_k` (the label space's `scr`).
+      Needed for a fractional `chosen_k` unless `scr_by_count` is given.
+    scr_by_count: SCR for every class count N..N^2
+      (`spl.label_spaces.scr_by_num_classes`); drawn as the line, so a
+      fractional K sits on it (the curve between two integer K is concave,
+      not straight).
 
   Returns:
     PNG bytes.
@@ -149,23 +161,46 @@ def scr_curve_png(curve: Sequence[float], chosen_k: Optional[int] = None,
   curve = np.asarray(curve, np.float64)
   if curve.ndim != 1 or not curve.size:
     raise ValueError('`curve` must be a non-empty 1-D sequence')
-  ks = np.arange(1, curve.size + 1)
+  n = curve.size
+  ks = np.arange(1, n + 1)
+  if scr_by_count is not None:
+    scr_by_count = np.asarray(scr_by_count, np.float64)
+    if scr_by_count.shape != (n * n - n + 1,):
+      raise ValueError(f'`scr_by_count` must hold N^2 - N + 1 = '
+                       f'{n * n - n + 1} values (N = {n} from `curve`), got '
+                       f'shape {scr_by_count.shape}')
+  chosen_count = None
+  if chosen_k is not None:
+    if not 1 <= chosen_k <= n:
+      raise ValueError(f'`chosen_k` must be in [1, {n}], got {chosen_k}')
+    chosen_count = int(round(chosen_k * n))
+    if chosen_scr is None:
+      if scr_by_count is not None:
+        chosen_scr = float(scr_by_count[chosen_count - n])
+      elif float(chosen_k).is_integer():
+        chosen_scr = float(curve[int(chosen_k) - 1])
+      else:
+        raise ValueError(f'`chosen_scr` is required for a fractional '
+                         f'`chosen_k` ({chosen_k}) without `scr_by_count`')
   fig = Figure(figsize=(6, 4), dpi=_DPI)
   fig.subplots_adjust(left=0.12, right=0.97, bottom=0.13, top=0.95)
   ax = fig.add_subplot(1, 1, 1)
-  ax.plot(ks, curve, marker='o', markersize=3)
+  if scr_by_count is None:
+    ax.plot(ks, curve, marker='o', markersize=3)
+  else:
+    counts = np.arange(n, n * n + 1)
+    ax.plot(counts / n, scr_by_count, linewidth=1)
+    ax.plot(ks, curve, 'o', markersize=3, color='C0')
   if target_scr is not None:
     ax.axhline(target_scr, color='gray', linestyle='--',
                label=f'target SCR {target_scr:.3f}')
   if chosen_k is not None:
-    if not 1 <= chosen_k <= curve.size:
-      raise ValueError(f'`chosen_k` must be in [1, {curve.size}], got '
-                       f'{chosen_k}')
-    ax.plot([chosen_k], [curve[chosen_k - 1]], 'r*', markersize=12,
-            label=f'K = {chosen_k}')
+    ax.plot([chosen_k], [chosen_scr], 'r*', markersize=12,
+            label=f'{chosen_count} classes (K = {chosen_k:g}), '
+                  f'SCR {chosen_scr:.4f}')
   if chosen_k is not None or target_scr is not None:
     ax.legend(loc='lower right')
-  ax.set_xlabel('K (classes per weak label)')
+  ax.set_xlabel('K (classes per weak label) = classes / N')
   ax.set_ylabel('samples cover ratio')
   ax.set_ylim(0, 1.02)
   ax.grid(True, alpha=0.3)

@@ -23,12 +23,21 @@ exactly the `spl` table. When fewer than (K-1)*N off-diagonal cells hold clips,
 empty cells fill the selection in the same order: the label space has exactly
 K*N classes whatever the data, like `spl` has N^2.
 
+`spl_m` / `spl_d` are sized in one of three ways (`sized_by` in the label
+space): by K; by a target samples cover ratio (SCR, the smallest K reaching
+it); or by the total class count `num_classes` in [N, N^2], the diagonal plus
+the top `num_classes` - N off-diagonal cells. The paper's Figure 4 fixes the
+count (400 / 1600 / 4500 classes for N = 200), which is K = 22.5 for 4500: only
+the count expresses that. A count of K*N selects exactly what K does, and its
+`k` is then that integer K (else the fraction `num_classes` / N).
+
 The label space (`make_label_space`) is a JSON-able dict; its `id` is a hash
 of what defines the mapping (variant, K, the class names in and out, the
 table), not of the clip counts, so records relabelled from different data with
 the same mapping stay interchangeable. The relabel job writes it as
 `label_space.json` and the id into every record; the trainer reads it with
-`load_label_space` and refuses records with `check_label_space_ids`.
+`load_label_space`, refuses records with `check_label_space_ids` and a space
+other than its experiment declares with `check_expected_label_space`.
 """
 
 from __future__ import annotations
@@ -42,8 +51,12 @@ import numpy as np
 DROP = -1
 
 VARIANTS = ('spl', 'spl_m', 'spl_d', 'spl_b', 'weak', 'teacher', 'agreement')
-# Variants whose size depends on K (given directly or from a target SCR).
+# Variants whose size depends on K (given directly or from a target SCR) or
+# on a total class count.
 K_VARIANTS = ('spl_m', 'spl_d')
+# How a `K_VARIANTS` label space was sized (its `sized_by`): by K, by a target
+# SCR (`target_scr`, flag `--scr`) or by a total class count.
+SIZED_BY = ('k', 'scr', 'num_classes')
 
 LABEL_SPACE_FORMAT_VERSION = 1
 
@@ -92,9 +105,14 @@ def _check_confusion(confusion: Any) -> np.ndarray:
 
 
 def noise_ratio(confusion: Any) -> float:
-  """Fraction of clips whose teacher disagrees with the weak label (0 if none)."""
+  """Fraction of clips whose teacher disagrees with the weak label (0 if none).
+
+  A property of the data, not of a variant: the same for every label space
+  built from one confusion matrix (dropped clips included).
+  """
   c = _check_confusion(confusion)
   total = int(c.sum())
+  # Paper, Table 2: synthetic noise ratio = # off-diagonal / # all entries of C.
   return float((total - int(np.trace(c))) / total) if total else 0.0
 
 
@@ -116,17 +134,32 @@ def off_diagonal_ranking(confusion: Any) -> np.ndarray:
   return off[np.lexsort((off, -counts))]
 
 
-def selected_cells(confusion: Any, k: int) -> np.ndarray:
-  """Cells kept by SPL-M / SPL-D with K: diagonal + top (K-1)*N off-diagonal.
+def selected_cells(confusion: Any, k: Optional[int] = None, *,
+                   num_classes: Optional[int] = None) -> np.ndarray:
+  """Cells kept by SPL-M / SPL-D: the diagonal + the top off-diagonal cells.
+
+  Args:
+    confusion: [N, N] counts.
+    k: K: keep the top (K-1)*N off-diagonal cells (K*N cells in all).
+    num_classes: alternatively, the total number of cells in [N, N^2]: keep
+      the top `num_classes` - N off-diagonal cells (any count, not only a
+      multiple of N).
 
   Returns:
-    Sorted int64 cell ids, exactly K*N of them.
+    Sorted int64 cell ids, exactly K*N (or `num_classes`) of them.
   """
   c = _check_confusion(confusion)
   n = c.shape[0]
-  _check_k(k, n)
+  if (k is None) == (num_classes is None):
+    raise ValueError(f'exactly one of `k` and `num_classes` must be given, '
+                     f'got k={k}, num_classes={num_classes}')
+  if k is not None:
+    _check_k(k, n)
+    num_classes = k * n
+  else:
+    _check_num_classes(num_classes, n)
   diagonal = np.arange(n, dtype=np.int64) * (n + 1)
-  top = off_diagonal_ranking(c)[:(k - 1) * n]
+  top = off_diagonal_ranking(c)[:num_classes - n]
   return np.sort(np.concatenate([diagonal, top]))
 
 
@@ -143,7 +176,25 @@ def scr(confusion: Any, cells: Iterable[int]) -> float:
 def scr_curve(confusion: Any) -> List[float]:
   """SCR of the SPL-M/D selection for K = 1..N (index K-1)."""
   c = _check_confusion(confusion)
-  return [scr(c, selected_cells(c, k)) for k in range(1, c.shape[0] + 1)]
+  # Every N-th class count, from one ranking (not one sort per K).
+  return scr_by_num_classes(c)[::c.shape[0]]
+
+
+def scr_by_num_classes(confusion: Any) -> List[float]:
+  """SCR of the SPL-M/D selection for every class count N..N^2 (index count-N).
+
+  Entry (K-1)*N equals `scr_curve(confusion)[K-1]`; the entries between show
+  the counts that are not a multiple of N (Figure 4's 4500 classes, N = 200).
+  """
+  c = _check_confusion(confusion)
+  total = int(c.sum())
+  if not total:
+    return [0.0] * (c.size - c.shape[0] + 1)
+  covered = np.concatenate([
+      [int(np.trace(c))],
+      int(np.trace(c)) + np.cumsum(c.reshape(-1)[off_diagonal_ranking(c)])])
+  # Integer counts / total: the same floats as `scr` of each selection.
+  return [int(x) / total for x in covered]
 
 
 def k_for_scr(confusion: Any, target_scr: float) -> int:
@@ -174,17 +225,72 @@ def _check_k(k: int, n: int) -> None:
     raise ValueError(f'`k` must be in [1, N={n}], got {k}')
 
 
+def _check_num_classes(num_classes: int, n: int) -> None:
+  if (isinstance(num_classes, bool) or
+      not isinstance(num_classes, (int, np.integer))):
+    raise ValueError(f'`num_classes` must be an integer, got {num_classes!r}')
+  if not n <= num_classes <= n * n:
+    raise ValueError(f'`num_classes` must be in [N, N^2] = [{n}, {n * n}] '
+                     f'(the N diagonal classes plus up to N*(N-1) '
+                     f'off-diagonal ones), got {num_classes}')
+
+
+def check_sizing(variant: str, n: int, *, k: Optional[int] = None,
+                 target_scr: Optional[float] = None,
+                 num_classes: Optional[int] = None) -> Optional[str]:
+  """Checks how `variant` is sized over N classes, before any data is read.
+
+  `spl_m` / `spl_d` need exactly one of `k`, `target_scr`, `num_classes`; the
+  other variants have a fixed size and take none (as `variant_table`).
+
+  Args:
+    variant: one of `VARIANTS`.
+    n: N, the number of weak-label classes.
+    k: K in [1, N].
+    target_scr: target SCR in (0, 1].
+    num_classes: total class count in [N, N^2].
+
+  Returns:
+    The way the space is sized, one of `SIZED_BY`, or None for a variant of
+    fixed size.
+  """
+  if variant not in VARIANTS:
+    raise ValueError(f'`variant` must be one of {VARIANTS}, got {variant!r}')
+  given = {'k': k, 'scr': target_scr, 'num_classes': num_classes}
+  given = [name for name, v in given.items() if v is not None]
+  if variant not in K_VARIANTS:
+    if given:
+      raise ValueError(f'`k` / `target_scr` / `num_classes` only apply to '
+                       f'{K_VARIANTS}, not {variant!r}; got k={k}, '
+                       f'target_scr={target_scr}, num_classes={num_classes}')
+    return None
+  if len(given) != 1:
+    raise ValueError(f'variant {variant!r} needs exactly one of `k`, '
+                     f'`target_scr` and `num_classes`, got k={k}, '
+                     f'target_scr={target_scr}, num_classes={num_classes}')
+  if k is not None:
+    _check_k(k, n)
+  elif target_scr is not None:
+    if not 0.0 < target_scr <= 1.0:
+      raise ValueError(f'`target_scr` must be in (0, 1], got {target_scr}')
+  else:
+    _check_num_classes(num_classes, n)
+  return given[0]
+
+
 # ---- Variant tables ----
 
 
-def variant_table(variant: str, confusion: Any,
-                  k: Optional[int] = None) -> np.ndarray:
+def variant_table(variant: str, confusion: Any, k: Optional[int] = None, *,
+                  num_classes: Optional[int] = None) -> np.ndarray:
   """The (weak, teacher) -> new class table of `variant`.
 
   Args:
     variant: one of `VARIANTS`.
     confusion: [N, N] counts (only `spl_m` / `spl_d` look at the counts).
     k: K for `spl_m` / `spl_d`, in [1, N]; must be None for the others.
+    num_classes: alternatively to `k`, the class count of `spl_m` / `spl_d`,
+      in [N, N^2] (see `selected_cells`).
 
   Returns:
     int64 [N, N]; entry is the new class id or `DROP`.
@@ -194,12 +300,14 @@ def variant_table(variant: str, confusion: Any,
   if variant not in VARIANTS:
     raise ValueError(f'`variant` must be one of {VARIANTS}, got {variant!r}')
   if variant in K_VARIANTS:
-    if k is None:
-      raise ValueError(f'`k` is required for variant {variant!r}')
-    _check_k(k, n)
-  elif k is not None:
-    raise ValueError(f'`k` only applies to {K_VARIANTS}, got k={k} for '
-                     f'{variant!r}')
+    if k is None and num_classes is None:
+      raise ValueError(f'`k` is required for variant {variant!r} (or '
+                       f'`num_classes`)')
+  else:
+    for name, value in (('k', k), ('num_classes', num_classes)):
+      if value is not None:
+        raise ValueError(f'`{name}` only applies to {K_VARIANTS}, got '
+                         f'{name}={value} for {variant!r}')
   w, t = np.meshgrid(np.arange(n, dtype=np.int64),
                      np.arange(n, dtype=np.int64), indexing='ij')
   diag = w == t
@@ -213,7 +321,7 @@ def variant_table(variant: str, confusion: Any,
     return t.copy()
   if variant == 'agreement':
     return np.where(diag, w, DROP)
-  cells = selected_cells(c, k)
+  cells = selected_cells(c, k, num_classes=num_classes)
   table = np.full(n * n, DROP, np.int64)
   table[cells] = np.arange(cells.size, dtype=np.int64)
   table = table.reshape(n, n)
@@ -272,7 +380,8 @@ def class_names(variant: str, table: np.ndarray,
 
 def make_label_space(variant: str, confusion: Any, names: Sequence[str], *,
                      k: Optional[int] = None,
-                     target_scr: Optional[float] = None) -> Dict[str, Any]:
+                     target_scr: Optional[float] = None,
+                     num_classes: Optional[int] = None) -> Dict[str, Any]:
   """Builds the `label_space.json` content of `variant` for this data.
 
   Args:
@@ -281,13 +390,18 @@ def make_label_space(variant: str, confusion: Any, names: Sequence[str], *,
     names: the N class names (the weak label map, shared by the teacher).
     k: K for `spl_m` / `spl_d`.
     target_scr: alternatively, the target SCR from which K is chosen.
+    num_classes: alternatively, the total class count of `spl_m` / `spl_d`
+      in [N, N^2] (Figure 4's way: 400 / 1600 / 4500 classes for N = 200).
 
   Returns:
     A JSON-able dict: `id`, `variant`, `num_input_classes` (N),
-    `num_classes` (output), `k`, `target_scr`, `scr`, `noise_ratio`,
-    `num_clips`, `num_dropped_clips`, `input_classes`, `classes` (per class:
-    `index`, `name`, `cells` as [weak name, teacher name] pairs, `in_diagonal`,
-    `num_clips`) and `table` (N x N class ids, -1 = drop).
+    `num_classes` (output), `sized_by` (one of `SIZED_BY`, None for a
+    variant of fixed size), `k` (int; `num_classes` / N as a float when a
+    class count that is not a multiple of N was asked for), `target_scr`,
+    `scr` (reached), `noise_ratio`, `num_clips`, `num_dropped_clips`,
+    `input_classes`, `classes` (per class: `index`, `name`, `cells` as
+    [weak name, teacher name] pairs, `in_diagonal`, `num_clips`) and `table`
+    (N x N class ids, -1 = drop).
   """
   c = _check_confusion(confusion)
   n = c.shape[0]
@@ -296,17 +410,21 @@ def make_label_space(variant: str, confusion: Any, names: Sequence[str], *,
     raise ValueError(f'`names` must have N={n} entries, got {len(names)}')
   if len(set(names)) != n:
     raise ValueError('`names` must be unique')
-  if variant in K_VARIANTS:
-    if (k is None) == (target_scr is None):
-      raise ValueError(f'variant {variant!r} needs exactly one of `k` and '
-                       f'`target_scr`, got k={k}, target_scr={target_scr}')
-    if k is None:
+  sized_by = check_sizing(variant, n, k=k, target_scr=target_scr,
+                          num_classes=num_classes)
+  if sized_by is None:
+    table = variant_table(variant, c)
+    num_out = num_output_classes(variant, n)
+  else:
+    if sized_by == 'scr':
       k = k_for_scr(c, target_scr)
-  elif k is not None or target_scr is not None:
-    raise ValueError(f'`k` / `target_scr` only apply to {K_VARIANTS}, not '
-                     f'{variant!r}')
-  table = variant_table(variant, c, k)
-  num_out = num_output_classes(variant, n, k)
+    if sized_by == 'num_classes':
+      num_out = int(num_classes)
+      # An integer K when the count is K*N: the same mapping, the same id.
+      k = num_out // n if num_out % n == 0 else num_out / n
+    else:
+      num_out = int(k) * n
+    table = variant_table(variant, c, num_classes=num_out)
   out_names = class_names(variant, table, names)
   flat_table = table.reshape(-1)
   flat_counts = c.reshape(-1)
@@ -324,7 +442,7 @@ def make_label_space(variant: str, confusion: Any, names: Sequence[str], *,
         'num_clips': int(class_counts[cls]),
     })
   if variant in K_VARIANTS:
-    cover = scr(c, selected_cells(c, k))
+    cover = scr(c, selected_cells(c, num_classes=num_out))
   elif variant == 'agreement':
     cover = scr(c, np.arange(n) * (n + 1))
   else:
@@ -335,6 +453,7 @@ def make_label_space(variant: str, confusion: Any, names: Sequence[str], *,
       'variant': variant,
       'num_input_classes': n,
       'num_classes': num_out,
+      'sized_by': sized_by,
       'k': k,
       'target_scr': target_scr,
       'scr': cover,
@@ -398,6 +517,10 @@ def validate_label_space(space: Mapping[str, Any]) -> None:
                      f'num_classes is {num}')
   if table.size and (table.min() < DROP or table.max() >= num):
     raise ValueError(f'label space table values must be in [-1, {num})')
+  # Optional: files written before it existed lack it (`label_space_sized_by`).
+  if space.get('sized_by') not in (None,) + SIZED_BY:
+    raise ValueError(f'label space sized_by must be one of {SIZED_BY} or '
+                     f'null, got {space["sized_by"]!r}')
   expected = label_space_id(space)
   if space['id'] != expected:
     raise ValueError(f'label space id {space["id"]!r} does not match its '
@@ -462,6 +585,94 @@ def check_label_space_ids(space: Mapping[str, Any],
     raise ValueError(f'{sum(bad.values())} of {count} records have a label '
                      f'space id other than {expected!r}: {detail}')
   return count
+
+
+def label_space_sized_by(space: Mapping[str, Any]) -> Optional[str]:
+  """How `space` was sized: one of `SIZED_BY`, or None (a fixed-size variant).
+
+  Label spaces written before the `sized_by` field existed were sized by K or
+  by a target SCR; `target_scr` tells which.
+  """
+  if 'sized_by' in space:
+    return space['sized_by']
+  if space['variant'] not in K_VARIANTS:
+    return None
+  return 'scr' if space.get('target_scr') is not None else 'k'
+
+
+# Default tolerance of `check_expected_label_space` on the SCR: the paper
+# calls 400 classes (SCR 49.81%) its "SCR 0.50" point.
+SCR_TOLERANCE = 0.005
+
+
+def check_expected_label_space(space: Mapping[str, Any], *, source: str,
+                               variant: Optional[str] = None,
+                               num_classes: Optional[int] = None,
+                               k: Optional[float] = None,
+                               scr: Optional[float] = None,
+                               scr_tolerance: float = SCR_TOLERANCE) -> None:
+  """Checks a label space against what an experiment declares.
+
+  A run configured for one Figure 4 point must not train on the label space
+  of another: the class count alone does not tell `spl_m` from `spl_d`, nor
+  an SCR target from a K. Arguments left None are not checked.
+
+  Args:
+    space: a parsed label space (`parse_label_space` / `load_label_space`).
+    source: where it was read from (the `label_space.json` path), for errors.
+    variant: the expected variant.
+    num_classes: the expected number of output classes.
+    k: the expected K (compared to `k`, which is `num_classes` / N for a
+      space sized by a count that is not a multiple of N, e.g. 22.5).
+    scr: the expected samples cover ratio: compared to the target the space
+      was sized by (`target_scr`) when it was sized by SCR, otherwise to the
+      SCR it reached (`scr`), within `scr_tolerance`.
+    scr_tolerance: absolute tolerance of the SCR comparison.
+
+  Raises:
+    ValueError: naming `source`, the label space id and every field that
+      differs, with the file's value and the expected one.
+  """
+  if not source:
+    raise ValueError('`source` must name the label space file, got '
+                     f'{source!r}')
+  if variant is not None and variant not in VARIANTS:
+    raise ValueError(f'`variant` must be one of {VARIANTS}, got {variant!r}')
+  if num_classes is not None and (
+      isinstance(num_classes, bool) or
+      not isinstance(num_classes, (int, np.integer)) or num_classes < 1):
+    raise ValueError(f'`num_classes` must be an integer >= 1, got '
+                     f'{num_classes!r}')
+  if k is not None and not k > 0:
+    raise ValueError(f'`k` must be > 0, got {k}')
+  if scr is not None and not 0.0 < scr <= 1.0:
+    raise ValueError(f'`scr` must be in (0, 1], got {scr}')
+  if not scr_tolerance >= 0:
+    raise ValueError(f'`scr_tolerance` must be >= 0, got {scr_tolerance}')
+  problems = []
+  if variant is not None and space['variant'] != variant:
+    problems.append(f'`variant` is {space["variant"]!r}, expected '
+                    f'{variant!r}')
+  if num_classes is not None and space['num_classes'] != num_classes:
+    problems.append(f'`num_classes` is {space["num_classes"]}, expected '
+                    f'{num_classes}')
+  if k is not None:
+    have = space.get('k')
+    # A fractional K is num_classes / N: equal up to float round-off.
+    if have is None or abs(have - k) > 1e-9 * max(1.0, abs(k)):
+      problems.append(f'`k` is {have}, expected {k}')
+  if scr is not None:
+    sized_by = label_space_sized_by(space)
+    field = 'target_scr' if sized_by == 'scr' else 'scr'
+    have = space.get(field)
+    if have is None or abs(have - scr) > scr_tolerance:
+      how = (f'sized by {sized_by}' if sized_by else
+             f'{space["variant"]} has a fixed size')
+      problems.append(f'`{field}` is {have} ({how}), expected {scr} '
+                      f'+- {scr_tolerance}')
+  if problems:
+    raise ValueError(f'{source}: label space {space.get("id")!r} is not the '
+                     f'one the experiment declares: ' + '; '.join(problems))
 
 
 def relabel_lookup(space: Mapping[str, Any]) -> np.ndarray:

@@ -277,3 +277,231 @@ def test_plots_are_png_and_deterministic():
   assert label_space_plots.confusion_matrix_png(empty, ['a'])
   assert label_space_plots.class_counts_png(
       ls.make_label_space('spl', empty, ['a']))
+
+
+# ---- Sizing by class count (Figure 4: 400 / 1600 / 4500 classes) ----
+
+
+def ref_selected_by_count(c, count):
+  """Diagonal + the top `count` - N off-diagonal cells, by sorting them all."""
+  n = len(c)
+  off = sorted((-int(c[w][t]), w * n + t) for w in range(n) for t in range(n)
+               if w != t)
+  return sorted([w * n + w for w in range(n)] +
+                [cell for _, cell in off[:count - n]])
+
+
+def ref_k_variant_table(variant, n, selected):
+  ids = {cell: i for i, cell in enumerate(sorted(selected))}
+  table = [[DROP] * n for _ in range(n)]
+  for w, t in itertools.product(range(n), range(n)):
+    if w * n + t in ids:
+      table[w][t] = ids[w * n + t]
+    elif variant == 'spl_m':
+      table[w][t] = ids[w * n + w]
+  return table
+
+
+def ref_noise_ratio(c):
+  n = len(c)
+  total = sum(int(c[w][t]) for w in range(n) for t in range(n))
+  off = sum(int(c[w][t]) for w in range(n) for t in range(n) if w != t)
+  return off / total if total else 0.0
+
+
+def _names(n):
+  return [f'class_{i}' for i in range(n)]
+
+
+@pytest.mark.parametrize('name', list(MATRICES))
+def test_class_count_sizing_matches_brute_force(name):
+  c = MATRICES[name]
+  n = len(c)
+  by_count = ls.scr_by_num_classes(c)
+  assert len(by_count) == n * n - n + 1
+  # Every count from N (diagonal only) to N^2 (the full space), multiples of
+  # N or not.
+  for count in range(n, n * n + 1):
+    ref = ref_selected_by_count(c, count)
+    assert ls.selected_cells(c, num_classes=count).tolist() == ref
+    assert by_count[count - n] == pytest.approx(ref_scr(c, ref))
+    for variant in ls.K_VARIANTS:
+      space = ls.make_label_space(variant, c, _names(n), num_classes=count)
+      assert space['num_classes'] == len(space['classes']) == count
+      assert space['sized_by'] == 'num_classes'
+      assert space['table'] == ref_k_variant_table(variant, n, ref)
+      assert space['scr'] == pytest.approx(ref_scr(c, ref))
+      assert space['k'] == pytest.approx(count / n)
+      assert space['target_scr'] is None
+      ls.validate_label_space(space)
+      if count % n == 0:
+        # The same selection as K = count / N: same table, same id.
+        by_k = ls.make_label_space(variant, c, _names(n), k=count // n)
+        assert type(space['k']) is int  # pylint: disable=unidiomatic-typecheck
+        assert by_k['sized_by'] == 'k'
+        assert {**by_k, 'sized_by': 'num_classes'} == space
+
+
+def test_fractional_k_like_figure_4():
+  # N = 4 and 10 classes is K = 2.5, as 4500 classes for N = 200 is 22.5.
+  rng = np.random.RandomState(1)
+  c = rng.poisson(4, (4, 4))
+  c[np.arange(4), np.arange(4)] += 10
+  names = ['a', 'b', 'c', 'd']
+  space = ls.make_label_space('spl_d', c, names, num_classes=10)
+  assert space['k'] == 2.5 and space['num_classes'] == 10
+  ref = ref_selected_by_count(c, 10)
+  assert space['scr'] == pytest.approx(ref_scr(c, ref))
+  assert space['num_dropped_clips'] == int(c.sum()) - sum(
+      int(c.reshape(-1)[x]) for x in ref)
+  # Between K = 2 and K = 3 in both size and SCR; a stable id of its own.
+  k2, k3 = (ls.make_label_space('spl_d', c, names, k=k) for k in (2, 3))
+  assert k2['scr'] <= space['scr'] <= k3['scr']
+  assert len({k2['id'], k3['id'], space['id']}) == 3
+  assert ls.make_label_space('spl_d', c * 2, names,
+                             num_classes=10)['id'] == space['id']
+  assert ls.parse_label_space(ls.label_space_json(space)) == space
+  # The paper's own sizes at N = 200: exact counts, SCR from the definition.
+  big = np.random.RandomState(2).zipf(1.6, (200, 200)).clip(max=10**6)
+  for count in (400, 1600, 4500):
+    cells = ls.selected_cells(big, num_classes=count)
+    assert cells.size == len(set(cells.tolist())) == count
+    ref = ref_selected_by_count(big, count)
+    assert cells.tolist() == ref
+    assert ls.scr_by_num_classes(big)[count - 200] == pytest.approx(
+        ref_scr(big, ref))
+
+
+def test_class_count_refusals():
+  c = np.ones((3, 3), np.int64)
+  names = ['a', 'b', 'c']
+  for bad in (2, 10, 0):
+    with pytest.raises(ValueError, match=r'`num_classes` must be in .*\[3, 9\]'):
+      ls.make_label_space('spl_m', c, names, num_classes=bad)
+    with pytest.raises(ValueError, match='`num_classes`'):
+      ls.check_sizing('spl_d', 3, num_classes=bad)
+  for bad in (4.5, True, '6'):
+    with pytest.raises(ValueError, match='`num_classes` must be an integer'):
+      ls.make_label_space('spl_d', c, names, num_classes=bad)
+  for kw in (dict(k=2, num_classes=6), dict(target_scr=0.5, num_classes=6),
+             dict(k=2, target_scr=0.5), dict(k=2, target_scr=0.5,
+                                             num_classes=6), {}):
+    with pytest.raises(ValueError, match='exactly one of `k`, `target_scr` '
+                       'and `num_classes`'):
+      ls.make_label_space('spl_m', c, names, **kw)
+  with pytest.raises(ValueError, match='only apply'):
+    ls.make_label_space('spl_b', c, names, num_classes=6)
+  with pytest.raises(ValueError, match='only applies'):
+    ls.variant_table('weak', c, num_classes=3)
+  with pytest.raises(ValueError, match='exactly one of `k` and `num_classes`'):
+    ls.selected_cells(c, 2, num_classes=6)
+  assert ls.check_sizing('spl_m', 3, num_classes=3) == 'num_classes'
+  assert ls.check_sizing('spl_m', 3, target_scr=0.3) == 'scr'
+  assert ls.check_sizing('spl_d', 3, k=3) == 'k'
+  assert ls.check_sizing('agreement', 3) is None
+
+
+@pytest.mark.parametrize('name', list(MATRICES))
+def test_noise_ratio_is_table_2_definition_for_every_variant(name):
+  c = MATRICES[name]
+  expected = ref_noise_ratio(c)
+  assert ls.noise_ratio(c) == pytest.approx(expected)
+  for variant in ls.VARIANTS:
+    kw = {'k': 1} if variant in ls.K_VARIANTS else {}
+    space = ls.make_label_space(variant, c, _names(len(c)), **kw)
+    assert space['noise_ratio'] == pytest.approx(expected)
+
+
+# ---- Checking a label space against an experiment ----
+
+
+def test_check_expected_label_space():
+  c = np.array([[9, 3, 0, 1], [2, 8, 4, 0], [0, 1, 7, 5], [3, 0, 2, 6]])
+  names = ['a', 'b', 'c', 'd']
+  space = ls.parse_label_space(ls.label_space_json(
+      ls.make_label_space('spl_m', c, names, num_classes=10)))
+  src = '/ws/label_spaces/fig4/label_space.json'
+  check = ls.check_expected_label_space
+  check(space, source=src)
+  check(space, source=src, variant='spl_m', num_classes=10, k=2.5,
+        scr=space['scr'])
+  # Sized by a count: `scr` is compared to the SCR reached, within the
+  # tolerance.
+  check(space, source=src, scr=space['scr'] + 0.004)
+  check(space, source=src, scr=space['scr'] - 0.02, scr_tolerance=0.03)
+  for kw, field in ((dict(variant='spl_d'), '`variant`'),
+                    (dict(num_classes=16), '`num_classes`'),
+                    (dict(k=2), '`k`'),
+                    (dict(k=3), '`k`'),
+                    (dict(scr=space['scr'] - 0.01), '`scr`')):
+    with pytest.raises(ValueError) as e:
+      check(space, source=src, **kw)
+    message = str(e.value)
+    assert message.startswith(src + ':') and field in message
+    assert space['id'] in message
+  # All mismatches in one message.
+  with pytest.raises(ValueError, match='`variant`.*`num_classes`.*`k`'):
+    check(space, source=src, variant='spl_d', num_classes=8, k=2)
+
+  # Sized by a target SCR: `scr` is compared to the target, not the SCR
+  # reached (which the smallest K may overshoot).
+  by_scr = ls.make_label_space('spl_d', c, names, target_scr=0.6)
+  assert by_scr['scr'] - 0.6 > ls.SCR_TOLERANCE  # the case that matters
+  check(by_scr, source=src, variant='spl_d', scr=0.6, k=by_scr['k'],
+        num_classes=4 * by_scr['k'])
+  with pytest.raises(ValueError, match=r'`target_scr` is 0\.6 \(sized by scr'):
+    check(by_scr, source=src, scr=by_scr['scr'])
+  # A space written before `sized_by` existed: inferred from `target_scr`.
+  legacy = {k: v for k, v in by_scr.items() if k != 'sized_by'}
+  assert ls.label_space_sized_by(legacy) == 'scr'
+  check(legacy, source=src, scr=0.6)
+  legacy_k = dict(ls.make_label_space('spl_m', c, names, k=2))
+  del legacy_k['sized_by']
+  assert ls.label_space_sized_by(legacy_k) == 'k'
+  # A fixed-size variant: no K; its SCR is the one reached.
+  spl = ls.make_label_space('spl', c, names)
+  check(spl, source=src, variant='spl', num_classes=16, scr=1.0)
+  with pytest.raises(ValueError, match='`k` is None'):
+    check(spl, source=src, k=4)
+
+  for kw, arg in ((dict(variant='nope'), '`variant`'),
+                  (dict(num_classes=0), '`num_classes`'),
+                  (dict(k=0), '`k`'), (dict(scr=1.5), '`scr`'),
+                  (dict(scr_tolerance=-1), '`scr_tolerance`')):
+    with pytest.raises(ValueError, match=arg):
+      check(space, source=src, **kw)
+  with pytest.raises(ValueError, match='`source`'):
+    check(space, source='')
+
+
+def test_sized_by_is_validated():
+  c = np.ones((2, 2), np.int64)
+  space = ls.make_label_space('spl_m', c, ['x', 'y'], num_classes=3)
+  with pytest.raises(ValueError, match='sized_by'):
+    ls.parse_label_space(ls.label_space_json(dict(space, sized_by='K')))
+
+
+def test_scr_plot_marks_every_way_of_sizing():
+  c = np.array([[5, 2, 0, 1], [0, 3, 1, 2], [4, 0, 0, 1], [1, 1, 1, 6]])
+  names = ['a', 'b', 'c', 'd']
+  curve, by_count = ls.scr_curve(c), ls.scr_by_num_classes(c)
+  plain = label_space_plots.scr_curve_png(curve, scr_by_count=by_count)
+  pngs = set()
+  for kw in (dict(k=2), dict(target_scr=0.7), dict(num_classes=10)):
+    space = ls.make_label_space('spl_m', c, names, **kw)
+    png = label_space_plots.scr_curve_png(
+        curve, space['k'], space['target_scr'], chosen_scr=space['scr'],
+        scr_by_count=by_count)
+    assert png.startswith(b'\x89PNG') and png != plain
+    pngs.add(png)
+  assert len(pngs) == 3
+  # A fractional K finds its SCR on the per-count curve.
+  assert label_space_plots.scr_curve_png(curve, 2.5, scr_by_count=by_count) == (
+      label_space_plots.scr_curve_png(curve, 2.5, chosen_scr=by_count[6],
+                                      scr_by_count=by_count))
+  with pytest.raises(ValueError, match='`chosen_scr`'):
+    label_space_plots.scr_curve_png(curve, 2.5)
+  with pytest.raises(ValueError, match='`scr_by_count`'):
+    label_space_plots.scr_curve_png(curve, 2, scr_by_count=by_count[:-1])
+  with pytest.raises(ValueError, match='`chosen_k`'):
+    label_space_plots.scr_curve_png(curve, 4.5, chosen_scr=1.0)

@@ -1,6 +1,7 @@
 """The relabel job end to end, and the TFRecord / SequenceExample surgery under it."""
 
 import io
+import json
 import os
 
 import google_crc32c
@@ -296,7 +297,8 @@ def test_teacher_with_another_num_classes_is_reported(tmp_path):
 def test_arguments_are_validated(tmp_path):
   rec_pattern, pred_pattern, _ = make_inputs(str(tmp_path), num_clips=2)
   kw = dict(records_pattern=rec_pattern, predictions_pattern=pred_pattern)
-  with pytest.raises(ValueError, match='exactly one of `k` and `scr`'):
+  with pytest.raises(ValueError, match='exactly one of `k`, `scr` and '
+                     '`num_classes`'):
     relabel.relabel(variant='spl_m', output_dir=str(tmp_path / 'o'), **kw)
   with pytest.raises(ValueError, match='`k`'):
     relabel.relabel(variant='spl_m', k=9, output_dir=str(tmp_path / 'o'), **kw)
@@ -351,3 +353,109 @@ def test_corrupt_shards_are_reported_and_nothing_is_written(tmp_path):
                     output_dir=out2)
   assert not [n for n in os.listdir(out2) if '.tmp-' in n]
   assert schema.LABEL_SPACE_FILENAME not in os.listdir(out2)
+
+
+# ---- Sizing by class count (Figure 4) and the noise ratio (Table 2) ----
+
+
+def _reference_counts(clips):
+  """(weak, teacher) -> clips, counted from the fake data by hand."""
+  counts = {}
+  for clip in clips:
+    w = clip[schema.WEAK_LABEL_INDEX_KEY]
+    t = teacher_of(clip[schema.CLIP_INDEX_KEY], w)
+    counts[(w, t)] = counts.get((w, t), 0) + 1
+  return counts
+
+
+def test_relabel_by_class_count(tmp_path, caplog):
+  rec_pattern, pred_pattern, clips = make_inputs(str(tmp_path))
+  n = NUM_CLASSES
+  count = 5  # not a multiple of N = 3: K = 5/3
+  out = str(tmp_path / 'out')
+  with caplog.at_level('INFO'):
+    stats = relabel.relabel(records_pattern=rec_pattern,
+                            predictions_pattern=pred_pattern,
+                            variant='spl_d', num_classes=count,
+                            output_dir=out)
+  space = label_spaces.load_label_space(
+      os.path.join(out, schema.LABEL_SPACE_FILENAME))
+  with open(os.path.join(out, relabel.STATS_FILENAME), encoding='utf-8') as f:
+    on_disk = json.load(f)
+  assert space['num_classes'] == len(space['classes']) == count
+  assert space['sized_by'] == on_disk['sized_by'] == 'num_classes'
+  assert space['k'] == pytest.approx(count / n)
+  assert on_disk['num_classes'] == count
+
+  # SCR and noise ratio from their definitions, on counts made by hand.
+  counts = _reference_counts(clips)
+  off = sorted(((-v, w * n + t) for (w, t), v in counts.items() if w != t))
+  kept_off = [cell for _, cell in off[:count - n]]
+  covered = sum(v for (w, t), v in counts.items()
+                if w == t or w * n + t in kept_off)
+  disagree = sum(v for (w, t), v in counts.items() if w != t)
+  assert len(off) >= count - n  # the selection is decided by the counts
+  for where in (space, stats, on_disk):
+    assert where['scr'] == pytest.approx(covered / NUM_CLIPS)
+    assert where['noise_ratio'] == pytest.approx(disagree / NUM_CLIPS)
+  assert stats['clips']['dropped'] == NUM_CLIPS - covered
+  assert stats['clips']['written'] == covered
+  written = [r for p in sorted(tf.io.gfile.glob(os.path.join(
+      out, schema.shard_pattern()))) for r in testing.parse_all(p)]
+  assert len(written) == covered
+  assert {r[schema.LABEL_INDEX_KEY] for r in written} <= set(range(count))
+  assert any(f'{count} classes' in m and 'SCR reached' in m and
+             'noise ratio' in m for m in caplog.messages)
+  # The trainer's check accepts it as the declared Figure 4 point, and refuses
+  # another.
+  label_spaces.check_expected_label_space(
+      space, source=out, variant='spl_d', num_classes=count,
+      scr=covered / NUM_CLIPS)
+  with pytest.raises(ValueError, match='`num_classes` is 5, expected 6'):
+    label_spaces.check_expected_label_space(space, source=out, num_classes=6)
+
+
+def test_noise_ratio_is_reported_for_every_variant(tmp_path):
+  rec_pattern, pred_pattern, clips = make_inputs(str(tmp_path))
+  counts = _reference_counts(clips)
+  disagree = sum(v for (w, t), v in counts.items() if w != t)
+  for variant in ('agreement', 'spl_b'):
+    stats = relabel.relabel(records_pattern=rec_pattern,
+                            predictions_pattern=pred_pattern, variant=variant,
+                            output_dir=str(tmp_path / variant))
+    assert stats['noise_ratio'] == pytest.approx(disagree / NUM_CLIPS)
+    assert stats['sized_by'] is None
+  # Agreement keeps exactly the clips the noise ratio does not count.
+  assert stats['clips']['input'] == NUM_CLIPS
+
+
+def test_class_count_refusals_write_nothing(tmp_path):
+  rec_pattern, pred_pattern, _ = make_inputs(str(tmp_path), num_clips=2)
+  kw = dict(records_pattern=rec_pattern, predictions_pattern=pred_pattern)
+  out = str(tmp_path / 'o')
+  for bad in (NUM_CLASSES - 1, NUM_CLASSES ** 2 + 1):
+    with pytest.raises(ValueError,
+                       match=r'`num_classes` must be in \[N, N\^2\] = \[3, 9\]'):
+      relabel.relabel(variant='spl_m', num_classes=bad, output_dir=out, **kw)
+  with pytest.raises(ValueError, match='exactly one of'):
+    relabel.relabel(variant='spl_d', k=2, num_classes=6, output_dir=out, **kw)
+  with pytest.raises(ValueError, match='exactly one of'):
+    relabel.relabel(variant='spl_d', target_scr=0.5, num_classes=6,
+                    output_dir=out, **kw)
+  with pytest.raises(ValueError, match='only apply'):
+    relabel.relabel(variant='spl', num_classes=9, output_dir=out, **kw)
+  assert not os.path.exists(out)
+
+
+def test_command_line_num_classes(tmp_path, capsys):
+  # `run` defines its absl flags, so it runs once per process: the refusals
+  # are tested on `relabel.relabel` above.
+  rec_pattern, pred_pattern, _ = make_inputs(str(tmp_path))
+  out = str(tmp_path / 'out')
+  relabel.run(['relabel', f'--records={rec_pattern}',
+               f'--predictions={pred_pattern}', '--variant=spl_m',
+               '--num_classes=7', f'--output_dir={out}'])
+  printed = capsys.readouterr().out
+  assert '7 classes (class count, K=2.33' in printed and 'SCR reached' in printed
+  assert label_spaces.load_label_space(
+      os.path.join(out, schema.LABEL_SPACE_FILENAME))['num_classes'] == 7

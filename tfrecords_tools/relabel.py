@@ -5,6 +5,13 @@ r"""Relabel clip records with an SPL label space (Apache Beam).
       --predictions='/data/web_pred/predictions-*.tfrecord' \
       --variant=spl_m --scr=0.9 --output_dir=/data/web_spl_m
 
+`spl_m` / `spl_d` are sized by exactly one of `--k=K`, `--scr=S` (the smallest
+K reaching that samples cover ratio) or `--num_classes=C` (the N diagonal
+cells plus the C - N most frequent off-diagonal ones, C in [N, N^2]: Figure
+4's 400 / 1600 / 4500 classes for N = 200, i.e. K = 2 / 8 / 22.5). The job
+reports the SCR reached and the synthetic noise ratio of Table 2 (share of
+clips off the diagonal of the confusion matrix) for every variant.
+
 Any other flag goes to Beam (e.g. `--direct_running_mode=multi_processing`,
 `--runner=DataflowRunner --project=...`).
 
@@ -354,13 +361,14 @@ class _Pass1Fn(beam.CombineFn):
 
 def _with_label_space(summary: Dict[str, Any], variant: str,
                       names: Sequence[str], k: Optional[int],
-                      target_scr: Optional[float]) -> Dict[str, Any]:
+                      target_scr: Optional[float],
+                      num_classes: Optional[int] = None) -> Dict[str, Any]:
   """Adds the label space to the pass-1 summary (None if pass 1 failed)."""
   space = None
   if not summary['errors']['count']:
     space = label_spaces.make_label_space(
         variant, np.asarray(summary['confusion'], np.int64), names, k=k,
-        target_scr=target_scr)
+        target_scr=target_scr, num_classes=num_classes)
   return dict(summary, space=space)
 
 
@@ -461,12 +469,17 @@ def render_plots(space: Mapping[str, Any],
   from spl import label_space_plots
   # pylint: enable=g-import-not-at-top
   curve = label_spaces.scr_curve(confusion)
+  # Only spl_m / spl_d have a size on the curve; `scr` is the SCR reached,
+  # also at a fractional K (a class count that is not a multiple of N).
+  sized = space['variant'] in label_spaces.K_VARIANTS
   return {
       CONFUSION_PNG: label_space_plots.confusion_matrix_png(
           confusion, space['input_classes']),
       CLASS_COUNTS_PNG: label_space_plots.class_counts_png(space),
       SCR_CURVE_PNG: label_space_plots.scr_curve_png(
-          curve, space['k'] if space['k'] else None, space['target_scr']),
+          curve, space['k'] if sized else None, space['target_scr'],
+          chosen_scr=space['scr'] if sized else None,
+          scr_by_count=label_spaces.scr_by_num_classes(confusion)),
   }
 
 
@@ -535,9 +548,11 @@ def _finish(shard_stats: List[Dict[str, Any]], pass1: Mapping[str, Any],
       'status': 'ok',
       'label_space_id': space['id'],
       'variant': space['variant'],
+      'sized_by': space['sized_by'],
       'k': space['k'],
       'target_scr': space['target_scr'],
       'scr': space['scr'],
+      # Table 2's synthetic noise ratio: off-diagonal / all clips of C.
       'noise_ratio': space['noise_ratio'],
       'num_classes': space['num_classes'],
       'clips': totals,
@@ -581,7 +596,8 @@ def _match_shards(pattern: str, what: str) -> List[str]:
 def build_pipeline(pipeline: beam.Pipeline, *, shards: Sequence[str],
                    prediction_files: Sequence[str], names: Sequence[str],
                    variant: str, k: Optional[int], target_scr: Optional[float],
-                   output_dir: str, reshuffle: bool = True) -> None:
+                   output_dir: str, reshuffle: bool = True,
+                   num_classes: Optional[int] = None) -> None:
   """Adds pass 1, pass 2 and the finish step to `pipeline`.
 
   Few stages on purpose (each costs the DirectRunner a bundle): per-clip
@@ -617,7 +633,7 @@ def build_pipeline(pipeline: beam.Pipeline, *, shards: Sequence[str],
            | 'FlattenPass1' >> beam.Flatten()
            | 'Pass1' >> beam.CombineGlobally(_Pass1Fn(n)).without_defaults()
            | 'LabelSpace' >> beam.Map(_with_label_space, variant, names, k,
-                                      target_scr))
+                                      target_scr, num_classes))
   _ = (by_shard.clips
        | 'Rewrite' >> beam.ParDo(_RewriteShard(output_dir),
                                  beam.pvalue.AsSingleton(pass1))
@@ -662,7 +678,8 @@ def _make_runner(runner: str, options: PipelineOptions) -> Any:
 
 def relabel(*, records_pattern: str, predictions_pattern: str, variant: str,
             output_dir: str, k: Optional[int] = None,
-            target_scr: Optional[float] = None, runner: str = 'DirectRunner',
+            target_scr: Optional[float] = None,
+            num_classes: Optional[int] = None, runner: str = 'DirectRunner',
             direct_num_workers: int = 1,
             beam_args: Sequence[str] = ()) -> Dict[str, Any]:
   """Runs the relabel job and returns its statistics.
@@ -675,7 +692,9 @@ def relabel(*, records_pattern: str, predictions_pattern: str, variant: str,
     output_dir: where relabelled shards and side files go; must not be the
       input directory.
     k: K for `spl_m` / `spl_d`.
-    target_scr: alternatively, the target SCR K is chosen from.
+    target_scr: alternatively, the target SCR K is chosen from (flag `scr`).
+    num_classes: alternatively, the total class count of `spl_m` / `spl_d`,
+      in [N, N^2]; checked against N before anything is written.
     runner: Beam runner.
     direct_num_workers: DirectRunner parallelism.
     beam_args: further Beam pipeline options.
@@ -696,13 +715,16 @@ def relabel(*, records_pattern: str, predictions_pattern: str, variant: str,
   if variant not in label_spaces.VARIANTS:
     raise ValueError(f'`variant` must be one of {label_spaces.VARIANTS}, got '
                      f'{variant!r}')
+  sizing = f'k={k}, scr={target_scr}, num_classes={num_classes}'
+  num_sizes = sum(x is not None for x in (k, target_scr, num_classes))
   if variant in label_spaces.K_VARIANTS:
-    if (k is None) == (target_scr is None):
-      raise ValueError(f'`variant` {variant!r} needs exactly one of `k` and '
-                       f'`scr`, got k={k}, scr={target_scr}')
-  elif k is not None or target_scr is not None:
-    raise ValueError(f'`k` / `scr` only apply to {label_spaces.K_VARIANTS}, '
-                     f'not {variant!r}')
+    if num_sizes != 1:
+      raise ValueError(f'`variant` {variant!r} needs exactly one of `k`, '
+                       f'`scr` and `num_classes`, got {sizing}')
+  elif num_sizes:
+    raise ValueError(f'`k` / `scr` / `num_classes` only apply to '
+                     f'{label_spaces.K_VARIANTS}, not {variant!r}; got '
+                     f'{sizing}')
   if target_scr is not None and not 0 < target_scr <= 1:
     raise ValueError(f'`scr` must be in (0, 1], got {target_scr}')
   if direct_num_workers < 1:
@@ -722,8 +744,9 @@ def relabel(*, records_pattern: str, predictions_pattern: str, variant: str,
     raise ValueError(f'`output_dir` {output_dir!r} is the input directory: '
                      f'the job would overwrite the shards it reads')
   names = records.read_label_map(_join(input_dir, schema.LABEL_MAP_FILENAME))
-  if k is not None:
-    label_spaces.num_output_classes(variant, len(names), k)
+  # K and the class count need N: checked here, before anything is written.
+  label_spaces.check_sizing(variant, len(names), k=k, target_scr=target_scr,
+                            num_classes=num_classes)
   _mkdirs(output_dir)
   prepared = time.perf_counter()
   options = PipelineOptions(list(beam_args) + [
@@ -732,7 +755,7 @@ def relabel(*, records_pattern: str, predictions_pattern: str, variant: str,
                            options=options)
   build_pipeline(pipeline, shards=shards, prediction_files=prediction_files,
                  names=names, variant=variant, k=k, target_scr=target_scr,
-                 output_dir=output_dir,
+                 num_classes=num_classes, output_dir=output_dir,
                  reshuffle=runner not in ('DirectRunner', 'direct') or
                  direct_num_workers > 1)
   built = time.perf_counter()
@@ -754,7 +777,26 @@ def relabel(*, records_pattern: str, predictions_pattern: str, variant: str,
     raise RelabelError(
         f'relabel: {e["count"]} input problems {e["by_kind"]}, no shard '
         f'written; first ones:\n  ' + '\n  '.join(e['first']))
+  logging.info('relabel: %s', summary_line(stats))
   return stats
+
+
+def summary_line(stats: Mapping[str, Any]) -> str:
+  """What a run produced, in one line: size, how it was chosen, SCR, noise."""
+  sized_by = stats.get('sized_by')
+  if sized_by == 'scr':
+    how = f'target SCR {stats["target_scr"]} -> K={stats["k"]}'
+  elif sized_by == 'num_classes':
+    how = f'class count, K={stats["k"]:g}'
+  elif sized_by == 'k':
+    how = f'K={stats["k"]}'
+  else:
+    how = 'fixed size'
+  clips = stats['clips']
+  return (f'{stats["label_space_id"]}: {stats["num_classes"]} classes '
+          f'({how}), SCR reached {stats["scr"]:.4f}, noise ratio '
+          f'{stats["noise_ratio"]:.4f}; clips in {clips["input"]}, written '
+          f'{clips["written"]}, dropped {clips["dropped"]}')
 
 
 def run(argv: Optional[Sequence[str]] = None) -> None:
@@ -769,6 +811,10 @@ def run(argv: Optional[Sequence[str]] = None) -> None:
   flags.DEFINE_float('scr', None,
                      'Target samples cover ratio for spl_m / spl_d (K is the '
                      'smallest that reaches it).')
+  flags.DEFINE_integer('num_classes', None,
+                       'Total class count for spl_m / spl_d, in [N, N^2]: '
+                       'the N diagonal cells plus the most frequent '
+                       'off-diagonal ones (Figure 4: 400 / 1600 / 4500).')
   flags.DEFINE_string('output_dir', None, 'Output directory.')
   flags.DEFINE_string('runner', 'DirectRunner', 'Beam runner.')
   flags.DEFINE_integer('direct_num_workers', 1, 'DirectRunner workers.')
@@ -780,22 +826,19 @@ def run(argv: Optional[Sequence[str]] = None) -> None:
     beam_args = flags_(argv, known_only=True)[1:]
   except flags.Error as e:
     sys.exit(f'{e}\nUsage: python -m tfrecords_tools.relabel --records=... '
-             f'--predictions=... --variant=... [--k=K | --scr=S] '
+             f'--predictions=... --variant=... '
+             f'[--k=K | --scr=S | --num_classes=C] '
              f'--output_dir=... [Beam options]')
   try:
     stats = relabel(
         records_pattern=flags_.records, predictions_pattern=flags_.predictions,
         variant=flags_.variant, output_dir=flags_.output_dir, k=flags_.k,
-        target_scr=flags_.scr, runner=flags_.runner,
+        target_scr=flags_.scr, num_classes=flags_.num_classes,
+        runner=flags_.runner,
         direct_num_workers=flags_.direct_num_workers, beam_args=beam_args)
   except (RelabelError, ValueError, FileNotFoundError) as e:
     sys.exit(f'relabel failed: {e}')
-  clips = stats['clips']
-  print(f'{stats["label_space_id"]}: {stats["num_classes"]} classes, '
-        f'K={stats["k"]}, SCR={stats["scr"]:.4f}, noise ratio='
-        f'{stats["noise_ratio"]:.4f}; clips in {clips["input"]}, written '
-        f'{clips["written"]}, dropped {clips["dropped"]}; output in '
-        f'{flags_.output_dir}')
+  print(f'{summary_line(stats)}; output in {flags_.output_dir}')
 
 if __name__ == '__main__':
   run()
