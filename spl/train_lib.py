@@ -182,11 +182,12 @@ def _clip_shape(dataset: tf.data.Dataset, leading: int) -> Tuple[int, ...]:
 
 
 def _build_model(model_fn, *, num_classes: int,
-                 input_shape: Tuple[int, ...]) -> tf_keras.Model:
+                 input_shape: Tuple[Optional[int], ...],
+                 example_shape: Tuple[int, ...]) -> tf_keras.Model:
   model = model_fn(num_classes=num_classes, input_shape=input_shape)
   # Creates every variable now, so that a checkpoint restore is checked
   # against the full model and not deferred to the first step.
-  model(tf.zeros((1,) + tuple(input_shape)), training=False)
+  model(tf.zeros((1,) + tuple(example_shape)), training=False)
   out = model.output_shape if hasattr(model, 'output_shape') else None
   if out is not None and out[-1] != num_classes:
     raise ValueError(f'`model_fn` built {out[-1]} logits, expected '
@@ -629,9 +630,11 @@ def run(*,
         model_dir: str,
         strategy: tf.distribute.Strategy,
         model_fn: Callable[..., tf_keras.Model],
-        global_batch_size: int,
+        global_batch_size: Optional[int] = None,
+        per_replica_batch_size: Optional[int] = None,
         num_classes: Optional[int] = None,
         label_space_path: Optional[str] = None,
+        label_space_variant: Optional[str] = None,
         dataset_fn: DatasetFn = input_pipeline.make_dataset,
         eval_dataset_fn: Optional[DatasetFn] = None,
         train_file_pattern: Optional[str] = None,
@@ -672,7 +675,13 @@ def run(*,
       Optional with `label_space_path` (then only a cross-check).
     label_space_path: `label_space.json` of the relabel job: sizes the
       classifier, and every training / eval record must carry its id.
+    label_space_variant: The variant an experiment declares (e.g. 'spl_b');
+      a label space of another variant (or, with `num_classes`, another
+      size) is refused before any step. Needs `label_space_path`.
     global_batch_size: Training batch summed over replicas.
+    per_replica_batch_size: Alternatively, the batch of one replica (the
+      global batch is this times the replicas): for a paper that gives a
+      per-device batch and no device count. Exactly one of the two.
     dataset_fn: `input_pipeline.make_dataset`-like; called with the file
       pattern, `is_training`, per-replica `batch_size`, `input_context`,
       `num_classes` (and `repeat`/`drop_remainder` for eval and predict).
@@ -735,8 +744,13 @@ def run(*,
   if not model_dir:
     raise ValueError('`model_dir` must be set')
   space = None
+  if label_space_variant is not None and not label_space_path:
+    raise ValueError(f'`label_space_variant`={label_space_variant!r} needs '
+                     '`label_space_path` (the label_space.json to check)')
   if label_space_path:
     space = read_label_space(label_space_path)
+    label_spaces.check_expected_label_space(
+        space, source=label_space_path, variant=label_space_variant)
     if num_classes is not None and num_classes != space['num_classes']:
       raise ValueError(
           f'`num_classes`={num_classes} disagrees with the '
@@ -745,12 +759,19 @@ def run(*,
     num_classes = space['num_classes']
   if num_classes is None:
     raise ValueError('set `num_classes` or `label_space_path`')
+  num_replicas = strategy.num_replicas_in_sync
+  if (global_batch_size is None) == (per_replica_batch_size is None):
+    raise ValueError('set exactly one of `global_batch_size` and '
+                     f'`per_replica_batch_size`, got {global_batch_size} and '
+                     f'{per_replica_batch_size}')
+  if per_replica_batch_size is not None:
+    _check_positive(per_replica_batch_size=per_replica_batch_size)
+    global_batch_size = per_replica_batch_size * num_replicas
   _check_positive(num_classes=num_classes,
                   global_batch_size=global_batch_size,
                   steps_per_loop=steps_per_loop,
                   checkpoint_every_steps=checkpoint_every_steps,
                   max_checkpoints_to_keep=max_checkpoints_to_keep)
-  num_replicas = strategy.num_replicas_in_sync
   if global_batch_size % num_replicas:
     raise ValueError(f'`global_batch_size`={global_batch_size} must be a '
                      f'multiple of the {num_replicas} replicas')
@@ -786,18 +807,25 @@ def run(*,
     _files(predict_file_pattern, 'predict_file_pattern')
   if init_checkpoint:
     init_checkpoint = _checkpoint_path(init_checkpoint)
+  shapes = []
   if training:
     probe = dataset_fn(train_file_pattern, is_training=True, batch_size=1,
                        input_context=None, num_classes=num_classes)
-    clip_shape = _clip_shape(probe, 1)
-  else:
+    shapes.append(_clip_shape(probe, 1))
+  if not training or evaluating:
     pattern = eval_file_pattern if evaluating else predict_file_pattern
     probe = eval_dataset_fn(_files(pattern, 'file pattern')[0],
                             is_training=False, batch_size=1,
                             input_context=None, num_classes=None,
                             repeat=False, drop_remainder=False)
-    clip_shape = _clip_shape(probe, 2)
+    shapes.append(_clip_shape(probe, 2))
   del probe
+  # Training and evaluation clips may differ (SPL: 16x224^2 crops in
+  # training, 64 frames of 256^2 at test): the model is then built with
+  # those dimensions unknown (every backbone is fully convolutional up to
+  # its global pool); each step still sees static shapes.
+  clip_shape = tuple(d if all(s[i] == d for s in shapes) else None
+                     for i, d in enumerate(shapes[0]))
 
   chief = is_chief(strategy)
   worker, num_workers = worker_info(strategy)
@@ -816,7 +844,7 @@ def run(*,
   try:
     with contextlib.nullcontext() if local_model else strategy.scope():
       model = _build_model(model_fn, num_classes=num_classes,
-                           input_shape=clip_shape)
+                           input_shape=clip_shape, example_shape=shapes[0])
       if hasattr(loss_fn, 'build'):
         # Loss variables (e.g. Data Parameters) sized by the classifier and
         # mirrored like the model's.

@@ -102,3 +102,24 @@ def test_missing_label_space_file_is_named(spaces, tmp_path):
   missing = str(tmp_path / 'nope' / 'label_space.json')
   with pytest.raises(ValueError, match='does not exist'):
     _run(tmp_path / 'm', pattern, missing)
+
+
+def test_label_space_of_another_variant_is_refused_before_any_step(
+    spaces, tmp_path):
+  pattern, path = spaces['spl_b']
+  model_dir = tmp_path / 'm'
+  with pytest.raises(ValueError) as e:
+    _run(model_dir, pattern, path, "run.label_space_variant = 'spl_m'")
+  assert path in str(e.value) and 'spl_b' in str(e.value)
+  assert not tf.io.gfile.exists(str(model_dir / 'checkpoint'))
+  gin.clear_config()
+  result = _run(tmp_path / 'ok', pattern, path,
+                "run.label_space_variant = 'spl_b'", 'NUM_CLASSES = 6')
+  assert result['model'].output_shape[-1] == 6
+
+
+def test_declared_variant_needs_a_label_space(tmp_path):
+  with pytest.raises(ValueError, match='label_space_variant'):
+    train_lib.run(mode='train', model_dir=str(tmp_path), strategy=None,
+                  model_fn=None, global_batch_size=1, num_classes=3,
+                  label_space_variant='spl_b')

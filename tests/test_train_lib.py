@@ -275,6 +275,35 @@ def test_gradient_clipping_is_of_the_summed_gradient(tmp_path, logical_cpus):
          train_file_pattern=str(tmp_path / 'clip' / 'x.tfrecord'))
 
 
+def test_per_replica_batch_sets_the_global_batch(data, tmp_path,
+                                                 logical_cpus):
+  # SPL's "batch size of 6" read per device: 2 replicas x 2 clips = 4 a step.
+  strategy = _mirrored(logical_cpus[:2])
+  result = _run(mode='train', model_dir=str(tmp_path / 'm'),
+                train_file_pattern=data, strategy=strategy,
+                global_batch_size=None, per_replica_batch_size=2,
+                num_train_examples=8, train_steps=None, train_epochs=1)
+  assert result['step'] == 2  # 8 clips / (2 x 2) a step.
+  for both in (dict(global_batch_size=4, per_replica_batch_size=2),
+               dict(global_batch_size=None, per_replica_batch_size=None)):
+    with pytest.raises(ValueError, match='exactly one of'):
+      _run(mode='train', model_dir=str(tmp_path / 'bad'),
+           train_file_pattern=data, **both)
+
+
+def test_eval_clips_of_another_shape_than_training(data, tmp_path):
+  # SPL trains on 16x224^2 crops and tests on 64 frames of 256^2: the model
+  # is built with the differing dimensions unknown.
+  eval_fn = functools.partial(input_pipeline.make_dataset,
+                              **dict(TINY_DATA, num_frames=8, crop_size=40))
+  result = _run(mode='train_and_eval', model_dir=str(tmp_path / 'm'),
+                train_file_pattern=data, eval_file_pattern=data,
+                eval_dataset_fn=eval_fn)
+  assert result['model'].input_shape == (None, None, None, None, 3)
+  with open(os.path.join(str(tmp_path / 'm'), train_lib.METRICS_FILENAME)) as f:
+    assert json.load(f)['eval']['num_clips'] == 7
+
+
 # ---- Schedule ----
 
 
