@@ -84,27 +84,41 @@ def anchor_loss(labels: tf.Tensor,
                 warmup_epochs: float = 0.0,
                 epoch: Optional[tf.Tensor] = None,
                 features: Optional[Mapping[str, Any]] = None) -> tf.Tensor:
-  """Anchor loss (Ryou et al., ICCV 2019), softmax form, per example.
+  """Anchor loss (Ryou et al., ICCV 2019), per example.
 
-  The target probability minus `slack` is the anchor q*; every negative class
-  k is penalised by -(1 + q_k - q*)^gamma * log(1 - q_k), so negatives scored
-  close to (or above) the target are pushed harder than easy ones, and the
-  target keeps the plain -log q_t. The anchor is a constant (no gradient), as
-  in the paper. Anchor loss needs a sensible q_t to anchor on, which is why it
-  starts with `warmup_epochs` of plain cross-entropy.
+  As the reference code (slryou41/AnchorLoss `anchor_loss.py`, `AnchorLoss`
+  with its default `anchor='neg'`): every class is an independent SIGMOID
+  (a sum of binary cross-entropies, not a softmax), the target class keeps its
+  plain BCE and every negative class's BCE is scaled by a modulator:
+
+    p_k = sigmoid(x_k)                                      (`pt`)
+    BCE_k = -y_k log p_k - (1 - y_k) log(1 - p_k)           (`bce_loss`)
+    q* = stop_gradient(max(p_t - slack, 0))                 (`pt_pos`)
+    L = -log p_t - sum_{k != t} (1 + p_k - q*)^gamma log(1 - p_k)
+
+  The modulator (`scaling_neg`) applies to EVERY negative, not only those
+  with p_k > q*: it is above 1 (pushed harder) for negatives scored above the
+  anchor and below 1 for easy ones; the gradient flows through it (only q* is
+  detached). While `epoch < warmup_epochs` the loss is the plain softmax
+  cross-entropy (the reference's `nn.CrossEntropyLoss` warm-up, 5 epochs when
+  `warm_up=True`), as anchor loss needs a sensible p_t to anchor on. The two
+  phases are different losses (softmax vs. per-class sigmoid), so the loss
+  value jumps at the switch, as in the reference.
 
   Args:
     labels: Integer class ids [B].
     logits: float32 logits [B, C].
-    gamma: Focusing exponent (the paper uses 0.5).
-    slack: Margin subtracted from the target probability (0.05).
-    warmup_epochs: Plain cross-entropy while `epoch < warmup_epochs`.
+    gamma: Exponent of the negatives' modulator (reference default 0.5).
+    slack: Margin subtracted from the target probability to make the anchor
+      (reference default 0.05).
+    warmup_epochs: Plain softmax cross-entropy while `epoch < warmup_epochs`.
     epoch: Fraction of epochs done (scalar); required when
       `warmup_epochs > 0`.
     features: Unused; part of the trainer's loss signature.
 
   Returns:
-    float32 [B].
+    float32 [B]: the loss summed over classes (the reference then averages
+    over the batch, as the trainer does).
   """
   del features
   if gamma < 0:
@@ -116,21 +130,20 @@ def anchor_loss(labels: tf.Tensor,
   if warmup_epochs > 0 and epoch is None:
     raise ValueError('`epoch` is required when `warmup_epochs` > 0')
   labels, logits = _check_inputs(labels, logits)
-  num_classes = tf.shape(logits)[-1]
-  onehot = tf.one_hot(labels, num_classes, dtype=tf.float32)
-  log_probs = tf.nn.log_softmax(logits, axis=-1)
-  probs = tf.exp(log_probs)
-  ce = -tf.reduce_sum(onehot * log_probs, axis=-1)
-  q_target = tf.reduce_sum(onehot * probs, axis=-1, keepdims=True)
-  anchor = tf.stop_gradient(q_target - slack)
-  # log(1 - q) computed from logits would need a logsumexp over the other
-  # classes; clipping is enough since q_k < 1 for every negative in practice.
-  log_one_minus = tf.math.log(tf.clip_by_value(1.0 - probs, 1e-7, 1.0))
-  modulator = tf.pow(tf.maximum(1.0 + probs - anchor, 0.0), gamma)
-  negatives = -tf.reduce_sum(
-      (1.0 - onehot) * modulator * log_one_minus, axis=-1)
-  anchored = ce + negatives
+  onehot = tf.one_hot(labels, tf.shape(logits)[-1], dtype=tf.float32)
+  bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=onehot, logits=logits)
+  probs = tf.sigmoid(logits)
+  anchor = tf.stop_gradient(tf.maximum(
+      tf.reduce_sum(onehot * probs, axis=-1, keepdims=True) - slack, 0.0))
+  # 1 + p_k - q* > p_k > 0; the floor only keeps the power's gradient finite
+  # where p_k underflows to 0 with q* = 1 (slack 0).
+  modulator = tf.pow(
+      tf.maximum(1.0 + probs - anchor, 2.0**-126), gamma)
+  anchored = tf.reduce_sum(onehot * bce + (1.0 - onehot) * modulator * bce,
+                           axis=-1)
   if warmup_epochs <= 0:
     return anchored
+  ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels,
+                                                      logits=logits)
   in_warmup = tf.cast(epoch, tf.float32) < float(warmup_epochs)
   return tf.where(in_warmup, ce, anchored)
