@@ -41,6 +41,7 @@ from spl import label_spaces
 from spl import losses
 from spl import metrics
 from spl import optimization
+from spl.models import inflation
 from tfrecords_tools import records
 from tfrecords_tools import schema
 from tfrecords_tools import tfrecord_io
@@ -222,6 +223,45 @@ def _restore(checkpoint: tf.train.Checkpoint, path: str, what: str,
         f'was written for a different architecture (backbone, '
         f'`num_classes`, projection, optimizer). Underlying error: '
         f'{str(e)[:800]}') from e
+
+
+def _read_imagenet_checkpoint(
+    imagenet_checkpoint: Optional[str], method: str,
+    norm_epsilon: Optional[float], *, training: bool, model_dir: str,
+    init_checkpoint: Optional[str]) -> Optional[inflation.ResNet50Weights]:
+  """Reads the ImageNet ResNet-50 a fresh training run is inflated from.
+
+  Called before anything is built, so that a missing, truncated or foreign
+  file fails the run at once. None when there is nothing to inflate: no
+  `imagenet_checkpoint`, not training, or `model_dir` already holds a
+  checkpoint (a resumed run must not overwrite its trained backbone).
+  """
+  if method not in inflation.INFLATION_METHODS:
+    raise ValueError(f'`inflation_method` must be one of '
+                     f'{inflation.INFLATION_METHODS}, got {method!r}')
+  if norm_epsilon is not None and not norm_epsilon > 0:
+    raise ValueError(f'`imagenet_norm_epsilon` must be > 0 or None, got '
+                     f'{norm_epsilon!r}')
+  if not imagenet_checkpoint or not training:
+    return None
+  if init_checkpoint:
+    raise ValueError(
+        f'set `init_checkpoint` ({init_checkpoint!r}, fine-tuning) or '
+        f'`imagenet_checkpoint` ({imagenet_checkpoint!r}, ImageNet '
+        'initialisation), not both: they initialise the same backbone')
+  resume_from = tf.train.latest_checkpoint(model_dir)
+  if resume_from:
+    logging.info('`imagenet_checkpoint` %s not read: the run resumes from %s',
+                 imagenet_checkpoint, resume_from)
+    return None
+  try:
+    weights = inflation.read_2d_resnet50(imagenet_checkpoint,
+                                         checkpoint_norm_epsilon=norm_epsilon)
+  except (FileNotFoundError, ValueError) as e:
+    raise type(e)(f'`imagenet_checkpoint`: {e}') from e
+  logging.info('read the ImageNet ResNet-50 %s (%s)', weights.path,
+               weights.format)
+  return weights
 
 
 def restore_backbone(model: tf_keras.Model, init_checkpoint: str) -> str:
@@ -657,6 +697,9 @@ def run(*,
         checkpoint_every_steps: int = 1000,
         max_checkpoints_to_keep: int = 5,
         init_checkpoint: Optional[str] = None,
+        imagenet_checkpoint: Optional[str] = None,
+        inflation_method: str = 'mean',
+        imagenet_norm_epsilon: Optional[float] = None,
         eval_top_k: Sequence[int] = (1, 5),
         eval_background_class: Optional[int] = None,
         predict_top_k: int = 5,
@@ -722,6 +765,22 @@ def run(*,
     init_checkpoint: Checkpoint (prefix or directory) whose backbone
       initialises a fresh run (fine-tuning); ignored when `model_dir` already
       holds a checkpoint (the run resumes instead).
+    imagenet_checkpoint: A 2D ResNet-50 trained on ImageNet (Keras
+      Applications' HDF5 weights file, or a Model Garden checkpoint or
+      directory: `spl.models.inflation`) whose weights are inflated into the
+      backbone of a fresh training run (SPL paper 4.3). It is read and
+      checked (exists, readable, a ResNet-50) before anything is built, and
+      paired with the backbone before any step. Not read when `model_dir`
+      already holds a checkpoint (the run resumes from it, whatever this
+      file has become) nor when evaluating or predicting. Setting it and
+      `init_checkpoint` for training is an error: the two initialise the
+      same backbone.
+    inflation_method: How 2D kernels become 3D: 'mean' (I3D: repeated over
+      time, divided by the temporal size) or 'center' (central tap only).
+    imagenet_norm_epsilon: Batch-norm epsilon the ImageNet network was
+      trained with, when the checkpoint does not say: None reads it from a
+      Keras file (1.001e-5) and assumes the backbone's own for a TF
+      checkpoint; Model Garden's `resnet_imagenet` experiment used 1e-5.
     eval_top_k: Top-k accuracies reported.
     eval_background_class: Class id excluded from mAP (SoccerNet).
     predict_top_k: Classes kept per clip in predictions.
@@ -807,6 +866,10 @@ def run(*,
     _files(predict_file_pattern, 'predict_file_pattern')
   if init_checkpoint:
     init_checkpoint = _checkpoint_path(init_checkpoint)
+  imagenet_weights = _read_imagenet_checkpoint(
+      imagenet_checkpoint, inflation_method, imagenet_norm_epsilon,
+      training=training, model_dir=model_dir,
+      init_checkpoint=init_checkpoint)
   shapes = []
   if training:
     probe = dataset_fn(train_file_pattern, is_training=True, batch_size=1,
@@ -898,6 +961,17 @@ def run(*,
     elif init_checkpoint:
       restored_from = restore_backbone(model, init_checkpoint)
       logging.info('backbone initialised from %s', restored_from)
+    elif imagenet_weights is not None:
+      try:
+        inflation.inflate(model, imagenet_weights, method=inflation_method)
+      except ValueError as e:
+        raise ValueError(
+            f'`imagenet_checkpoint` {imagenet_checkpoint!r} cannot initialise '
+            f'backbone {model.backbone.name!r}: {e}') from e
+      restored_from = imagenet_weights.path
+      imagenet_weights = None  # ~100 MB of arrays.
+      logging.info('backbone inflated (%s) from ImageNet checkpoint %s',
+                   inflation_method, restored_from)
 
     if mode == 'predict':
       if setup_done:

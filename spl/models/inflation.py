@@ -7,45 +7,186 @@ the response of the 2D conv on that frame. Batch-norm parameters and moving
 statistics are copied. Zero padding breaks the static-clip identity at the
 first and last (t - 1) / 2 frames of each temporal conv; `method='center'`
 (2D kernel in the central tap, zeros elsewhere) keeps it exact on every frame.
+A 2D target (the 'r2d50' image backbone) gets the kernels as they are.
 
-Layers are matched by structure, not by name: the convolutions and batch
-norms of each network are listed in build order (the order in which Model
-Garden's 2D `BottleneckBlock` and 3D `BottleneckBlock3D` create them:
-shortcut conv, shortcut BN, conv1/temporal conv, BN, conv2/spatial conv, BN,
-conv3/expand conv, BN) and paired one to one. Unused layers (no weights) and
-self-gating layers (no 2D counterpart, left at their initialisation) are not
-listed. The 3D networks whose layout mirrors the 2D ResNet-50 are
-'r3d50_sg' and 'slowonly_r50'.
+Reading is separate from assigning (`read_2d_resnet50`, then `inflate`), so a
+trainer can check the file before it builds anything; `inflate_from_2d` does
+both. Every format is first turned into one canonical list, the 53 convs and
+53 batch norms of a ResNet-50 in the order Model Garden's 2D `ResNet` and 3D
+`ResNet3D` create them (stem conv, stem BN, then per bottleneck: shortcut
+conv, shortcut BN (first block of a stage only), conv1, BN, conv2, BN, conv3,
+BN), each named by its Keras Applications name ('conv1_conv',
+'conv2_block1_0_conv', ...). The 3D network's convs and batch norms, listed in
+build order, are paired with it one to one by position and shape. Unused
+layers (no weights) and self-gating layers (no 2D counterpart, left at their
+initialisation) are not listed. The 3D networks whose layout mirrors the 2D
+ResNet-50 are 'r3d50_g', 'r3d50_mg' and 'slowonly_r50'.
 
 Accepted checkpoints (`checkpoint_path`):
-  1. weights written by `backbone.save_weights(path)` for
-     `factory.build_backbone('r2d50', ...)`: an HDF5 file (path ending in
-     '.h5' / '.hdf5') or a TF-format checkpoint prefix;
-  2. weights written by `save_weights` of Model Garden's
-     `official.vision.modeling.backbones.resnet.ResNet(model_id=50)` itself;
-  3. a TF object checkpoint holding the ResNet-50 under the key `backbone`,
-     i.e. written by `tf.train.Checkpoint(backbone=resnet, ...)`: the layout of
-     Model Garden's ImageNet classification checkpoints.
-A directory is accepted too; its latest checkpoint is used.
+  1. Keras Applications' ResNet-50 (`tf_keras.applications.ResNet50`, with or
+     without top): the HDF5 weights file it downloads
+     (`resnet50_weights_tf_dim_ordering_tf_kernels[_notop].h5` in
+     ~/.keras/models) or writes with `save_weights('x.h5')`, or the whole
+     model written with `save('x.h5')`. Layers are found by name, so the
+     classifier ('predictions') may be present or not. That network is not
+     Model Garden's, and is converted (a whole-model file's config gives the
+     batch norms' epsilon; the weights are read the same way):
+       - its convs have biases; a ResNet's conv is always followed by a batch
+         norm, so each bias is folded into that BN's moving mean
+         (BN(conv(x) + b) with mean m equals BN(conv(x)) with mean m - b;
+         in training mode the batch mean absorbs it anyway);
+       - its batch norms use epsilon 1.001e-5; gamma is scaled by sqrt((var + eps_3d) / (var + eps_2d)) so
+         that the inference output is the same under the 3D network's
+         epsilon (1e-3 by default);
+       - it expects 'caffe' inputs: BGR, minus the mean pixel (103.939,
+         116.779, 123.68), not scaled; our input pipeline gives RGB
+         `(x / 255 - mean) / std` with ImageNet's mean and std. The stem
+         kernel's input channels are reversed and scaled by 255 * std, and
+         the constant that the mean difference leaves (sum of the kernel
+         times the difference of the two mean pixels) is folded into the stem
+         BN's moving mean. An image then gives the same stem response as in
+         Keras, except at the image border, where the two zero paddings
+         stand for slightly different pixels (the two means differ by < 0.5
+         of 255);
+       - it is ResNet v1: the stride 2 of a downsampling block is on the
+         first 1x1 conv, where Model Garden (v1.5) puts it on the 3x3 conv.
+         The kernel shapes are the same, so layers are paired by shape and
+         the stride stays where the 3D network has it (the function of a
+         downsampling block changes: v1.5 samples the 3x3 conv's output
+         instead of the 1x1 conv's input);
+       - Keras pads the 7x7 stem conv and the 3x3 stem max-pool symmetrically
+         and then uses 'valid'; Model Garden uses 'same', which pads one pixel
+         less on the top and left for even sizes, so the stem's sampling grid
+         is one pixel off.
+  2. TF checkpoints (a prefix, or a directory: its latest checkpoint) of a
+     Model Garden 2D `ResNet(model_id=50)` with the default stem, in any of
+     these layouts:
+       - `save_weights` of `factory.build_backbone('r2d50', ...)` (also as an
+         HDF5 file), or of Model Garden's `ResNet` itself;
+       - `tf.train.Checkpoint(backbone=resnet, ...)`: the `checkpoint_items`
+         layout of Model Garden's classification model, and this trainer's
+         own checkpoints of an 'r2d50' classifier;
+       - `tf.train.Checkpoint(model=classification_model, ...)` with an
+         `official.vision.modeling.classification_model.ClassificationModel`
+         around the ResNet-50: what Model Garden's trainer
+         (`official.core.base_trainer`) writes, optimizer and step included.
+     They are copied as they are: Model Garden's ImageNet input is RGB
+     normalised with ImageNet's mean and std, as ours, and its convs have no
+     bias. The checkpoint does not record the batch norms' epsilon: pass
+     `checkpoint_norm_epsilon` if it differs from the 3D network's (Model
+     Garden's `resnet_imagenet` experiment trains with 1e-5, its default
+     `NormActivation` is 1e-3).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
-from typing import List, Tuple
+import re
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
+import h5py
 import numpy as np
 import tensorflow as tf
 import tf_keras
 
 from official.vision.modeling.layers import nn_blocks_3d
+from spl import input_pipeline
 from spl.models import factory
 
 INFLATION_METHODS = ('mean', 'center')
 
+# Batch-norm epsilon of every Keras Applications ResNet (hard-coded there).
+KERAS_APPLICATIONS_NORM_EPSILON = 1.001e-5
+# Keras Applications' 'caffe' input: BGR pixels in [0, 255] minus this (BGR).
+KERAS_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
 _CONVS = (tf_keras.layers.Conv2D, tf_keras.layers.Conv3D)
 _BN = tf_keras.layers.BatchNormalization
+_BN_WEIGHTS = ('gamma', 'beta', 'moving_mean', 'moving_variance')
+# (filters, blocks) of res2..res5 of a ResNet-50.
+_RESNET50_STAGES = ((64, 3), (128, 4), (256, 6), (512, 3))
+# Variables of a TF checkpoint that belong to no model.
+_NOT_MODEL = re.compile(r'^optimizer/|\.OPTIMIZER_SLOT/|^save_counter/|'
+                        r'^global_step/|^_CHECKPOINTABLE_OBJECT_GRAPH$')
+
+
+def _resnet50_layout() -> List[Tuple[str, bool, Tuple[int, ...]]]:
+  """(Keras Applications name, is conv, kernel or BN shape) in build order."""
+  layout = [('conv1_conv', True, (7, 7, 3, 64)), ('conv1_bn', False, (64,))]
+  channels = 64
+  for stage, (filters, blocks) in enumerate(_RESNET50_STAGES, start=2):
+    for block in range(1, blocks + 1):
+      prefix = f'conv{stage}_block{block}'
+      if block == 1:
+        layout += [(f'{prefix}_0_conv', True, (1, 1, channels, 4 * filters)),
+                   (f'{prefix}_0_bn', False, (4 * filters,))]
+      layout += [(f'{prefix}_1_conv', True, (1, 1, channels, filters)),
+                 (f'{prefix}_1_bn', False, (filters,)),
+                 (f'{prefix}_2_conv', True, (3, 3, filters, filters)),
+                 (f'{prefix}_2_bn', False, (filters,)),
+                 (f'{prefix}_3_conv', True, (1, 1, filters, 4 * filters)),
+                 (f'{prefix}_3_bn', False, (4 * filters,))]
+      channels = 4 * filters
+  return layout
+
+
+RESNET50_LAYOUT = _resnet50_layout()
+# Keras Applications names of a ResNet-50's convs and batch norms, in the
+# order they are paired with a 3D network's.
+RESNET50_LAYER_NAMES = tuple(name for name, _, _ in RESNET50_LAYOUT)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer2D:
+  """One conv or batch norm of a 2D ResNet-50, ready to be copied.
+
+  Attributes:
+    name: Keras Applications name ('conv2_block1_0_conv'), whatever the
+      source format.
+    source: Where it came from (layer path or name in the checkpoint).
+    weights: conv: {'kernel'}; batch norm: gamma, beta, moving_mean,
+      moving_variance. Biases are already folded, inputs already converted.
+    strides: Spatial strides of a conv; None if they are not comparable with
+      Model Garden's (Keras Applications' ResNet v1) or for a batch norm.
+    epsilon: Batch-norm epsilon of the 2D network; None if unknown (then the
+      3D network's epsilon is assumed, and the weights are copied as is).
+  """
+  name: str
+  source: str
+  weights: Dict[str, np.ndarray]
+  strides: Optional[Tuple[int, int]] = None
+  epsilon: Optional[float] = None
+
+  @property
+  def is_conv(self) -> bool:
+    return 'kernel' in self.weights
+
+  def describe(self) -> str:
+    kind = 'conv' if self.is_conv else 'batch norm'
+    shape = self.weights['kernel' if self.is_conv else 'gamma'].shape
+    return f'{self.source} ({kind}, {tuple(shape)})'
+
+
+@dataclasses.dataclass(frozen=True)
+class ResNet50Weights:
+  """A 2D ResNet-50 read by `read_2d_resnet50`.
+
+  Attributes:
+    path: The file or checkpoint prefix read.
+    format: Which accepted format it was (for logs).
+    layers: The 106 convs and batch norms in `RESNET50_LAYER_NAMES` order.
+    conversions: What was changed on reading (for logs).
+  """
+  path: str
+  format: str
+  layers: Tuple[Layer2D, ...]
+  conversions: Tuple[str, ...] = ()
+
+
+# ---- The 3D side ----
 
 
 def _sublayers(layer) -> List[tf_keras.layers.Layer]:
@@ -82,138 +223,472 @@ def _describe(path, layer) -> str:
   return f'{path} ({kind}, {shape})'
 
 
-def _compatible(l3, l2) -> bool:
-  if isinstance(l3, _BN) or isinstance(l2, _BN):
-    return (isinstance(l3, _BN) and isinstance(l2, _BN) and
-            [w.shape for w in l3.weights] == [w.shape for w in l2.weights])
-  if not (isinstance(l3, tf_keras.layers.Conv3D) and
-          isinstance(l2, tf_keras.layers.Conv2D)):
+def _compatible(l3, l2: Layer2D) -> bool:
+  if isinstance(l3, _BN) or not l2.is_conv:
+    return (isinstance(l3, _BN) and not l2.is_conv and l3.center and
+            l3.scale and all(tuple(w.shape) == l2.weights['gamma'].shape
+                             for w in l3.weights))
+  if not isinstance(l3, _CONVS) or l3.use_bias:
     return False
-  k3, k2 = l3.kernel.shape, l2.kernel.shape
-  return (k3[1:] == k2 and l3.use_bias == l2.use_bias and
-          tuple(l3.strides[1:]) == tuple(l2.strides))
+  k3, k2 = tuple(l3.kernel.shape), l2.weights['kernel'].shape
+  spatial = k3[1:] if isinstance(l3, tf_keras.layers.Conv3D) else k3
+  strides = tuple(l3.strides)[-2:]
+  return spatial == k2 and (l2.strides is None or strides == l2.strides)
 
 
 def _inflate_kernel(kernel2d: np.ndarray, t: int, method: str) -> np.ndarray:
   if method == 'mean':
-    return np.repeat(kernel2d[None], t, axis=0) / t
+    return np.repeat(kernel2d[None], t, axis=0) / np.asarray(t, kernel2d.dtype)
   kernel = np.zeros((t,) + kernel2d.shape, kernel2d.dtype)
   # With 'same' padding, tap (t - 1) // 2 is the one aligned with frame i.
   kernel[(t - 1) // 2] = kernel2d
   return kernel
 
 
-def _load_2d(checkpoint_path: str) -> tf_keras.Model:
-  """Builds the r2d50 backbone and loads `checkpoint_path` into it."""
-  path = checkpoint_path
-  is_h5 = path.endswith(('.h5', '.hdf5'))
-  if is_h5 and not os.path.exists(path):
-    raise FileNotFoundError(f'`checkpoint_path` {path!r} does not exist')
-  if not is_h5:
-    if tf.io.gfile.isdir(path):
-      latest = tf.train.latest_checkpoint(path)
-      if latest is None:
-        raise FileNotFoundError(f'`checkpoint_path` {path!r} is a directory '
-                                'without a checkpoint')
-      path = latest
-    try:
-      shapes = tf.train.load_checkpoint(path).get_variable_to_shape_map()
-    except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError) as e:
-      raise FileNotFoundError(f'`checkpoint_path` {path!r} is not a readable '
-                              f'TF checkpoint: {e}') from e
-    # Cheap early rejection (and no half-restored attempts below): every
-    # ResNet-50 has a 7x7 RGB stem kernel with 64 filters.
-    if [7, 7, 3, 64] not in [list(v) for v in shapes.values()]:
-      raise ValueError(f'`checkpoint_path` {path!r} holds no 2D ResNet-50 in '
-                       'a known layout: it has no 7x7x3x64 stem kernel')
+def _bn_values(l3, l2: Layer2D) -> Dict[str, np.ndarray]:
+  """l2's batch-norm values, gamma rescaled for l3's epsilon if they differ."""
+  values = dict(l2.weights)
+  eps3 = float(l3.epsilon)
+  if l2.epsilon is not None and l2.epsilon != eps3:
+    var = values['moving_variance'].astype(np.float64)
+    values['gamma'] = (values['gamma'] * np.sqrt(
+        (var + eps3) / (var + l2.epsilon))).astype(values['gamma'].dtype)
+  return values
 
+
+# ---- Reading: Keras Applications HDF5 ----
+
+
+def _text(value) -> str:
+  return value.decode('utf8') if isinstance(value, bytes) else str(value)
+
+
+def _read_keras_h5(path: str) -> Tuple[Dict[str, Dict[str, np.ndarray]],
+                                       Dict[str, float]]:
+  """{layer: {weight: array}} of the layers with weights, BN epsilons.
+
+  Epsilons are known only for a whole-model file (its config).
+  """
+  try:
+    opened = (h5py.File(path, 'r') if os.path.exists(path) else
+              h5py.File(tf.io.gfile.GFile(path, 'rb'), 'r'))
+  except OSError as e:
+    raise ValueError(f'2D checkpoint {path!r} is not a readable HDF5 file '
+                     f'(truncated or corrupt?): {e}') from e
+  layers, epsilons = {}, {}
+  try:
+    with opened as f:
+      root = f['model_weights'] if 'model_weights' in f else f
+      if 'layer_names' not in root.attrs:
+        raise ValueError(
+            f'2D checkpoint {path!r} is an HDF5 file but not a Keras weights '
+            'file of the tf_keras / Keras 2 format (no `layer_names`; Keras '
+            "3's `.weights.h5` layout is not read)")
+      for name in root.attrs['layer_names']:
+        group = root[_text(name)]
+        values = {}
+        for weight in group.attrs['weight_names']:
+          weight = _text(weight)
+          key = weight.rsplit('/', 1)[-1].split(':')[0]
+          values[key] = np.asarray(group[weight])
+        if values:
+          layers[_text(name)] = values
+      config = f.attrs.get('model_config')
+      if config is not None:
+        config = json.loads(_text(config))
+        for layer in config.get('config', {}).get('layers', ()):
+          if layer.get('class_name') == 'BatchNormalization':
+            epsilons[layer['config']['name']] = float(
+                layer['config']['epsilon'])
+  except (OSError, KeyError, TypeError, json.JSONDecodeError) as e:
+    raise ValueError(f'2D checkpoint {path!r}: cannot read its weights '
+                     f'(truncated or corrupt HDF5 file?): {e!r}') from e
+  return layers, epsilons
+
+
+def _from_keras_h5(path: str, input_mean, input_std,
+                   norm_epsilon: Optional[float]) -> ResNet50Weights:
+  """Canonical layers of a Keras Applications ResNet-50 HDF5 file."""
+  found, epsilons = _read_keras_h5(path)
+  expected = set(RESNET50_LAYER_NAMES)
+  missing = [n for n in RESNET50_LAYER_NAMES if n not in found]
+  extra = sorted(set(found) - expected - {'predictions'})
+  if missing or extra:
+    problems = []
+    if missing:
+      problems.append(f'{len(missing)} of its 106 conv/BN layers are missing '
+                      f'(first: {missing[:3]})')
+    if extra:
+      problems.append(f'it has {len(extra)} layers with weights that a '
+                      f'ResNet-50 does not have (first: {extra[:3]})')
+    raise ValueError(
+        f'2D checkpoint {path!r} is not a Keras Applications ResNet-50: '
+        f'{"; ".join(problems)}. File layers: {sorted(found)[:6]}...')
+  for name, is_conv, shape in RESNET50_LAYOUT:
+    values = found[name]
+    keys = ('kernel',) if is_conv else _BN_WEIGHTS
+    if any(k not in values or values[k].shape != shape for k in keys):
+      shapes = {k: tuple(v.shape) for k, v in values.items()}
+      raise ValueError(
+          f'2D checkpoint {path!r} is not a Keras Applications ResNet-50: '
+          f'layer {name!r} has weights {shapes}, a ResNet-50 has '
+          f'{", ".join(keys)} of shape {shape}')
+
+  layers, folded = [], 0
+  for i in range(0, len(RESNET50_LAYOUT), 2):
+    conv_name, bn_name = RESNET50_LAYER_NAMES[i], RESNET50_LAYER_NAMES[i + 1]
+    conv, bn = found[conv_name], dict(found[bn_name])
+    kernel = conv['kernel']
+    mean = bn['moving_mean'].astype(np.float64)
+    if 'bias' in conv:
+      mean -= conv['bias']
+      folded += 1
+    if i == 0:
+      kernel, shift = _convert_stem(
+          kernel, src_bgr=True,
+          src_mean=np.asarray(KERAS_CAFFE_MEAN_BGR) / 255.0,
+          src_std=np.full(3, 1.0 / 255.0), dst_mean=input_mean,
+          dst_std=input_std)
+      mean -= shift
+    bn['moving_mean'] = mean.astype(bn['moving_mean'].dtype)
+    epsilon = norm_epsilon if norm_epsilon is not None else epsilons.get(
+        bn_name, KERAS_APPLICATIONS_NORM_EPSILON)
+    layers.append(Layer2D(conv_name, conv_name, {'kernel': kernel}))
+    layers.append(Layer2D(bn_name, bn_name,
+                          {k: bn[k] for k in _BN_WEIGHTS}, epsilon=epsilon))
+  return ResNet50Weights(
+      path=path, format='Keras Applications ResNet-50 (HDF5)',
+      layers=tuple(layers),
+      conversions=(f'{folded} conv biases folded into BN moving means',
+                   'stem: caffe BGR input converted to RGB (x/255 - mean)/std',
+                   'BN gamma rescaled for the target epsilon'))
+
+
+def _convert_stem(kernel: np.ndarray, *, src_bgr: bool, src_mean, src_std,
+                  dst_mean, dst_std) -> Tuple[np.ndarray, np.ndarray]:
+  """Stem kernel for another input normalisation, and the constant it leaves.
+
+  With pixels p in [0, 1] (RGB), the source network sees
+  c_j = (p_j - src_mean_j) / src_std_j (channels reversed if `src_bgr`), ours
+  z_j = (p_j - dst_mean_j) / dst_std_j, so c_j = (dst_std_j z_j + dst_mean_j
+  - src_mean_j) / src_std_j: the kernel is scaled per input channel and a
+  constant per output channel is left, exact wherever the conv sees no
+  padding.
+
+  Returns:
+    (kernel for z, constant to subtract from the following BN's mean).
+  """
+  k = np.asarray(kernel, np.float64)
+  src_mean, src_std = np.asarray(src_mean, np.float64), np.asarray(
+      src_std, np.float64)
+  if src_bgr:
+    k, src_mean, src_std = k[:, :, ::-1, :], src_mean[::-1], src_std[::-1]
+  scale = np.asarray(dst_std, np.float64) / src_std
+  shift = (np.asarray(dst_mean, np.float64) - src_mean) / src_std
+  converted = (k * scale[None, None, :, None]).astype(kernel.dtype)
+  return converted, np.einsum('hwco,c->o', k, shift)
+
+
+# ---- Reading: TF checkpoints of Model Garden's ResNet-50 ----
+
+
+def _tf_prefix(path: str) -> str:
+  """The checkpoint prefix of `path` (a prefix, a directory, or its files)."""
+  if tf.io.gfile.isdir(path):
+    latest = tf.train.latest_checkpoint(path)
+    if latest is None:
+      h5 = [f for f in tf.io.gfile.listdir(path)
+            if f.endswith(('.h5', '.hdf5'))]
+      hint = (f' (for an HDF5 file, give the file itself: {h5[:2]})'
+              if h5 else '')
+      raise FileNotFoundError(f'2D checkpoint {path!r} is a directory '
+                              f'without a TF checkpoint{hint}')
+    return latest
+  path = re.sub(r'\.(index|data-\d+-of-\d+)$', '', path)
+  if not tf.io.gfile.exists(path + '.index'):
+    raise FileNotFoundError(
+        f'2D checkpoint {path!r} does not exist (neither a file, a '
+        f'directory nor a TF checkpoint prefix with {path}.index)')
+  return path
+
+
+def _check_tf_shapes(path: str) -> None:
+  """Refuses other architectures from the variable shapes alone (cheap)."""
+  try:
+    shapes = tf.train.load_checkpoint(path).get_variable_to_shape_map()
+  except (tf.errors.OpError, ValueError) as e:
+    raise ValueError(f'2D checkpoint {path!r} is not a readable TF checkpoint '
+                     f'(truncated or corrupt?): {e}') from e
+  kernels = sorted(tuple(s) for k, s in shapes.items()
+                   if len(s) == 4 and not _NOT_MODEL.search(k))
+  expected = sorted(shape for _, is_conv, shape in RESNET50_LAYOUT if is_conv)
+  if kernels != expected:
+    rank5 = sum(1 for s in shapes.values() if len(s) == 5)
+    hint = (f'; it holds {rank5} 3D conv kernels: a 3D network'
+            if rank5 else '')
+    if len(kernels) != len(expected):
+      what = (f'it has {len(kernels)} 2D conv kernels where a ResNet-50 has '
+              f"{len(expected)} (Model Garden's ResNet-18 has 21, ResNet-101 "
+              '104)')
+    else:
+      what = (f'its {len(kernels)} 2D conv kernels have other shapes than a '
+              "ResNet-50's (another variant or width)")
+    raise ValueError(
+        f'2D checkpoint {path!r} holds no 2D ResNet-50: {what}{hint}')
+
+
+def _from_tf_checkpoint(path: str, input_mean, input_std,
+                        norm_epsilon: Optional[float]) -> ResNet50Weights:
+  """Canonical layers of a Model Garden ResNet-50 TF checkpoint."""
+  _check_tf_shapes(path)
   model2d = factory.build_backbone('r2d50', input_shape=(None, None, 3))
   resnet = model2d.get_layer('resnet2d')
-  if is_h5:
-    try:
-      model2d.load_weights(path)
-    except (ValueError, OSError) as e:
-      raise ValueError(f'`checkpoint_path` {path!r} is not an HDF5 weights '
-                       f'file of the r2d50 backbone: {e}') from e
-    return model2d
-  attempts = (('r2d50 backbone save_weights', lambda: tf.train.Checkpoint(
-      model2d)), ('Model Garden ResNet save_weights',
-                  lambda: tf.train.Checkpoint(resnet)),
-              ('`backbone` = Model Garden ResNet',
-               lambda: tf.train.Checkpoint(backbone=resnet)),
-              ('`backbone` = r2d50 backbone',
-               lambda: tf.train.Checkpoint(backbone=model2d)))
-  errors = []
+  attempts = (
+      ('r2d50 backbone save_weights', lambda: tf.train.Checkpoint(model2d)),
+      ('Model Garden ResNet save_weights', lambda: tf.train.Checkpoint(resnet)),
+      ('`backbone` = Model Garden ResNet (checkpoint_items)',
+       lambda: tf.train.Checkpoint(backbone=resnet)),
+      ('`backbone` = r2d50 backbone (this trainer)',
+       lambda: tf.train.Checkpoint(backbone=model2d)),
+      ('`model` = Model Garden ClassificationModel (its trainer)',
+       lambda: tf.train.Checkpoint(
+           model=tf.train.Checkpoint(_backbone=resnet))))
+  errors, found = [], None
   for what, make in attempts:
     try:
       status = make().read(path)
       status.expect_partial()  # Silences warnings of the attempts that fail.
       status.assert_existing_objects_matched()
-      return model2d
+      found = what
+      break
+    except (IndexError, tf.errors.DataLossError, tf.errors.OutOfRangeError,
+            tf.errors.NotFoundError) as e:
+      # The reader's errors for a data file that ends too early.
+      raise ValueError(f'2D checkpoint {path!r} is not a readable TF '
+                       f'checkpoint (truncated or corrupt?): {e!r}') from e
     except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
       errors.append(f'{what}: {str(e)[:200]}')
-  raise ValueError(f'`checkpoint_path` {path!r} holds no 2D ResNet-50 in a '
-                   'known layout (see spl.models.inflation); tried: ' +
-                   '; '.join(errors))
+  if found is None:
+    raise ValueError(f'2D checkpoint {path!r} holds no 2D ResNet-50 in a '
+                     'known layout (see spl.models.inflation); tried: ' +
+                     '; '.join(errors))
+  return _from_model2d(model2d, path, f'TF checkpoint, {found}', input_mean,
+                       input_std, norm_epsilon)
+
+
+def _from_r2d50_h5(path: str, input_mean, input_std,
+                   norm_epsilon: Optional[float]) -> ResNet50Weights:
+  """Canonical layers of `save_weights('x.h5')` of the r2d50 backbone."""
+  model2d = factory.build_backbone('r2d50', input_shape=(None, None, 3))
+  try:
+    model2d.load_weights(path)
+  except (ValueError, OSError, KeyError) as e:
+    raise ValueError(f'2D checkpoint {path!r} is not an HDF5 weights file '
+                     f'of the r2d50 backbone: {e}') from e
+  return _from_model2d(model2d, path, 'r2d50 backbone save_weights (HDF5)',
+                       input_mean, input_std, norm_epsilon)
+
+
+def _from_model2d(model2d: tf_keras.Model, path: str, fmt: str, input_mean,
+                  input_std, norm_epsilon: Optional[float]) -> ResNet50Weights:
+  """Canonical layers of a loaded r2d50 backbone (Model Garden ResNet-50)."""
+  layers, conversions = [], []
+  stem_shift = None
+  for name, (source, layer) in zip(RESNET50_LAYER_NAMES,
+                                   _conv_bn_layers(model2d)):
+    if isinstance(layer, _BN):
+      values = {k: w.numpy() for k, w in zip(_BN_WEIGHTS, layer.weights)}
+      if stem_shift is not None:
+        values['moving_mean'] = (values['moving_mean'] - stem_shift).astype(
+            values['moving_mean'].dtype)
+        stem_shift = None
+      layers.append(Layer2D(name, source, values, epsilon=norm_epsilon))
+      continue
+    kernel = layer.kernel.numpy()
+    if name == 'conv1_conv' and (
+        tuple(input_mean) != tuple(input_pipeline.IMAGENET_MEAN) or
+        tuple(input_std) != tuple(input_pipeline.IMAGENET_STD)):
+      kernel, stem_shift = _convert_stem(
+          kernel, src_bgr=False, src_mean=input_pipeline.IMAGENET_MEAN,
+          src_std=input_pipeline.IMAGENET_STD, dst_mean=input_mean,
+          dst_std=input_std)
+      conversions.append('stem converted from ImageNet mean/std to '
+                         f'mean {tuple(input_mean)}, std {tuple(input_std)}')
+    layers.append(Layer2D(name, source, {'kernel': kernel},
+                          strides=tuple(layer.strides)))
+  if norm_epsilon is not None:
+    conversions.append('BN gamma rescaled for the target epsilon')
+  return ResNet50Weights(path=path, format=fmt, layers=tuple(layers),
+                         conversions=tuple(conversions))
+
+
+# ---- Public API ----
+
+
+def read_2d_resnet50(
+    checkpoint_path: str,
+    *,
+    input_mean: Sequence[float] = input_pipeline.IMAGENET_MEAN,
+    input_std: Sequence[float] = input_pipeline.IMAGENET_STD,
+    checkpoint_norm_epsilon: Optional[float] = None) -> ResNet50Weights:
+  """Reads and checks a 2D ResNet-50 checkpoint in any accepted format.
+
+  Everything about the file is checked here (existence, readability,
+  architecture), so a trainer calls this before building anything.
+
+  Args:
+    checkpoint_path: An HDF5 file, a TF checkpoint prefix or a directory
+      holding TF checkpoints (see the module docstring).
+    input_mean: Per-channel RGB mean of [0, 1] pixels that the 3D network's
+      input is normalised with (`input_pipeline.AugmentationOptions.mean`);
+      the stem is converted to it.
+    input_std: The matching std.
+    checkpoint_norm_epsilon: Batch-norm epsilon the 2D network was trained
+      with; None: read from a whole-model Keras file, 1.001e-5 for other
+      Keras Applications files, and for TF checkpoints (which do not record
+      it) the target network's own (weights copied as they are).
+
+  Returns:
+    The canonical 106 convs and batch norms.
+
+  Raises:
+    FileNotFoundError: nothing at `checkpoint_path`.
+    ValueError: an unreadable (truncated, corrupt) file, or one that holds
+      no 2D ResNet-50; the message names the file and the problem.
+  """
+  if not isinstance(checkpoint_path, (str, os.PathLike)) or not str(
+      checkpoint_path):
+    raise ValueError(
+        f'`checkpoint_path` must be a non-empty path, got {checkpoint_path!r}')
+  for name, value in (('input_mean', input_mean), ('input_std', input_std)):
+    if len(value) != 3:
+      raise ValueError(f'`{name}` must have 3 values (RGB), got {value!r}')
+  if min(input_std) <= 0:
+    raise ValueError(f'`input_std` must be > 0, got {input_std!r}')
+  if checkpoint_norm_epsilon is not None and not checkpoint_norm_epsilon > 0:
+    raise ValueError('`checkpoint_norm_epsilon` must be > 0 or None, got '
+                     f'{checkpoint_norm_epsilon!r}')
+  path = os.fspath(checkpoint_path)
+  if not tf.io.gfile.isdir(path) and tf.io.gfile.exists(path) and not re.search(
+      r'\.(index|data-\d+-of-\d+)$', path):
+    # A single file: only HDF5 is such a checkpoint (a TF one is a prefix).
+    if not _is_hdf5(path):
+      raise ValueError(f'2D checkpoint {path!r} is a file but not an HDF5 '
+                       'file (and a TF checkpoint is given by its prefix, '
+                       'without .index)')
+    read = _from_r2d50_h5 if _is_r2d50_h5(path) else _from_keras_h5
+    return read(path, input_mean, input_std, checkpoint_norm_epsilon)
+  if path.endswith(('.h5', '.hdf5')) and not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f'2D checkpoint {path!r} does not exist')
+  return _from_tf_checkpoint(_tf_prefix(path), input_mean, input_std,
+                             checkpoint_norm_epsilon)
+
+
+def _is_hdf5(path: str) -> bool:
+  if os.path.exists(path):
+    return h5py.is_hdf5(path)
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    return f.read(8) == b'\x89HDF\r\n\x1a\n'
+
+
+def _is_r2d50_h5(path: str) -> bool:
+  """Whether an HDF5 file holds `save_weights` of the r2d50 backbone."""
+  try:
+    with h5py.File(path, 'r') as f:
+      return 'resnet2d' in [_text(n) for n in f.attrs.get('layer_names', ())]
+  except OSError:
+    return False  # The Keras reader names the problem.
+
+
+def inflate(model3d: tf_keras.Model, weights2d: ResNet50Weights, *,
+            method: str = 'mean') -> int:
+  """Assigns a read 2D ResNet-50 to a 3D (or 2D) ResNet-50, in place.
+
+  Args:
+    model3d: A backbone from `factory.build_backbone` ('r3d50_g', 'r3d50_mg',
+      'slowonly_r50', or 'r2d50' for a plain copy), or a classifier whose
+      `backbone` is one; its head is left alone.
+    weights2d: From `read_2d_resnet50`.
+    method: 'mean' (I3D: kernel repeated over time / temporal size) or
+      'center' (2D kernel in the central temporal tap, zeros elsewhere).
+
+  Returns:
+    The number of convs and batch norms assigned.
+
+  Raises:
+    ValueError: bad `method`, or the network's layers do not pair with a
+      ResNet-50's; the message names the first mismatching pair. Nothing is
+      assigned in that case.
+  """
+  if method not in INFLATION_METHODS:
+    raise ValueError(
+        f'`method` must be one of {INFLATION_METHODS}, got {method!r}')
+  target = getattr(model3d, 'backbone', None)
+  if not isinstance(target, tf_keras.Model):
+    target = model3d
+  layers3d = _conv_bn_layers(target)
+  layers2d = weights2d.layers
+  for i in range(max(len(layers3d), len(layers2d))):
+    if i >= len(layers3d) or i >= len(layers2d):
+      extra = (f'3D layer {_describe(*layers3d[i])} has no 2D counterpart'
+               if i < len(layers3d) else
+               f'2D layer {layers2d[i].describe()} has no 3D counterpart')
+      raise ValueError(f'Cannot inflate {target.name!r}: {len(layers3d)} '
+                       f'conv/BN layers vs {len(layers2d)} in the 2D ResNet-50;'
+                       f' first unmatched at #{i}: {extra}')
+    (p3, l3), l2 = layers3d[i], layers2d[i]
+    if not _compatible(l3, l2):
+      raise ValueError(f'Cannot inflate {target.name!r}: layer #{i} '
+                       f'{_describe(p3, l3)} does not match 2D '
+                       f'{l2.describe()}')
+
+  for (_, l3), l2 in zip(layers3d, layers2d):
+    if isinstance(l3, _BN):
+      values = _bn_values(l3, l2)
+      for key, w3 in zip(_BN_WEIGHTS, l3.weights):
+        w3.assign(values[key])
+      continue
+    kernel2d = l2.weights['kernel']
+    if isinstance(l3, tf_keras.layers.Conv3D):
+      kernel2d = _inflate_kernel(kernel2d, l3.kernel.shape[0], method)
+    l3.kernel.assign(kernel2d)
+  gates = sum(1 for l in target.submodules
+              if isinstance(l, nn_blocks_3d.SelfGating))
+  norms = sum(1 for _, l in layers3d if isinstance(l, _BN))
+  logging.info(
+      'Inflated %d convs and %d batch norms of %s from %s (%s; method %r%s)%s',
+      len(layers3d) - norms, norms, target.name, weights2d.path,
+      weights2d.format, method,
+      ''.join(f'; {c}' for c in weights2d.conversions),
+      f'; {gates} self-gating layers keep their initialisation' if gates
+      else '')
+  return len(layers3d)
 
 
 def inflate_from_2d(model3d: tf_keras.Model,
                     checkpoint_path: str,
                     *,
-                    method: str = 'mean') -> None:
+                    method: str = 'mean',
+                    input_mean: Sequence[float] = input_pipeline.IMAGENET_MEAN,
+                    input_std: Sequence[float] = input_pipeline.IMAGENET_STD,
+                    checkpoint_norm_epsilon: Optional[float] = None) -> int:
   """Initialises a 3D ResNet-50 in place from a 2D ResNet-50 checkpoint.
 
-  Args:
-    model3d: A 3D backbone from `factory.build_backbone` ('r3d50_sg' or
-      'slowonly_r50'), or a classifier whose `backbone` is one; its head is
-      left alone.
-    checkpoint_path: 2D ResNet-50 weights in one of the formats listed in the
-      module docstring.
-    method: 'mean' (I3D: kernel repeated over time / temporal size) or
-      'center' (2D kernel in the central temporal tap, zeros elsewhere).
+  `read_2d_resnet50` then `inflate`; see them for the arguments.
+
+  Returns:
+    The number of convs and batch norms assigned.
 
   Raises:
-    FileNotFoundError: the checkpoint does not exist or cannot be read.
-    ValueError: bad `method`, a checkpoint of another architecture, or the 3D
-      network's layers do not pair with the 2D ones; the message names the
-      first mismatching pair. Nothing is assigned in that case.
+    FileNotFoundError: nothing at `checkpoint_path`.
+    ValueError: bad `method`, an unreadable checkpoint, one of another
+      architecture, or a 3D network whose layers do not pair with the 2D
+      ones. Nothing is assigned in that case.
   """
   if method not in INFLATION_METHODS:
     raise ValueError(
         f'`method` must be one of {INFLATION_METHODS}, got {method!r}')
-  if not isinstance(checkpoint_path, (str, os.PathLike)) or not str(
-      checkpoint_path):
-    raise ValueError(
-        f'`checkpoint_path` must be a non-empty path, got {checkpoint_path!r}')
-  target = getattr(model3d, 'backbone', None)
-  if not isinstance(target, tf_keras.Model):
-    target = model3d
-  layers3d = _conv_bn_layers(target)
-  model2d = _load_2d(os.fspath(checkpoint_path))
-  layers2d = _conv_bn_layers(model2d)
-
-  for i in range(max(len(layers3d), len(layers2d))):
-    if i >= len(layers3d) or i >= len(layers2d):
-      extra = (f'3D layer {_describe(*layers3d[i])} has no 2D counterpart'
-               if i < len(layers3d) else
-               f'2D layer {_describe(*layers2d[i])} has no 3D counterpart')
-      raise ValueError(f'Cannot inflate {target.name!r}: {len(layers3d)} '
-                       f'conv/BN layers vs {len(layers2d)} in the 2D ResNet-50;'
-                       f' first unmatched at #{i}: {extra}')
-    (p3, l3), (p2, l2) = layers3d[i], layers2d[i]
-    if not _compatible(l3, l2):
-      raise ValueError(f'Cannot inflate {target.name!r}: layer #{i} '
-                       f'{_describe(p3, l3)} does not match 2D '
-                       f'{_describe(p2, l2)}')
-
-  for (_, l3), (_, l2) in zip(layers3d, layers2d):
-    if isinstance(l3, _BN):
-      for w3, w2 in zip(l3.weights, l2.weights):
-        w3.assign(w2.numpy())
-      continue
-    kernel2d = l2.kernel.numpy()
-    l3.kernel.assign(_inflate_kernel(kernel2d, l3.kernel.shape[0], method))
-    if l3.use_bias:
-      l3.bias.assign(l2.bias.numpy())
-  logging.info('Inflated %d conv/BN layers of %s from %s (%s)', len(layers3d),
-               target.name, checkpoint_path, method)
+  weights2d = read_2d_resnet50(checkpoint_path, input_mean=input_mean,
+                               input_std=input_std,
+                               checkpoint_norm_epsilon=checkpoint_norm_epsilon)
+  return inflate(model3d, weights2d, method=method)
