@@ -1,18 +1,35 @@
 r"""Trainer throughput vs Model Garden's own `video_classification` task.
 
-  python -m benchmarks.bench_model_garden [--steps=4] [--repeats=6] \
-      [--batch=2] [--num_frames=8] [--crop_size=112]
+  python -m benchmarks.bench_model_garden [--archs=r3d50_g,r3d50_mg] \
+      [--steps=4] [--repeats=6] [--batch=2] [--num_frames=8] [--crop_size=112]
 
-Both sides train R3D-50 with self-gating (Model Garden's `ResNet3D50` block
-specs: temporal kernels (3,3,3), (3,1,3,1), (3,1,3,1,3,1), (1,3,1), gate in
-every stage, default 5x7x7 stem) on the same clip shape, batch and optimizer
-(SGD momentum 0.9, constant lr 0.001, L2 1e-4 on kernels, dropout 0.5;
-Model Garden's default legacy SGD and ours `optimization.FusedSGD` both update
-a variable with one `ResourceApplyKerasMomentum`; its L2 term is on the loss
-through kernel regularisers, ours is added to the gradient; the same
-weights, but ours computes the 31 1x1x1 convolutions as matrix products and
-batch norms on the 4D view of their input, `spl.models.fast_layers`),
-reading the same TFRecords of real JPEG frames, under the same
+For each architecture in `--archs`, both sides train the same network on the
+same clip shape, batch and optimizer:
+
+* 'r3d50_g', the SPL paper's R3D-50-G (Table 8; `factory`): Model Garden's
+  task config gets the paper's stem (temporal strides 1 in conv and pool,
+  which makes its pool 1x3x3) and res5 temporal kernels (3,1,3), but Model
+  Garden's `ResNet3D` can only gate the last block of a stage, so its task
+  model is built (`_EveryBlockGatedTask.build_model`, the same steps as Model
+  Garden's `factory_3d`) around our `resnet3d_g.ResNet3DG`: Model Garden's
+  `ResNet3D` with a gate in every block and plain Keras layers. Everything
+  else on that side (input pipeline, loss, regularisers, head, trainer) is
+  Model Garden's.
+* 'r3d50_mg', Model Garden's Kinetics `ResNet3D50` (temporal kernels
+  (3,3,3), (3,1,3,1), (3,1,3,1,3,1), (1,3,1), a gate in the last block of
+  every stage, default 5x7x7 stem with temporal stride 2 in conv and pool):
+  Model Garden's task exactly as its default config builds it.
+
+Before timing, the two backbones' stem, pool and every block (kernel shapes,
+strides, gate or not) are compared layer by layer and must be equal.
+
+Shared settings: SGD momentum 0.9, constant lr 0.001, L2 1e-4 on kernels,
+dropout 0.5; Model Garden's default legacy SGD and ours `optimization.FusedSGD`
+both update a variable with one `ResourceApplyKerasMomentum`; its L2 term is
+on the loss through kernel regularisers, ours is added to the gradient; the
+same weights, but ours computes the 1x1x1 convolutions as matrix products and
+batch norms on the 4D view of their input (`spl.models.fast_layers`). Both
+read the same TFRecords of real JPEG frames, under the same
 `OneDeviceStrategy`:
 
 * Model Garden: `VideoClassificationTask` (its Decoder/Parser input pipeline,
@@ -35,9 +52,14 @@ on a loaded machine it is steadier than the best-of ratio. Clips per
 CPU-second of this process (all its threads: model and input pipeline) are
 printed too: other processes' load changes them least.
 
+GFLOP/s = clips/s x the FLOPs of one training step per clip, counted once per
+architecture by `benchmarks.flops` (TF's graph profiler on one forward pass
+of our classifier, x3 for forward + backward); both sides run the same
+network, so the same count serves both.
+
 The tiny CPU config ('tiny3d', two conv3d-BN-ReLU blocks) has no Model Garden
 equivalent: its `ResNet3D` starts at model_id 50 and has no other 3D backbone
-in `factory_3d`, so only R3D-50 is compared. Target: ratio >= 1.0.
+in `factory_3d`, so only R3D-50s are compared. Target: ratio >= 1.0.
 """
 
 import functools
@@ -55,16 +77,22 @@ import tf_keras
 from official.core import base_trainer
 from official.core import exp_factory
 from official.vision.configs import video_classification as mg_config  # pylint: disable=unused-import
+from official.vision.modeling import video_classification_model as mg_model
+from official.vision.modeling.layers import nn_blocks_3d
 from official.vision.tasks import video_classification as mg_task
+from benchmarks import flops
 from spl import input_pipeline
 from spl import losses
 from spl import optimization
 from spl import train_lib
 from spl.models import factory
+from spl.models import resnet3d_g
 from tfrecords_tools import schema
 from tfrecords_tools import testing
 
 FLAGS = flags.FLAGS
+flags.DEFINE_list('archs', ['r3d50_g', 'r3d50_mg'],
+                  'Architectures (`factory` backbone names) to compare.')
 flags.DEFINE_integer('steps', 4, 'Steps per timed loop.')
 flags.DEFINE_integer('repeats', 6, 'Timed loops per side (interleaved).')
 flags.DEFINE_integer('batch', 2, 'Global batch size.')
@@ -76,6 +104,7 @@ NUM_CLASSES = 10
 LEARNING_RATE = 0.001
 WEIGHT_DECAY = 1e-4
 DROPOUT = 0.5
+ARCHS = ('r3d50_g', 'r3d50_mg')
 
 
 def _write_records(root, num_clips, num_frames, crop_size):
@@ -88,8 +117,73 @@ def _write_records(root, num_clips, num_frames, crop_size):
   return os.path.join(root, schema.shard_pattern())
 
 
-def model_garden_side(strategy, pattern, batch, clip_shape, steps):
-  """Model Garden's task and trainer; returns a function running a loop."""
+class _EveryBlockGatedTask(mg_task.VideoClassificationTask):
+  """Model Garden's task whose backbone gates every block (R3D-50-G).
+
+  `build_model` takes the steps of Model Garden's `build_model`,
+  `factory_3d.build_video_classification_model` and
+  `resnet_3d.build_resnet3d` with the backbone class swapped for
+  `ResNet3DG`; the config's values all reach it as they would reach
+  `ResNet3D`.
+  """
+
+  def build_model(self):
+    input_specs = tf_keras.layers.InputSpec(
+        shape=[None] + self._get_feature_shape())
+    weight_decay = float(self.task_config.losses.l2_weight_decay)
+    l2 = (tf_keras.regularizers.l2(weight_decay / 2.0) if weight_decay
+          else None)
+    model_config = self.task_config.model
+    spec = model_config.backbone.resnet_3d
+    norm = model_config.norm_activation
+    backbone = resnet3d_g.ResNet3DG(
+        model_id=spec.model_id,
+        temporal_strides=[b.temporal_strides for b in spec.block_specs],
+        temporal_kernel_sizes=[
+            b.temporal_kernel_sizes for b in spec.block_specs],
+        use_self_gating=[b.use_self_gating for b in spec.block_specs],
+        input_specs=input_specs,
+        stem_type=spec.stem_type,
+        stem_conv_temporal_kernel_size=spec.stem_conv_temporal_kernel_size,
+        stem_conv_temporal_stride=spec.stem_conv_temporal_stride,
+        stem_pool_temporal_stride=spec.stem_pool_temporal_stride,
+        init_stochastic_depth_rate=spec.stochastic_depth_drop_rate,
+        se_ratio=spec.se_ratio,
+        activation=norm.activation,
+        use_sync_bn=norm.use_sync_bn,
+        norm_momentum=norm.norm_momentum,
+        norm_epsilon=norm.norm_epsilon,
+        kernel_regularizer=l2)
+    return mg_model.VideoClassificationModel(
+        backbone=backbone,
+        num_classes=self._get_num_classes(),
+        input_specs={'image': input_specs},
+        dropout_rate=model_config.dropout_rate,
+        aggregate_endpoints=model_config.aggregate_endpoints,
+        kernel_regularizer=l2,
+        require_endpoints=model_config.require_endpoints)
+
+
+def _architecture(net):
+  """Stem conv, pool and each block's kernels, strides and gate, in order."""
+  layout = []
+  for layer in net.layers:
+    if isinstance(layer, tf_keras.layers.Conv3D):
+      layout.append(('conv', tuple(layer.kernel.shape), tuple(layer.strides)))
+    elif isinstance(layer, tf_keras.layers.MaxPool3D):
+      layout.append(('pool', tuple(layer.pool_size), tuple(layer.strides)))
+    elif isinstance(layer, nn_blocks_3d.BottleneckBlock3D):
+      # pylint: disable=protected-access
+      layout.append(('block', tuple(layer._temporal_conv.kernel.shape),
+                     tuple(layer._spatial_conv.strides),
+                     tuple(layer._expand_conv.kernel.shape),
+                     layer._self_gating is not None))
+      # pylint: enable=protected-access
+  return layout
+
+
+def model_garden_side(arch, strategy, pattern, batch, clip_shape, steps):
+  """Model Garden's task and trainer; returns (loop function, backbone)."""
   config = exp_factory.get_exp_config('video_classification')
   task_config = config.task
   task_config.model.dropout_rate = DROPOUT
@@ -97,7 +191,17 @@ def model_garden_side(strategy, pattern, batch, clip_shape, steps):
   assert backbone.model_id == 50 and all(
       b.use_self_gating for b in backbone.block_specs)
   assert tuple(tuple(b.temporal_kernel_sizes) for b in backbone.block_specs
-               ) == factory.R3D50_SG_TEMPORAL_KERNELS
+               ) == factory.R3D50_MG_TEMPORAL_KERNELS
+  task_class = mg_task.VideoClassificationTask
+  if arch == 'r3d50_g':
+    # Table 8: no temporal striding (a pool of temporal stride 1 has
+    # temporal size 1 in Model Garden), res5 kernels (3,1,3).
+    backbone.stem_conv_temporal_stride = 1
+    backbone.stem_pool_temporal_stride = 1
+    for b, kernels in zip(backbone.block_specs,
+                          factory.R3D50_G_TEMPORAL_KERNELS):
+      b.temporal_kernel_sizes = kernels
+    task_class = _EveryBlockGatedTask
   task_config.losses.l2_weight_decay = WEIGHT_DECAY
   task_config.losses.one_hot = False  # Sparse CE, as ours.
   for data, training in ((task_config.train_data, True),
@@ -118,7 +222,7 @@ def model_garden_side(strategy, pattern, batch, clip_shape, steps):
   config.trainer.optimizer_config.warmup.type = None
   config.trainer.train_tf_while_loop = True
   config.trainer.train_tf_function = True
-  task = mg_task.VideoClassificationTask(task_config)
+  task = task_class(task_config)
   with strategy.scope():
     model = task.build_model()
     optimizer = task.create_optimizer(config.trainer.optimizer_config,
@@ -129,16 +233,16 @@ def model_garden_side(strategy, pattern, batch, clip_shape, steps):
   def loop():
     logs = trainer.train(tf.constant(steps, tf.int32))
     return float(logs['training_loss'])
-  return loop
+  return loop, model.backbone
 
 
-def our_side(strategy, pattern, batch, clip_shape, steps):
-  """Our trainer's state and loop; returns a function running a loop."""
+def our_side(arch, strategy, pattern, batch, clip_shape, steps):
+  """Our trainer's state and loop; returns (loop function, classifier)."""
   dataset_fn = functools.partial(
       input_pipeline.make_dataset, num_frames=clip_shape[0], stride=1,
       crop_size=clip_shape[1], color_jitter_prob=0.0)
   with strategy.scope():
-    model = factory.build_classifier('r3d50_sg', num_classes=NUM_CLASSES,
+    model = factory.build_classifier(arch, num_classes=NUM_CLASSES,
                                      input_shape=clip_shape,
                                      dropout_rate=DROPOUT)
     model(tf.zeros((1,) + tuple(clip_shape)), training=False)
@@ -163,51 +267,82 @@ def our_side(strategy, pattern, batch, clip_shape, steps):
     loss = float(trainer.loss_metric.result())
     trainer.reset_metrics()
     return loss
-  return loop
+  return loop, model
+
+
+def measure(arch, strategy, pattern, batch, clip_shape, steps, repeats):
+  """Times both sides on `arch`; returns their figures."""
+  mg_loop, mg_backbone = model_garden_side(arch, strategy, pattern, batch,
+                                           clip_shape, steps)
+  our_loop, model = our_side(arch, strategy, pattern, batch, clip_shape,
+                             steps)
+  ours_layout = _architecture(model.backbone.get_layer('resnet3d'))
+  mg_layout = _architecture(mg_backbone)
+  if ours_layout != mg_layout:
+    raise AssertionError(f'{arch}: Model Garden side differs from ours:\n'
+                         f'{mg_layout}\nvs\n{ours_layout}')
+  train_flops = flops.training_flops_per_clip(model, clip_shape)
+  sides = {'model_garden': mg_loop, 'ours': our_loop}
+  best, best_cpu, paired = {}, {}, []
+  for name, loop in sides.items():
+    start = time.perf_counter()
+    loss = loop()  # Traces.
+    print(f'{arch} {name:12s} warm-up loop {time.perf_counter() - start:6.1f}'
+          f' s, loss {loss:.3f}', flush=True)
+  for r in range(repeats):
+    rates = {}
+    for name, loop in (sides.items() if r % 2 == 0 else
+                       reversed(list(sides.items()))):
+      start, cpu = time.perf_counter(), time.process_time()
+      loop()
+      rates[name] = steps * batch / (time.perf_counter() - start)
+      per_cpu = steps * batch / (time.process_time() - cpu)
+      best[name] = max(best.get(name, 0.0), rates[name])
+      best_cpu[name] = max(best_cpu.get(name, 0.0), per_cpu)
+      print(f'  {arch} repeat {r} {name:12s} {rates[name]:6.2f} clips/s '
+            f'{per_cpu:6.2f} clips/CPU-s', flush=True)
+    paired.append(rates['ours'] / rates['model_garden'])
+  return {'best': best, 'best_cpu': best_cpu,
+          'median_ratio': statistics.median(paired), 'paired': len(paired),
+          'gflop_per_clip': train_flops / 1e9}
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  unknown = sorted(set(FLAGS.archs) - set(ARCHS))
+  if unknown or not FLAGS.archs:
+    raise ValueError(f'`--archs` must be a non-empty subset of {ARCHS}, got '
+                     f'{FLAGS.archs}')
   batch, steps = FLAGS.batch, FLAGS.steps
   clip_shape = (FLAGS.num_frames, FLAGS.crop_size, FLAGS.crop_size, 3)
   strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
   print(f'load before: {os.getloadavg()}', flush=True)
+  results = {}
   with tempfile.TemporaryDirectory(prefix='bench_model_garden-') as tmp:
     pattern = _write_records(tmp, FLAGS.num_clips, FLAGS.num_frames,
                              FLAGS.crop_size)
-    sides = {'model_garden': model_garden_side(strategy, pattern, batch,
-                                               clip_shape, steps),
-             'ours': our_side(strategy, pattern, batch, clip_shape, steps)}
-    best, best_cpu, paired = {}, {}, []
-    for name, loop in sides.items():
-      start = time.perf_counter()
-      loss = loop()  # Traces.
-      print(f'{name:12s} warm-up loop {time.perf_counter() - start:6.1f} s, '
-            f'loss {loss:.3f}', flush=True)
-    for r in range(FLAGS.repeats):
-      rates = {}
-      for name, loop in (sides.items() if r % 2 == 0 else
-                         reversed(list(sides.items()))):
-        start, cpu = time.perf_counter(), time.process_time()
-        loop()
-        rates[name] = steps * batch / (time.perf_counter() - start)
-        per_cpu = steps * batch / (time.process_time() - cpu)
-        best[name] = max(best.get(name, 0.0), rates[name])
-        best_cpu[name] = max(best_cpu.get(name, 0.0), per_cpu)
-        print(f'  repeat {r} {name:12s} {rates[name]:6.2f} clips/s '
-              f'{per_cpu:6.2f} clips/CPU-s', flush=True)
-      paired.append(rates['ours'] / rates['model_garden'])
+    for arch in FLAGS.archs:
+      results[arch] = measure(arch, strategy, pattern, batch, clip_shape,
+                              steps, FLAGS.repeats)
   print(f'load after: {os.getloadavg()}')
-  print(f'r3d50_sg clip {clip_shape} batch {batch}, {steps} steps x '
-        f'{FLAGS.repeats} repeats (best): ours {best["ours"]:.2f} clips/s, '
-        f'Model Garden video_classification {best["model_garden"]:.2f} '
-        f'clips/s, ratio {best["ours"] / best["model_garden"]:.2f} '
-        f'(target >= 1.0); median of the {len(paired)} back-to-back '
-        f'ratios {statistics.median(paired):.2f}; clips per CPU-second of '
-        f'this process (all threads) ours '
-        f'{best_cpu["ours"]:.2f}, Model Garden {best_cpu["model_garden"]:.2f}'
-        f', ratio {best_cpu["ours"] / best_cpu["model_garden"]:.2f}')
+  print(f'clip {clip_shape} batch {batch}, {steps} steps x {FLAGS.repeats} '
+        'repeats, best loop per side; GFLOP per clip = one training step '
+        '(forward x3, benchmarks.flops); MG = Model Garden '
+        'video_classification on the same architecture; target ratio >= 1.0')
+  print(f'{"arch":9s} {"GFLOP/clip":>10s} | {"ours clips/s":>12s} '
+        f'{"MG clips/s":>10s} | {"ours GFLOP/s":>12s} {"MG GFLOP/s":>10s} | '
+        f'{"ratio":>5s} {"median":>6s} | {"ours clips/CPU-s":>16s} '
+        f'{"MG clips/CPU-s":>14s} {"ratio":>5s}')
+  for arch, r in results.items():
+    best, cpu, g = r['best'], r['best_cpu'], r['gflop_per_clip']
+    print(f'{arch:9s} {g:10.1f} | {best["ours"]:12.2f} '
+          f'{best["model_garden"]:10.2f} | {best["ours"] * g:12.1f} '
+          f'{best["model_garden"] * g:10.1f} | '
+          f'{best["ours"] / best["model_garden"]:5.2f} '
+          f'{r["median_ratio"]:6.2f} | {cpu["ours"]:16.2f} '
+          f'{cpu["model_garden"]:14.2f} '
+          f'{cpu["ours"] / cpu["model_garden"]:5.2f}')
   print('tiny      : no Model Garden equivalent (ResNet3D starts at '
         'model_id 50), not compared')
 

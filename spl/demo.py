@@ -120,13 +120,19 @@ def _trainer_run(gin_files: Sequence[str], bindings: Sequence[str], *,
 
 def _common_bindings(size: DemoSize) -> List[str]:
   return [
+      # The paper's runs at toy scale: a small network from scratch (no
+      # ImageNet for tiny3d), a fixed global batch, clips of the demo size.
       f'GLOBAL_BATCH_SIZE={size.batch_size}',
-      'NUM_FRAMES=8', 'STRIDE=2', 'CROP_SIZE=32',
+      'run.global_batch_size=%GLOBAL_BATCH_SIZE',
+      'run.per_replica_batch_size=None', 'IMAGENET_CHECKPOINT=None',
+      'NUM_FRAMES=8', 'STRIDE=2', 'CROP_SIZE=32', 'SHORT_SIDE=36',
+      'EVAL_NUM_FRAMES=8', 'EVAL_CROP_SIZE=32',
       "build_classifier.backbone='tiny3d'",
       # Wider than the test default: the classes differ only by motion.
       'build_classifier.filters=(16, 32)',
       'build_classifier.dropout_rate=0.0',
-      'build_classifier.projection_dim=None',
+      'build_classifier.projection=None',
+      'run.weight_decay=1e-4',
       'build_learning_rate.base_learning_rate=0.05',
       f'build_learning_rate.base_batch_size={size.batch_size}',
       'build_learning_rate.warmup_epochs=0',

@@ -37,7 +37,7 @@ class WarmupCosineDecay(tf_keras.optimizers.schedules.LearningRateSchedule):
     if not 0 <= warmup_steps <= total_steps:
       raise ValueError(f'`warmup_steps` must be in [0, total_steps='
                        f'{total_steps}], got {warmup_steps}')
-    if not 0 <= warmup_start <= peak_learning_rate:
+    if warmup_steps and not 0 <= warmup_start <= peak_learning_rate:
       raise ValueError(f'`warmup_start` must be in [0, peak_learning_rate='
                        f'{peak_learning_rate}], got {warmup_start}')
     self.peak_learning_rate = float(peak_learning_rate)

@@ -89,6 +89,8 @@ def _required(data):
           f"TEXT_ENCODER_DIR = '{minilm_dir()}'",
           f"WORD2VEC_PATH = '{data['w2v']}'",
           "LABEL_SPACE = '/nonexistent/label_space.json'",
+          "IMAGENET_CHECKPOINT = '/nonexistent/resnet50.h5'",
+          'TRAIN_EPOCHS = 1', 'LEARNING_RATE = 0.1',
           'CHECKPOINT = None']  # Evaluation: random weights, no restore.
 
 
@@ -179,17 +181,21 @@ def _build_eval(data):
 
 def test_there_are_experiments_for_both_papers():
   names = set(IDS)
-  for row in ('no_pretrain', 'weak_label', 'teacher_prediction',
-              'agreement_filtering', 'data_parameters', 'spl_b', 'spl_m',
-              'spl_d'):
-    assert f'gin_configs/experiments/spl/table1_{row}.gin' in names
-  for v in ('m', 'd'):
-    for scr in (50, 65, 80):
-      assert f'gin_configs/experiments/spl/fig4_spl_{v}_scr{scr}.gin' in names
-  for dataset in ('soccernet', 'clothing1m'):
-    for row in ('no_pretrain', 'weak_label', 'teacher_prediction',
-                'agreement_filtering', 'spl_b', 'spl'):
-      assert f'gin_configs/experiments/spl/{dataset}_{row}.gin' in names
+  spl = ['table1_imagenet_pretrain', 'table1_weak_label',
+         'table1_teacher_prediction', 'table1_agreement_filtering',
+         'table1_data_parameters', 'table1_spl_b', 'fig5_weak_label',
+         'fig5_spl_b', 'table3_spl', 'soccernet_imagenet_pretrain',
+         'clothing1m_spl']
+  spl += [f'fig4_spl_{v}_{n}' for v in 'md' for n in (400, 1600, 4500)]
+  spl += [f'table2_{size}_{row}' for size in ('147k', '285k')
+          for row in ('weak_label', 'spl_m', 'spl_d', 'spl_b')]
+  spl += [f'table4_{init}_{ds}' for init in ('imagenet', 'spl')
+          for ds in ('hmdb51', 'ucf101')]
+  spl += [f'table5_{size}_{row}' for size in ('73k', '401k')
+          for row in ('weak_label', 'agreement_filtering',
+                      'teacher_prediction', 'spl')]
+  for row in spl:
+    assert f'gin_configs/experiments/spl/{row}.gin' in names, row
   for row in ('pretrain_k210k_bert', 'pretrain_k210k_w2v',
               'pretrain_ins300k_bert', 'ablation_loss_ranking',
               'ablation_loss_self_instance', 'ablation_curriculum_joint',
@@ -238,3 +244,46 @@ def test_experiment_builds_under_tiny(path, data):
     _build_cpd(data)
   else:
     _build_run(data)
+
+
+SPL_ROWS = [p for p in EXPERIMENTS
+            if os.sep + 'spl' + os.sep in p and not p.endswith('_common.gin')]
+
+
+def _macro(name):
+  try:
+    return gin.query_parameter(f'%{name}')
+  except ValueError:
+    return None
+
+
+@pytest.mark.parametrize('path', SPL_ROWS,
+                         ids=[os.path.relpath(p, ROOT) for p in SPL_ROWS])
+def test_declared_label_space_matches_the_relabel_command(path):
+  """The variant / class count a row declares is the one its header makes."""
+  with open(path) as f:
+    header = ''.join(line for line in f if line.startswith('#'))
+  relabel = re.search(r'tfrecords_tools\.relabel (.*?)--output_dir', header,
+                      re.S)
+  gin.add_config_file_search_path(ROOT)
+  # Not finalized: the row's own values, before any REQUIRED is filled.
+  gin.parse_config_files_and_bindings([path], [], finalize_config=False)
+  variant = _macro('LABEL_SPACE_VARIANT')
+  if relabel is None:  # ImageNet rows, fine-tuning only (table3: see table2).
+    assert variant is None or 'table2_' in header, path
+    return
+  command = relabel.group(1)
+  assert variant == re.search(r'--variant=(\w+)', command).group(1), path
+  assert gin.query_parameter('run.label_space_variant') is not None
+  count = re.search(r'--num_classes=(\d+)', command)
+  declared = _macro('NUM_CLASSES')
+  if count:
+    assert declared == int(count.group(1)), path
+  elif variant in ('spl_m', 'spl_d'):  # Sized by a count the paper omits.
+    assert '--num_classes=$' in command and repr(declared) == '%gin.REQUIRED', path
+  else:  # Fixed-size variants: N, 2N or N^2 of the target's N classes.
+    n = {'spl': None, 'spl_b': 2}.get(variant, 1)
+    assert isinstance(declared, int), path
+    target_n = 14 if 'clothing' in path else 4 if 'table5' in path else 200
+    expected = target_n ** 2 if n is None else n * target_n
+    assert declared == expected, (path, declared, expected)

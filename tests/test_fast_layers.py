@@ -9,6 +9,7 @@ from official.vision.modeling.backbones import resnet_3d as mg_resnet_3d
 from spl import models
 from spl.models import factory
 from spl.models import fast_layers
+from spl.models import resnet3d_g
 
 
 def _pair(**kwargs):
@@ -106,31 +107,43 @@ def test_ineligible_layer_names_the_problem():
     layer(tf.ones((1, 3, 3, 3, 2)))
 
 
-def _model_garden_r3d50(shape):
-  # Model Garden's own construction, as `factory` builds it, unconverted.
-  return mg_resnet_3d.ResNet3D(
+def _unconverted_r3d50(name, shape):
+  """The network as `factory` builds it, before `use_fast_layers`."""
+  specs = tf_keras.layers.InputSpec(shape=(None,) + shape)
+  if name == 'r3d50_mg':  # Model Garden's own construction.
+    return mg_resnet_3d.ResNet3D(
+        model_id=50, temporal_strides=[1, 1, 1, 1],
+        temporal_kernel_sizes=[list(k)
+                               for k in factory.R3D50_MG_TEMPORAL_KERNELS],
+        use_self_gating=[True] * 4, input_specs=specs, name='resnet3d')
+  return resnet3d_g.ResNet3DG(
       model_id=50, temporal_strides=[1, 1, 1, 1],
       temporal_kernel_sizes=[list(k)
-                             for k in factory.R3D50_SG_TEMPORAL_KERNELS],
-      use_self_gating=[True] * 4,
-      input_specs=tf_keras.layers.InputSpec(shape=(None,) + shape),
-      name='resnet3d')
+                             for k in factory.R3D50_G_TEMPORAL_KERNELS],
+      use_self_gating=[True] * 4, input_specs=specs,
+      stem_conv_temporal_kernel_size=5, stem_conv_temporal_stride=1,
+      stem_pool_temporal_stride=1, name='resnet3d')
 
 
-def test_r3d50_sg_uses_matmuls_and_shares_checkpoints(tmp_path):
+# name, bottlenecks with temporal kernel 1 (their reducing conv is 1x1x1),
+# gates.
+@pytest.mark.parametrize('name,t1_blocks,gates',
+                         [('r3d50_g', 6, 16), ('r3d50_mg', 7, 4)])
+def test_r3d50_uses_matmuls_and_shares_checkpoints(name, t1_blocks, gates,
+                                                   tmp_path):
   # 8x64x64 clips, so that res5 still has 2x2 positions: in training mode
   # batch norm over fewer values amplifies float round-off without bound.
   shape = (8, 64, 64, 3)
-  ours = models.build_backbone('r3d50_sg', input_shape=shape)
+  ours = models.build_backbone(name, input_shape=shape)
   net = ours.get_layer('resnet3d')
   convs = [l for l in net.submodules
            if isinstance(l, tf_keras.layers.Conv3D)]
   fast = [l for l in convs if isinstance(l, fast_layers.PointwiseConv3D)]
-  # Per bottleneck: the reducing conv when its temporal kernel is 1 (7 of
-  # 16), the expanding conv (16); 4 projection shortcuts; 4 gates. (Model
-  # Garden creates a shortcut conv in every block but builds and calls it
-  # only in the 4 projection blocks.)
-  assert len([l for l in fast if l.built]) == 7 + 16 + 4 + 4
+  # Per bottleneck: the reducing conv when its temporal kernel is 1, the
+  # expanding conv (16); 4 projection shortcuts; the gates. (Model Garden
+  # creates a shortcut conv in every block but builds and calls it only in
+  # the 4 projection blocks.)
+  assert len([l for l in fast if l.built]) == t1_blocks + 16 + 4 + gates
   assert all(fast_layers.is_pointwise(l) == (l in fast) for l in convs)
   norms = [l for l in net.submodules
            if isinstance(l, tf_keras.layers.BatchNormalization)]
@@ -139,7 +152,7 @@ def test_r3d50_sg_uses_matmuls_and_shares_checkpoints(tmp_path):
   assert all(isinstance(l, fast_layers.FlatBatchNormalization) == l.built
              for l in norms)
 
-  reference = _model_garden_r3d50(shape)
+  reference = _unconverted_r3d50(name, shape)
   path = tf.train.Checkpoint(net=reference).write(str(tmp_path / 'mg'))
   tf.train.Checkpoint(net=net).read(path).assert_consumed()
   x = tf.random.stateless_uniform((2,) + shape, seed=(5, 6))
@@ -151,9 +164,9 @@ def test_r3d50_sg_uses_matmuls_and_shares_checkpoints(tmp_path):
     np.testing.assert_allclose(net(x, training=training)['5'].numpy(),
                                expected, rtol=0,
                                atol=tolerance * np.abs(expected).max())
-  # And back: our checkpoint restores into Model Garden's network.
+  # And back: our checkpoint restores into the unconverted network.
   path = tf.train.Checkpoint(net=net).write(str(tmp_path / 'ours'))
-  again = _model_garden_r3d50(shape)
+  again = _unconverted_r3d50(name, shape)
   tf.train.Checkpoint(net=again).read(path).assert_consumed()
   assert len(again.weights) == len(net.weights)
   for a, b in zip(again.weights, net.weights):

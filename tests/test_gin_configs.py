@@ -26,6 +26,9 @@ REQUIRED = [
     "WORD2VEC_PATH = '/models/vectors.bin'",
     "LABEL_SPACE = '/data/web_spl/label_space.json'",
     "CHECKPOINT = '/tmp/cpd_pretrain'",
+    "IMAGENET_CHECKPOINT = '/models/resnet50.h5'",
+    'TRAIN_EPOCHS = 90',
+    'LEARNING_RATE = 0.1',
 ]
 
 

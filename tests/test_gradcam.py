@@ -326,7 +326,8 @@ def test_label_space_and_checkpoint_must_match_the_model(run_dir, tmp_path):
   with pytest.raises(ValueError, match='cannot restore the model from '
                      'checkpoint'):
     _run(run_dir, num_clips=1, label_space=None,
-         gin_bindings=['build_classifier.projection_dim = 8'])
+         gin_bindings=["build_classifier.projection = 'linear'",
+                       'build_classifier.projection_dim = 8'])
 
 
 @pytest.mark.slow

@@ -33,8 +33,8 @@ from tfrecords_tools import testing
 
 SIZE = 32
 NUM_FRAMES = 4
-# The SPL backbone is being renamed 'r3d50_sg' -> 'r3d50_g'; either inflates.
-R3D50 = 'r3d50_g' if 'r3d50_g' in factory.BACKBONES else 'r3d50_sg'
+# The SPL paper's R3D-50-G (Table 8).
+R3D50 = 'r3d50_g'
 
 
 @pytest.fixture(autouse=True)

@@ -20,10 +20,9 @@ from spl.models import factory
 from spl.models import inflation
 
 SIZE = 32
-# The SPL backbone is being renamed 'r3d50_sg' -> 'r3d50_g' (gate in every
-# block) / 'r3d50_mg' (Model Garden's, 4 gates); either inflates.
-R3D50 = 'r3d50_g' if 'r3d50_g' in factory.BACKBONES else 'r3d50_sg'
-R3D50_GATES = 16 if R3D50 == 'r3d50_g' else 4
+# The SPL paper's R3D-50-G (Table 8).
+R3D50 = 'r3d50_g'
+R3D50_GATES = 16  # a gate in every residual block
 
 
 def _randomise(model, with_bias=False):

@@ -22,7 +22,8 @@ CLIP = (4, 32, 32, 3)
 IMAGE = (32, 32, 3)
 
 FEATURE_DIMS = {
-    'r3d50_sg': 2048,
+    'r3d50_g': 2048,
+    'r3d50_mg': 2048,
     'slowonly_r18': 512,
     'slowonly_r34': 512,
     'slowonly_r50': 2048,
@@ -104,27 +105,119 @@ def test_slowonly_r50_layout():
   assert net.output_specs['5'][1] == CLIP[0]
 
 
-def test_r3d50_sg_layout():
-  net = _backbone('r3d50_sg').get_layer('resnet3d')
+# Table 8 at 1/4 of the frames and 64^2 instead of 224^2 crops, small enough
+# for a CPU forward pass; the stride pattern is the same.
+LAYOUT_CLIP = (16, 64, 64, 3)
+
+
+@functools.lru_cache(maxsize=None)
+def _layout_backbone(name):
+  return models.build_backbone(name, input_shape=LAYOUT_CLIP)
+
+
+def _r3d50_layout(name):
+  """Stem, pool, blocks per stage and endpoint shapes read off the model.
+
+  Everything comes from the built layers and a forward pass, not from
+  `factory`'s constants, so a wrong wiring of the constants shows.
+  """
+  backbone = _layout_backbone(name)
+  net = backbone.get_layer('resnet3d')
+  stem = [l for l in net.layers if isinstance(l, tf_keras.layers.Conv3D)]
+  pools = [l for l in net.layers if isinstance(l, tf_keras.layers.MaxPool3D)]
+  assert len(stem) == 1 and len(pools) == 1
+  stages = {}
+  for block in net.layers:
+    if isinstance(block, nn_blocks_3d.BottleneckBlock3D):
+      stages.setdefault(block._filters, []).append(block)
+  assert sorted(stages) == [64, 128, 256, 512]
+  probe = tf_keras.Model(
+      net.input, [pools[0].input, pools[0].output] +
+      [net.output[str(level)] for level in range(2, 6)])
+  shapes = [tuple(y.shape[1:]) for y in probe(
+      tf.zeros((1,) + LAYOUT_CLIP), training=False)]
+  return {
+      'stem': stem[0],
+      'pool': pools[0],
+      'blocks': [stages[f] for f in sorted(stages)],
+      'endpoint_shapes': shapes,
+      'pooled': backbone(tf.zeros((1,) + LAYOUT_CLIP)).shape,
+  }
+
+
+def test_r3d50_g_is_table_8():
+  layout = _r3d50_layout('r3d50_g')
+  stem, pool = layout['stem'], layout['pool']
+  assert tuple(stem.kernel.shape) == (5, 7, 7, 3, 64)  # conv1 5x7^2
+  assert tuple(stem.strides) == (1, 2, 2)  # stride 1x2^2
+  assert tuple(pool.pool_size) == (1, 3, 3)  # pool1 1x3^2
+  assert tuple(pool.strides) == (1, 2, 2)  # stride 1x2^2
+  blocks = layout['blocks']
+  # res2: t = 3 everywhere; res3..res5: t = 3 on odd blocks, 1 on even ones.
+  assert [tuple(b._temporal_conv.kernel.shape[0] for b in stage)
+          for stage in blocks] == [(3, 3, 3), (3, 1, 3, 1),
+                                   (3, 1, 3, 1, 3, 1), (3, 1, 3)]
+  for stage in blocks:
+    for b in stage:
+      assert tuple(b._temporal_conv.kernel.shape[1:3]) == (1, 1)
+      assert tuple(b._spatial_conv.kernel.shape[:3]) == (1, 3, 3)
+      assert tuple(b._expand_conv.kernel.shape[:3]) == (1, 1, 1)
+      # No temporal down-sampling in any block.
+      assert b._temporal_conv.strides[0] == 1
+      assert b._spatial_conv.strides[0] == 1
+  # A feature gate after every residual block, built (it has weights).
+  gates = [b._self_gating for stage in blocks for b in stage]
+  assert len(gates) == 16
+  assert all(g is not None and g.weights for g in gates)
+  # T stays 16; space /2 (conv1), /4 (pool1, res2), /8, /16, /32.
+  t, size = LAYOUT_CLIP[0], LAYOUT_CLIP[1]
+  assert layout['endpoint_shapes'] == [
+      (t, size // 2, size // 2, 64), (t, size // 4, size // 4, 64),
+      (t, size // 4, size // 4, 256), (t, size // 8, size // 8, 512),
+      (t, size // 16, size // 16, 1024), (t, size // 32, size // 32, 2048)]
+  assert layout['pooled'] == (1, 2048)
+
+
+def test_r3d50_mg_is_model_gardens_kinetics_r3d50():
+  layout = _r3d50_layout('r3d50_mg')
+  stem, pool = layout['stem'], layout['pool']
+  assert tuple(stem.kernel.shape) == (5, 7, 7, 3, 64)
+  assert tuple(stem.strides) == (2, 2, 2)
+  assert tuple(pool.pool_size) == (3, 3, 3)
+  assert tuple(pool.strides) == (2, 2, 2)
+  blocks = layout['blocks']
+  assert [tuple(b._temporal_conv.kernel.shape[0] for b in stage)
+          for stage in blocks] == [(3, 3, 3), (3, 1, 3, 1),
+                                   (3, 1, 3, 1, 3, 1), (1, 3, 1)]
+  # Model Garden gates only the last block of each stage.
+  assert [[b._self_gating is not None for b in stage] for stage in blocks
+          ] == [[False] * (len(stage) - 1) + [True] for stage in blocks]
+  t, size = LAYOUT_CLIP[0], LAYOUT_CLIP[1]
+  assert [s[0] for s in layout['endpoint_shapes']] == [
+      t // 2, t // 4, t // 4, t // 4, t // 4, t // 4]
+  assert layout['endpoint_shapes'][-1] == (t // 4, size // 32, size // 32,
+                                           2048)
+
+
+def test_r3d50_g_config_round_trip():
+  net = _backbone('r3d50_g').get_layer('resnet3d')
   config = net.get_config()
-  assert config['temporal_kernel_sizes'] == [[3, 3, 3], [3, 1, 3, 1],
-                                             [3, 1, 3, 1, 3, 1], [1, 3, 1]]
-  assert config['temporal_strides'] == [1, 1, 1, 1]
-  assert config['use_self_gating'] == [True] * 4
-  gates = [l for l in net.layers
+  clone = type(net).from_config(config)
+  assert type(clone) is type(net)  # pylint: disable=unidiomatic-typecheck
+  assert clone.get_config() == config
+  gated = [l for l in clone.layers
            if isinstance(l, nn_blocks_3d.BottleneckBlock3D) and
            l._self_gating is not None]
-  assert len(gates) == 4  # Model Garden gates the last block of each stage.
-  # Model Garden's default stem: 5x7x7 conv, temporal stride 2 in conv and
-  # pool, so 4 frames in give 1 frame out.
-  assert config['stem_conv_temporal_kernel_size'] == 5
-  assert config['stem_conv_temporal_stride'] == 2
-  assert config['stem_pool_temporal_stride'] == 2
-  assert net.output_specs['5'][1:4] == (1, 1, 1)
+  assert len(gated) == 16
+  clone.set_weights(net.get_weights())
+  x = tf.random.uniform((1,) + CLIP)
+  np.testing.assert_allclose(clone(x, training=False)['5'].numpy(),
+                             net(x, training=False)['5'].numpy(), rtol=1e-4,
+                             atol=1e-5)
 
 
 def test_backbone_bad_arguments():
-  with pytest.raises(ValueError, match='r3d50_sg.*tiny3d'):
+  with pytest.raises(ValueError, match='r3d50_g.*tiny3d'):
     models.build_backbone('resnet3d', input_shape=CLIP)
   with pytest.raises(ValueError, match='input_shape'):
     models.build_backbone('tiny3d', input_shape=(32, 32, 3))
@@ -149,7 +242,7 @@ def test_norm_kwargs_reach_batch_norm():
 
 def test_classifier_outputs_and_parts():
   model = models.build_classifier('tiny3d', num_classes=7, input_shape=CLIP,
-                                  projection_dim=32)
+                                  projection='mlp', projection_dim=32)
   x = tf.random.uniform((3,) + CLIP)
   logits = model(x, training=False)
   assert logits.shape == (3, 7)
@@ -198,7 +291,7 @@ def test_classifier_bad_arguments():
 def test_logits_float32_under_mixed_bfloat16(name, mixed_bfloat16):
   del mixed_bfloat16
   model = models.build_classifier(name, num_classes=5, input_shape=CLIP,
-                                  projection_dim=8)
+                                  projection='mlp', projection_dim=8)
   convs = [l for l in model.backbone.layers
            if isinstance(l, tf_keras.layers.Conv3D)]
   assert convs[0].compute_dtype == 'bfloat16'  # The policy is in effect.
@@ -236,7 +329,8 @@ def test_tiny3d_train_step_is_fast():
 
 def test_backbone_restores_into_classifier_with_other_head(tmp_path):
   pretrain = models.build_classifier('tiny3d', num_classes=12,
-                                     input_shape=CLIP, projection_dim=8)
+                                     input_shape=CLIP, projection='mlp',
+                                     projection_dim=8)
   x = tf.random.uniform((2,) + CLIP)
   pretrain(x, training=True)  # Moves the BN statistics away from init.
   path = tf.train.Checkpoint(model=pretrain).write(str(tmp_path / 'ckpt'))
@@ -271,7 +365,8 @@ def test_layer_config_round_trips():
       (2, 3, 8, 8, 4))
   _assert_layer_round_trip(heads.ProjectionHead(6, hidden_dim=10), (3, 5))
   _assert_layer_round_trip(
-      heads.ClassificationHead(4, dropout_rate=0.2, projection_dim=6), (3, 5))
+      heads.ClassificationHead(4, dropout_rate=0.2, projection='mlp',
+                               projection_dim=6), (3, 5))
 
 
 @pytest.mark.parametrize('name', ['tiny3d', 'slowonly_r18'])
@@ -287,7 +382,8 @@ def test_backbone_config_round_trip(name):
 
 def test_classifier_config_round_trip():
   model = models.build_classifier('tiny3d', num_classes=6, input_shape=CLIP,
-                                  dropout_rate=0.1, projection_dim=8,
+                                  dropout_rate=0.1, projection='linear',
+                                  projection_dim=8,
                                   filters=(4, 8))
   config = model.get_config()
   clone = classifier_lib.VideoClassifier.from_config(config)
@@ -306,7 +402,8 @@ def test_classifier_under_mirrored_strategy(logical_cpus):
   strategy = distribute_utils.mirrored_strategy(logical_cpus[:2])
   with strategy.scope():
     model = models.build_classifier('tiny3d', num_classes=3,
-                                    input_shape=CLIP, projection_dim=4)
+                                    input_shape=CLIP, projection='linear',
+                                    projection_dim=4)
   assert isinstance(model.head.classifier.kernel,
                     tf.distribute.DistributedValues)
   x = tf.random.uniform((4,) + CLIP)
@@ -318,3 +415,27 @@ def test_classifier_under_mirrored_strategy(logical_cpus):
   logits = tf.concat(strategy.experimental_local_results(per_replica), 0)
   np.testing.assert_allclose(logits.numpy(), model(x).numpy(), rtol=1e-5,
                              atol=1e-6)
+
+
+def test_linear_projection_is_one_dense_layer_of_the_features_width():
+  # SPL A.2: "a linear projection head during the pre-training"; its width
+  # is not in the paper, so it defaults to the backbone's.
+  model = models.build_classifier('tiny3d', num_classes=5, input_shape=CLIP,
+                                   projection='linear', dropout_rate=0.0)
+  projection = model.head.projection
+  kernels = [w for w in projection.weights if 'kernel' in w.name]
+  assert len(kernels) == 1
+  width = model.backbone.output_shape[-1]
+  assert tuple(kernels[0].shape) == (width, width)
+  assert not any(isinstance(l, tf_keras.layers.BatchNormalization)
+                 for l in projection._flatten_layers())
+  features = tf.random.normal((3, width))
+  expected = features @ kernels[0] + projection.weights[1]
+  np.testing.assert_allclose(projection(features), expected, rtol=1e-5,
+                             atol=1e-5)
+  with pytest.raises(ValueError, match='needs `projection`'):
+    models.build_classifier('tiny3d', num_classes=5, input_shape=CLIP,
+                             projection_dim=8)
+  with pytest.raises(ValueError, match='projection'):
+    models.build_classifier('tiny3d', num_classes=5, input_shape=CLIP,
+                             projection='nonlinear')

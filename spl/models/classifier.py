@@ -32,6 +32,7 @@ class VideoClassifier(tf_keras.Model):
                input_shape: Sequence[Optional[int]],
                dropout_rate: float = 0.5,
                projection_dim: Optional[int] = None,
+               projection: Optional[str] = None,
                backbone_kwargs: Optional[Dict[str, Any]] = None,
                **kwargs):
     """Builds the classifier; see `factory.build_classifier` for arguments."""
@@ -42,6 +43,7 @@ class VideoClassifier(tf_keras.Model):
         num_classes,
         dropout_rate=dropout_rate,
         projection_dim=projection_dim,
+        projection=projection,
         norm_momentum=backbone_kwargs.get('norm_momentum', 0.99),
         norm_epsilon=backbone_kwargs.get('norm_epsilon', 1e-3),
         name='head')
@@ -55,6 +57,7 @@ class VideoClassifier(tf_keras.Model):
         'input_shape': tuple(input_shape),
         'dropout_rate': float(dropout_rate),
         'projection_dim': projection_dim,
+        'projection': projection,
         'backbone_kwargs': backbone_kwargs,
     }
     # Plain attributes, so that checkpoints of the model have the edges

@@ -6,19 +6,37 @@ by name. Every backbone maps a batch of clips [B, T, H, W, 3] (images
 pool over T, H, W), computed in the global mixed-precision policy.
 
   name          what                                                 D
-  r3d50_sg      SPL's R3D-50, self-gating (Model Garden `ResNet3D`)  2048
+  r3d50_g       SPL's R3D-50-G (paper Table 8), gate in every block  2048
+  r3d50_mg      Model Garden's Kinetics R3D-50 (not the paper's)     2048
   slowonly_r18  slow-only 3D ResNet-18, basic blocks (CPD)           512
   slowonly_r34  slow-only 3D ResNet-34, basic blocks (CPD)           512
   slowonly_r50  slow-only 3D ResNet-50, bottleneck (CPD)             2048
   r2d50         2D ResNet-50 (Model Garden `ResNet`), image exp.     2048
   tiny3d        two conv3d-BN-ReLU blocks, for CPU tests             16
 
-'r3d50_sg' is Model Garden's `ResNet3D50` configuration: temporal kernels
-(3,3,3), (3,1,3,1), (3,1,3,1,3,1), (1,3,1), temporal strides 1 in every stage,
-self-gating on in every stage (Model Garden puts the gate in the last block of
-each stage), and Model Garden's default stem: conv 5x7x7 with stride (2,2,2),
-then max-pool 3x3x3 with stride (2,2,2), so T frames in give T/4 frames at
-res2..res5.
+'r3d50_g' is the SPL paper's R3D-50-G (Table 8, appendix A.2), what every SPL
+config trains: stem conv 5x7x7 stride (1,2,2), max-pool 1x3x3 stride (1,2,2),
+bottlenecks [t x1x1, 1x3x3, 1x1x1] with temporal kernels t = (3,3,3),
+(3,1,3,1), (3,1,3,1,3,1), (3,1,3) in res2..res5, a feature gate in every one
+of the 16 blocks (`resnet3d_g.ResNet3DG`) and no temporal downsampling
+anywhere: T frames in give T frames at every endpoint, and 64x224^2 in gives
+64x7^2x2048 at res5 as in Table 8. The gate is S3D-G's (Xie et al. 2018, as
+cited): sigmoid(1x1x1 conv with bias of the T,H,W mean) times the features.
+Where our build departs from the paper's wording, one line each (Model
+Garden's `BottleneckBlock3D` conventions, which we reuse):
+  - gate on the residual branch before the shortcut sum (A.2: after the block);
+  - spatial stride 2 of res3..res5 in the 1x3x3 conv (Table 8: not stated);
+  - 1x1x1 conv + BN projection shortcut in each stage's first block (not shown);
+  - BN momentum 0.99, epsilon 1e-3 by default (the paper cites Wang et al.).
+
+'r3d50_mg' is NOT the paper's network: it is Model Garden's Kinetics
+`ResNet3D50` configuration, kept for the benchmark against Model Garden's own
+`video_classification` task: temporal kernels (3,3,3), (3,1,3,1),
+(3,1,3,1,3,1), (1,3,1), temporal strides 1 in every stage, self-gating on in
+every stage but only in the last block of each (4 gates; Model Garden's
+`ResNet3D._block_group`), and Model Garden's default stem: conv 5x7x7 with
+stride (2,2,2), then max-pool 3x3x3 with stride (2,2,2), so T frames in give
+T/4 frames at res2..res5.
 
 'slowonly_r50' is the same Model Garden `ResNet3D` with SlowFast's slow-only
 layout: stem conv 1x7x7 stride (1,2,2), max-pool 1x3x3 stride (1,2,2),
@@ -41,12 +59,17 @@ from official.vision.modeling.backbones import resnet as mg_resnet
 from official.vision.modeling.backbones import resnet_3d as mg_resnet_3d
 from spl.models import fast_layers
 from spl.models import resnet3d_basic
+from spl.models import resnet3d_g
 from spl.models import tiny3d
 
-BACKBONES = ('r3d50_sg', 'slowonly_r18', 'slowonly_r34', 'slowonly_r50',
-             'r2d50', 'tiny3d')
+BACKBONES = ('r3d50_g', 'r3d50_mg', 'slowonly_r18', 'slowonly_r34',
+             'slowonly_r50', 'r2d50', 'tiny3d')
 
-R3D50_SG_TEMPORAL_KERNELS = ((3, 3, 3), (3, 1, 3, 1), (3, 1, 3, 1, 3, 1),
+# Table 8: t = 3 in every res2 block, then 3 on odd and 1 on even blocks.
+R3D50_G_TEMPORAL_KERNELS = ((3, 3, 3), (3, 1, 3, 1), (3, 1, 3, 1, 3, 1),
+                            (3, 1, 3))
+# Model Garden's Kinetics ResNet3D50 block specs (res5 differs).
+R3D50_MG_TEMPORAL_KERNELS = ((3, 3, 3), (3, 1, 3, 1), (3, 1, 3, 1, 3, 1),
                              (1, 3, 1))
 SLOWONLY_R50_TEMPORAL_KERNELS = ((1, 1, 1), (1, 1, 1, 1), (3, 3, 3, 3, 3, 3),
                                  (3, 3, 3))
@@ -54,7 +77,9 @@ SLOWONLY_R50_TEMPORAL_KERNELS = ((1, 1, 1), (1, 1, 1, 1), (3, 3, 3, 3, 3, 3),
 _NORM_KWARGS = ('norm_momentum', 'norm_epsilon')
 # Extra keyword arguments each backbone accepts.
 _BACKBONE_KWARGS = {
-    'r3d50_sg': _NORM_KWARGS + (
+    # `use_self_gating=False` gives the plain network (inflation tests).
+    'r3d50_g': _NORM_KWARGS + ('use_self_gating',),
+    'r3d50_mg': _NORM_KWARGS + (
         'use_self_gating', 'stem_conv_temporal_kernel_size',
         'stem_conv_temporal_stride', 'stem_pool_temporal_stride'),
     'slowonly_r18': _NORM_KWARGS,
@@ -102,10 +127,11 @@ def build_backbone(name: str, *, input_shape: Sequence[Optional[int]],
       may be None.
     **kwargs: Backbone options: `norm_momentum` (default 0.99) and
       `norm_epsilon` (default 1e-3) for every backbone; 'tiny3d' also takes
-      `filters` (default (8, 16)); 'r3d50_sg' also takes `use_self_gating`
-      (default True) and Model Garden's stem options
+      `filters` (default (8, 16)); 'r3d50_g' and 'r3d50_mg' take
+      `use_self_gating` (default True; False gives the plain network),
+      'r3d50_mg' also Model Garden's stem options
       `stem_conv_temporal_kernel_size` (5), `stem_conv_temporal_stride` (2),
-      `stem_pool_temporal_stride` (2).
+      `stem_pool_temporal_stride` (2); 'r3d50_g' fixes its stem to Table 8.
 
   Returns:
     A `tf_keras.Model` named `name` mapping inputs [B, *input_shape] to float32
@@ -140,13 +166,25 @@ def _build(name: str, shape: Tuple[Optional[int], ...],
         name='resnet2d', **norm)
     return _pooled(name, net, shape, '5',
                    tf_keras.layers.GlobalAveragePooling2D)
-  if name == 'r3d50_sg':
+  if name == 'r3d50_g':
+    # Stem pool temporal stride 1 makes Model Garden's pool 1x3x3 (Table 8).
+    net = resnet3d_g.ResNet3DG(
+        model_id=50,
+        temporal_strides=[1, 1, 1, 1],
+        temporal_kernel_sizes=[list(k) for k in R3D50_G_TEMPORAL_KERNELS],
+        use_self_gating=[bool(kwargs.get('use_self_gating', True))] * 4,
+        input_specs=tf_keras.layers.InputSpec(shape=(None,) + shape),
+        stem_conv_temporal_kernel_size=5,
+        stem_conv_temporal_stride=1,
+        stem_pool_temporal_stride=1,
+        name='resnet3d', **norm)
+  elif name == 'r3d50_mg':
     self_gating = bool(kwargs.get('use_self_gating', True))
     stem = {k: kwargs[k] for k in kwargs if k.startswith('stem_')}
     net = mg_resnet_3d.ResNet3D(
         model_id=50,
         temporal_strides=[1, 1, 1, 1],
-        temporal_kernel_sizes=[list(k) for k in R3D50_SG_TEMPORAL_KERNELS],
+        temporal_kernel_sizes=[list(k) for k in R3D50_MG_TEMPORAL_KERNELS],
         use_self_gating=[self_gating] * 4,
         input_specs=tf_keras.layers.InputSpec(shape=(None,) + shape),
         name='resnet3d', **stem, **norm)
@@ -169,6 +207,7 @@ def build_classifier(backbone: str,
                      num_classes: int,
                      input_shape: Sequence[Optional[int]],
                      dropout_rate: float = 0.5,
+                     projection: Optional[str] = None,
                      projection_dim: Optional[int] = None,
                      **backbone_kwargs) -> tf_keras.Model:
   """Builds backbone + [projection] + dropout + linear classifier.
@@ -178,8 +217,9 @@ def build_classifier(backbone: str,
     num_classes: Number of logits.
     input_shape: As for `build_backbone`.
     dropout_rate: Dropout before the classifier, in [0, 1).
-    projection_dim: If set, a Dense-BN-ReLU-Dense projection head of this
-      width between the backbone and the classifier (SPL pre-training).
+    projection: None, 'linear' (one Dense layer: the SPL paper's pre-training
+      head) or 'mlp' (Dense-BN-ReLU-Dense) between backbone and classifier.
+    projection_dim: Width of the projection; None: the backbone's width.
     **backbone_kwargs: Passed to `build_backbone`.
 
   Returns:
@@ -197,4 +237,5 @@ def build_classifier(backbone: str,
       input_shape=tuple(input_shape),
       dropout_rate=dropout_rate,
       projection_dim=projection_dim,
+      projection=projection,
       backbone_kwargs=backbone_kwargs)
