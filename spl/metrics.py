@@ -147,7 +147,8 @@ def classification_metrics(probs: np.ndarray,
       `map_all`).
 
   Returns:
-    Dict of floats (`clip/top_1`, `video/top_1`, `map`, ...), plus
+    Dict of floats (`clip/top_1`, `video/top_1`, `map`, `loss`: the mean
+    cross-entropy of the records' probabilities, ...), plus
     `per_class_accuracy` (list, NaN for classes without records) and
     `confusion_matrix` (nested list) and `num_clips` / `num_videos`.
   """
@@ -164,6 +165,9 @@ def classification_metrics(probs: np.ndarray,
     raise ValueError(f'labels must be in [0, {num_classes}), got '
                      f'[{labels.min()}, {labels.max()}]')
   out: Dict[str, Any] = {'num_clips': int(len(labels))}
+  # The validation loss a plateau schedule can watch (CPD fine-tuning).
+  true_probs = probs[np.arange(len(labels)), labels].astype(np.float64)
+  out['loss'] = float(-np.log(np.maximum(true_probs, 1e-12)).mean())
   for k in top_k:
     out[f'clip/top_{k}'] = float(top_k_correct(probs, labels, k).mean())
   if video_ids is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Iterable, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 import tf_keras
 
@@ -125,15 +126,22 @@ class PlateauDecay(tf.Module,
 
   The trainer calls `report(eval_result)` after every evaluation; after
   `patience` evaluations without an improvement of `metric` by more than
-  `min_delta`, the rate drops by `factor` (the CPD paper's fine-tuning
-  schedule). The state is in variables, so it is checkpointed with the
-  optimizer and a resumed run keeps its drops.
+  `min_delta` (higher is better with `mode='max'`, lower with 'min'), the
+  rate drops by `factor`, at most `max_drops` times (the CPD paper's
+  fine-tuning: "divided by 10 twice when validation loss saturates"). The
+  state is in variables, so it is checkpointed with the optimizer and a
+  resumed run keeps its drops.
   """
 
   def __init__(self, learning_rate: float, *, factor: float = 0.1,
                patience: int = 2, metric: str = 'video/top_1',
-               min_delta: float = 0.0, min_learning_rate: float = 0.0):
+               min_delta: float = 0.0, min_learning_rate: float = 0.0,
+               mode: str = 'max', max_drops: Optional[int] = None):
     tf.Module.__init__(self, name='plateau_decay')
+    if mode not in ('max', 'min'):
+      raise ValueError(f"`mode` must be 'max' or 'min', got {mode!r}")
+    if max_drops is not None and max_drops < 0:
+      raise ValueError(f'`max_drops` must be >= 0 or None, got {max_drops}')
     if learning_rate <= 0:
       raise ValueError(f'`learning_rate` must be > 0, got {learning_rate}')
     if not 0 < factor < 1:
@@ -146,8 +154,13 @@ class PlateauDecay(tf.Module,
     self.metric = metric
     self.min_delta = float(min_delta)
     self.min_learning_rate = float(min_learning_rate)
+    self.mode = mode
+    self.max_drops = None if max_drops is None else int(max_drops)
+    # Internally higher is better: a 'min' metric is negated.
+    self._sign = 1.0 if mode == 'max' else -1.0
     self.scale = tf.Variable(1.0, trainable=False, name='scale')
     self.best = tf.Variable(-math.inf, trainable=False, name='best')
+    self.drops = tf.Variable(0, trainable=False, name='drops')
     self.bad_evaluations = tf.Variable(0, trainable=False,
                                        name='bad_evaluations')
 
@@ -161,7 +174,9 @@ class PlateauDecay(tf.Module,
     if self.metric not in eval_result:
       raise KeyError(f'plateau metric {self.metric!r} is not among the '
                      f'evaluation metrics {sorted(eval_result)}')
-    value = float(eval_result[self.metric])
+    # Compared at the precision `best` is stored in (float32), so a repeat of
+    # the best value is a stall, not an improvement.
+    value = float(np.float32(self._sign * float(eval_result[self.metric])))
     if value > float(self.best.numpy()) + self.min_delta:
       self.best.assign(value)
       self.bad_evaluations.assign(0)
@@ -169,15 +184,19 @@ class PlateauDecay(tf.Module,
     self.bad_evaluations.assign_add(1)
     if int(self.bad_evaluations.numpy()) < self.patience:
       return False
-    self.scale.assign(self.scale * self.factor)
     self.bad_evaluations.assign(0)
+    if self.max_drops is not None and int(self.drops.numpy()) >= self.max_drops:
+      return False
+    self.scale.assign(self.scale * self.factor)
+    self.drops.assign_add(1)
     return True
 
   def get_config(self):
     return dict(learning_rate=self.initial_learning_rate, factor=self.factor,
                 patience=self.patience, metric=self.metric,
                 min_delta=self.min_delta,
-                min_learning_rate=self.min_learning_rate)
+                min_learning_rate=self.min_learning_rate, mode=self.mode,
+                max_drops=self.max_drops)
 
 
 def build_plateau_learning_rate(*, base_learning_rate: float = 0.01,
@@ -185,7 +204,9 @@ def build_plateau_learning_rate(*, base_learning_rate: float = 0.01,
                                 steps_per_epoch: int, total_steps: int,
                                 base_batch_size: int = 256,
                                 factor: float = 0.1, patience: int = 2,
-                                metric: str = 'video/top_1'
+                                metric: str = 'video/top_1',
+                                mode: str = 'max',
+                                max_drops: Optional[int] = None
                                 ) -> PlateauDecay:
   """Learning rate scaled by batch size, dropped on evaluation plateaus.
 
@@ -198,13 +219,17 @@ def build_plateau_learning_rate(*, base_learning_rate: float = 0.01,
     base_batch_size: Batch size `base_learning_rate` is given for.
     factor: Multiplier at each drop.
     patience: Evaluations without improvement before a drop.
-    metric: Evaluation metric watched (higher is better).
+    metric: Evaluation metric watched, e.g. 'video/top_1' or 'loss' (the
+      evaluation set's cross-entropy).
+    mode: 'max' (higher is better) or 'min' (lower is better, e.g. a loss).
+    max_drops: At most this many drops; None: no limit.
   """
   del steps_per_epoch, total_steps
   if int(global_batch_size) <= 0 or int(base_batch_size) <= 0:
     raise ValueError('`global_batch_size` and `base_batch_size` must be > 0')
   return PlateauDecay(base_learning_rate * global_batch_size / base_batch_size,
-                      factor=factor, patience=patience, metric=metric)
+                      factor=factor, patience=patience, metric=metric,
+                      mode=mode, max_drops=max_drops)
 
 
 def build_sgd(learning_rate, *, momentum: float = 0.9,

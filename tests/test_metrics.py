@@ -110,3 +110,13 @@ def test_gather_across_replicas_with_uneven_batches(logical_cpus):
 
   got = np.concatenate([step(x).numpy() for x in dist])
   np.testing.assert_array_equal(np.sort(got), [0, 10, 20, 30, 40])
+
+
+def test_loss_is_the_mean_cross_entropy_of_the_records():
+  rng = np.random.default_rng(3)
+  logits = rng.normal(size=(9, 4))
+  probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+  labels = rng.integers(0, 4, size=9)
+  expected = np.mean([-np.log(probs[i, labels[i]]) for i in range(9)])
+  out = metrics.classification_metrics(probs, labels, num_classes=4)
+  assert out['loss'] == pytest.approx(expected, rel=1e-6)

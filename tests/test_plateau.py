@@ -35,6 +35,22 @@ def test_state_is_checkpointed(tmp_path):
   assert float(restored.best.numpy()) == 1.0
 
 
+def test_validation_loss_mode_drops_at_most_twice():
+  # CPD fine-tuning: "lr divided by 10 twice when validation loss saturates".
+  schedule = optimization.PlateauDecay(0.01, factor=0.1, patience=2,
+                                       metric='loss', mode='min', max_drops=2)
+  losses = (2.0, 1.5, 1.5, 1.6, 1.2, 1.3, 1.2, 1.0, 1.1, 1.1, 1.1, 1.1)
+  history = [schedule.report({'loss': v}) for v in losses]
+  # Lower is better: stalls after 1.5 (x2) and after 1.2 (x2) drop; the
+  # stalls after 1.0 would drop a third time, which max_drops forbids.
+  assert history == [False, False, False, True, False, False, True,
+                     False, False, False, False, False]
+  assert float(schedule(0)) == pytest.approx(0.01 * 0.01)
+  assert int(schedule.drops.numpy()) == 2
+  with pytest.raises(ValueError, match='mode'):
+    optimization.PlateauDecay(0.1, mode='lower')
+
+
 def test_bad_arguments_and_unknown_metric():
   with pytest.raises(ValueError, match='factor'):
     optimization.PlateauDecay(0.1, factor=1.5)
