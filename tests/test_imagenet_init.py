@@ -30,6 +30,7 @@ from spl.models import factory
 from spl.models import inflation
 from tfrecords_tools import schema
 from tfrecords_tools import testing
+from tests import test_inflation
 
 SIZE = 32
 NUM_FRAMES = 4
@@ -41,16 +42,6 @@ R3D50 = 'r3d50_g'
 def _clear_gin():
   yield
   gin.clear_config()
-
-
-def _randomise(model, with_bias=False):
-  rng = np.random.default_rng(0)
-  for w in model.weights:
-    if 'gamma' in w.name or 'moving_variance' in w.name:
-      w.assign(rng.uniform(0.5, 1.5, w.shape))
-    elif 'beta' in w.name or 'moving_mean' in w.name or (
-        with_bias and w.name.endswith('bias:0')):
-      w.assign(rng.normal(0.0, 0.1, w.shape))
 
 
 @pytest.fixture(scope='module')
@@ -66,7 +57,7 @@ def keras_h5(tmp_path_factory):
   """Keras Applications' ResNet-50 weights file (random: no download)."""
   model = tf_keras.applications.ResNet50(weights=None, include_top=False,
                                          input_shape=(SIZE, SIZE, 3))
-  _randomise(model, with_bias=True)
+  test_inflation.randomise_batch_norms(model, with_bias=True)
   path = str(tmp_path_factory.mktemp('keras') / 'resnet50_notop.h5')
   model.save_weights(path)
   return model, path
@@ -80,7 +71,7 @@ def model_garden_dir(tmp_path_factory):
   backbone = mg_resnet.ResNet(model_id=50, input_specs=specs)
   model = classification_model.ClassificationModel(backbone, num_classes=10,
                                                    input_specs=specs)
-  _randomise(model)
+  test_inflation.randomise_batch_norms(model)
   optimizer = tf_keras.optimizers.SGD(0.1, momentum=0.9)
   optimizer.build(model.trainable_variables)
   checkpoint = tf.train.Checkpoint(

@@ -25,7 +25,7 @@ R3D50 = 'r3d50_g'
 R3D50_GATES = 16  # a gate in every residual block
 
 
-def _randomise(model, with_bias=False):
+def randomise_batch_norms(model, with_bias=False):
   """Random BN parameters and statistics (and conv biases), so that a test
   fails if the 3D network does not get them or gets them unconverted."""
   rng = np.random.default_rng(0)
@@ -41,7 +41,7 @@ def _randomise(model, with_bias=False):
 def resnet2d():
   """An r2d50 backbone (Model Garden's ResNet-50) with random BN values."""
   model = models.build_backbone('r2d50', input_shape=(SIZE, SIZE, 3))
-  _randomise(model)
+  randomise_batch_norms(model)
   return model
 
 
@@ -77,7 +77,7 @@ def keras_resnet50(tmp_path_factory):
   model = tf_keras.applications.ResNet50(weights=None, include_top=True,
                                          input_shape=(SIZE, SIZE, 3),
                                          classes=7)
-  _randomise(model, with_bias=True)
+  randomise_batch_norms(model, with_bias=True)
   d = tmp_path_factory.mktemp('keras')
   paths = {'weights': str(d / 'resnet50.h5'),
            'whole_model': str(d / 'resnet50_model.h5')}
