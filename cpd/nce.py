@@ -15,7 +15,8 @@ Logits, loss and banks are float32 whatever the mixed-precision policy
 `CrossModalNCE` is the single-replica building block of a CPD train step:
 call it inside `strategy.run` with this replica's embeddings and clip indices;
 it samples negatives, scores, returns the loss and every NCE term, and updates
-the banks after scoring.
+the banks after scoring. `SelfInstanceNCE`, the paper's self-instance baseline
+(Eq. 2), is the same NCE over the same banks with a joint score per pair.
 """
 
 from typing import Optional
@@ -187,6 +188,44 @@ def _validate_common(num_rows, num_negatives, temperature):
     raise ValueError(f'`temperature` must be > 0, got {temperature}')
 
 
+# ---- Shared by the cross-pair and the self-instance objective ----
+
+
+def _pair_banks(num_rows, dim, bank_mode, bank_momentum, seed):
+  """(video bank, text bank): one row per video-text pair and modality."""
+  return (mb.MemoryBank(num_rows, dim, bank_mode, bank_momentum,
+                        seed=2 * seed, name='video_bank'),
+          mb.MemoryBank(num_rows, dim, bank_mode, bank_momentum,
+                        seed=2 * seed + 1, name='text_bank'))
+
+
+def _float32_batch(video_embeddings, text_embeddings, indices):
+  """(video, text, indices) as float32, float32, int32; static batch size."""
+  video = tf.cast(video_embeddings, tf.float32)
+  text = tf.cast(text_embeddings, tf.float32)
+  if video.shape[0] is None:
+    raise ValueError('`video_embeddings` needs a static batch size')
+  return video, text, tf.cast(indices, tf.int32)
+
+
+def _nce_with_z(positive_scores, negative_scores, z_state, temperature,
+                num_rows, comm):
+  """(NCE terms, Z) of one kind of query; Z is this step's, gradient-free."""
+  z = z_state(lambda skip: estimate_z(positive_scores, negative_scores,
+                                      temperature, num_rows, comm, skip))
+  terms = nce_terms(positive_scores, negative_scores, tf.stop_gradient(z),
+                    temperature, num_rows)
+  return terms, z
+
+
+def _nce_metrics(prefix, terms, z):
+  """Batch means of `nce_terms` and Z, named '<prefix>/loss' etc."""
+  return {f'{prefix}/loss': tf.reduce_mean(terms['loss']),
+          f'{prefix}/z': z,
+          f'{prefix}/positive_prob': tf.reduce_mean(terms['positive_prob']),
+          f'{prefix}/positive_h': tf.reduce_mean(terms['positive_h'])}
+
+
 class CrossModalNCE(tf.Module):
   """Cross-pair discrimination loss, both directions, with two memory banks.
 
@@ -235,10 +274,8 @@ class CrossModalNCE(tf.Module):
     self.temperature = float(temperature)
     self.positive_source = positive_source
     self.num_strata = int(num_strata)
-    self.video_bank = mb.MemoryBank(num_rows, dim, bank_mode, bank_momentum,
-                                    seed=2 * seed, name='video_bank')
-    self.text_bank = mb.MemoryBank(num_rows, dim, bank_mode, bank_momentum,
-                                   seed=2 * seed + 1, name='text_bank')
+    self.video_bank, self.text_bank = _pair_banks(
+        num_rows, dim, bank_mode, bank_momentum, seed)
     self.sampler = mb.NegativeSampler(num_negatives, negative_sharing, seed)
     self.z_v2t = NormalisationConstant(z_policy, z_momentum, z_constant,
                                        name='z_v2t')
@@ -247,11 +284,8 @@ class CrossModalNCE(tf.Module):
 
   def _direction(self, queries, positives, neg, z_state, comm):
     pos = tf.reduce_sum(queries * positives, axis=-1)
-    z = z_state(lambda skip: estimate_z(pos, neg, self.temperature,
-                                        self.num_rows, comm, skip))
-    terms = nce_terms(pos, neg, tf.stop_gradient(z), self.temperature,
-                      self.num_rows)
-    return terms, z
+    return _nce_with_z(pos, neg, z_state, self.temperature, self.num_rows,
+                       comm)
 
   def __call__(self, video_embeddings, text_embeddings, indices):
     """One step's loss and bank update (replica context).
@@ -267,14 +301,10 @@ class CrossModalNCE(tf.Module):
       positive_prob, positive_h, and the total 'nce/loss'.
     """
     comm = mb.CrossReplica()
-    video = tf.cast(video_embeddings, tf.float32)
-    text = tf.cast(text_embeddings, tf.float32)
-    indices = tf.cast(indices, tf.int32)
-    batch = video.shape[0]
-    if batch is None:
-      raise ValueError('`video_embeddings` needs a static batch size')
-    negatives = self.sampler.sample(self.text_bank, batch, self.num_strata,
-                                    comm)
+    video, text, indices = _float32_batch(video_embeddings, text_embeddings,
+                                          indices)
+    negatives = self.sampler.sample(self.text_bank, video.shape[0],
+                                    self.num_strata, comm)
     if self.positive_source == POSITIVE_FROM_BANK:
       text_pos = self.text_bank.lookup(indices, comm)
       video_pos = self.video_bank.lookup(indices, comm)
@@ -286,24 +316,40 @@ class CrossModalNCE(tf.Module):
     t2v, z_t2v = self._direction(text, video_pos, neg_t2v, self.z_t2v, comm)
     self.video_bank.update(indices, video, comm)
     self.text_bank.update(indices, text, comm)
-    metrics = {}
-    for name, terms, z in (('v2t', v2t, z_v2t), ('t2v', t2v, z_t2v)):
-      metrics[f'nce/{name}/loss'] = tf.reduce_mean(terms['loss'])
-      metrics[f'nce/{name}/z'] = z
-      metrics[f'nce/{name}/positive_prob'] = tf.reduce_mean(
-          terms['positive_prob'])
-      metrics[f'nce/{name}/positive_h'] = tf.reduce_mean(terms['positive_h'])
+    metrics = {**_nce_metrics('nce/v2t', v2t, z_v2t),
+               **_nce_metrics('nce/t2v', t2v, z_t2v)}
     loss = metrics['nce/v2t/loss'] + metrics['nce/t2v/loss']
     metrics['nce/loss'] = loss
     return loss, metrics
 
 
 class SelfInstanceNCE(tf.Module):
-  """Self-instance discrimination baseline (Eq. 2 of the CPD paper).
+  """Self-instance discrimination baseline (Eq. 2 of the CPD paper), by NCE.
 
-  p(i|v) = exp(b_i.v / tau) / Z against the same modality's bank, the
-  positive being the clip's own bank row; approximated with the same NCE,
-  sampler and bank machinery as `CrossModalNCE`.
+  Every video-text pair i is a class. The memory banks hold both modalities'
+  features of every pair, (b^v_j, b^t_j) for pair j, and play the class
+  weights of Eq. 1 (the non-parametric classifier of Wu et al. 2018), so
+  Eq. 2 is
+
+    p(i|(v, t)) = exp(b^v_i.f^v / tau + b^t_i.f^t / tau)
+                  / sum_j exp(b^v_j.f^v / tau + b^t_j.f^t / tau):
+
+  the video feature is compared with video rows and the text feature with
+  text rows (self-correlation), never across modalities. It is approximated
+  as the cross-pair loss is (Eq. 5): with the joint score
+  s_j = b^v_j.f^v + b^t_j.f^t, P(j|(v, t)) = exp(s_j / tau) / Z, uniform
+  noise P_n = 1/N, h(j) = P(j) / (P(j) + m/N), and per pair
+
+    -log h(i) - sum_{j in m negatives} log(1 - h(j)),
+
+  the negatives being m pairs drawn uniformly from the banks (both rows of a
+  drawn pair), the positive the pair's own bank rows. One Z (one joint
+  query, where `CrossModalNCE` has one per direction), estimated, frozen and
+  checkpointed as there. Both banks are updated with the pair's features
+  after scoring. Banks, sampler, Z and replica conventions are
+  `CrossModalNCE`'s: call it from the replica function with this replica's
+  batch; the loss is the mean over this replica's batch, to be divided by
+  `num_replicas_in_sync` before taking gradients.
   """
 
   def __init__(self, num_rows, dim=256, num_negatives=4096, temperature=0.07,
@@ -311,43 +357,61 @@ class SelfInstanceNCE(tf.Module):
                z_constant=None, negative_sharing=mb.NegativeSampler.PER_SAMPLE,
                bank_mode=mb.REPLICATED, num_strata=1, seed=0,
                name='self_instance_nce'):
-    """Creates the bank, Z and sampler; arguments as in `CrossModalNCE`."""
+    """Creates both banks, Z and the sampler; arguments as `CrossModalNCE`'s.
+
+    Args:
+      num_rows: N, number of training pairs (classes).
+      dim: embedding width.
+      num_negatives: m.
+      temperature: tau.
+      bank_momentum: mu of the bank update of both modalities.
+      z_policy: 'first_batch' (papers), 'ema' or 'constant'.
+      z_momentum: EMA momentum for 'ema'.
+      z_constant: Z for 'constant'.
+      negative_sharing: 'per_sample' or 'shared'.
+      bank_mode: 'replicated' or 'sharded'.
+      num_strata: strata of the negative draws for a replicated bank.
+      seed: seeds bank initialisation and negative draws.
+      name: module name.
+    """
     super().__init__(name=name)
     _validate_common(num_rows, num_negatives, temperature)
     self.num_rows = int(num_rows)
     self.temperature = float(temperature)
     self.num_strata = int(num_strata)
-    self.bank = mb.MemoryBank(num_rows, dim, bank_mode, bank_momentum,
-                              seed=seed, name='instance_bank')
+    self.video_bank, self.text_bank = _pair_banks(
+        num_rows, dim, bank_mode, bank_momentum, seed)
     self.sampler = mb.NegativeSampler(num_negatives, negative_sharing, seed)
     self.z = NormalisationConstant(z_policy, z_momentum, z_constant)
 
-  def __call__(self, embeddings, indices):
-    """Loss and metrics of one step (replica context); updates the bank.
+  def __call__(self, video_embeddings, text_embeddings, indices):
+    """One step's loss and update of both banks (replica context).
 
     Args:
-      embeddings: [B, d] L2-normalised.
-      indices: int [B] clip indices.
+      video_embeddings: [B, d] L2-normalised (any float dtype).
+      text_embeddings: [B, d] L2-normalised, the same pairs' titles.
+      indices: int [B] pair indices (bank rows).
 
     Returns:
-      (loss, metrics) as in `CrossModalNCE`, metric prefix 'instance/'.
+      (loss, metrics): scalar float32 loss (mean over this replica's batch)
+      and scalar float32 metrics 'instance/loss', 'instance/z',
+      'instance/positive_prob', 'instance/positive_h'.
     """
     comm = mb.CrossReplica()
-    x = tf.cast(embeddings, tf.float32)
-    indices = tf.cast(indices, tf.int32)
-    negatives = self.sampler.sample(self.bank, x.shape[0], self.num_strata,
-                                    comm)
-    pos = tf.reduce_sum(x * self.bank.lookup(indices, comm), axis=-1)
-    neg = self.bank.negative_scores(x, negatives, comm)
-    z = self.z(lambda skip: estimate_z(pos, neg, self.temperature,
-                                       self.num_rows, comm, skip))
-    terms = nce_terms(pos, neg, z, self.temperature, self.num_rows)
-    self.bank.update(indices, x, comm)
-    loss = tf.reduce_mean(terms['loss'])
-    return loss, {
-        'instance/loss': loss, 'instance/z': z,
-        'instance/positive_prob': tf.reduce_mean(terms['positive_prob']),
-        'instance/positive_h': tf.reduce_mean(terms['positive_h'])}
+    video, text, indices = _float32_batch(video_embeddings, text_embeddings,
+                                          indices)
+    negatives = self.sampler.sample(self.video_bank, video.shape[0],
+                                    self.num_strata, comm)
+    pos = (tf.reduce_sum(video * self.video_bank.lookup(indices, comm), -1) +
+           tf.reduce_sum(text * self.text_bank.lookup(indices, comm), -1))
+    neg_video, neg_text = mb.negative_scores(
+        [self.video_bank, self.text_bank], [video, text], negatives, comm)
+    terms, z = _nce_with_z(pos, neg_video + neg_text, self.z,
+                           self.temperature, self.num_rows, comm)
+    self.video_bank.update(indices, video, comm)
+    self.text_bank.update(indices, text, comm)
+    metrics = _nce_metrics('instance', terms, z)
+    return metrics['instance/loss'], metrics
 
 
 def cpd_train_step(loss_module, video_model, text_encoder, text_head,
