@@ -19,6 +19,11 @@ INSTALL_REQUIRES = [
     'matplotlib>=3.8',
     'opencv-python-headless>=4.9',
     'safetensors>=0.4',
+    # CPD Kinetics-title-tree (cpd.title_tree). Pipelines (e.g. en_core_web_sm
+    # 3.8.x) are installed by the user and must match spaCy's minor version.
+    # 3.8.18 declares its `click` import (3.8.7 on a fresh install with the
+    # current typer does not, and `import spacy` fails).
+    'spacy>=3.8.18,<3.9',
 ]
 
 TEST_REQUIRES = [

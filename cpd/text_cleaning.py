@@ -5,6 +5,11 @@ decorative symbols, full-width characters. The paper strips special symbols,
 emoji, URLs and markup, normalises whitespace and case, and can keep only the
 characters of chosen languages. Hashtag words are kept (`#baking` -> `baking`):
 they are often the most informative words of a title.
+
+This is the paper's Kinetics-title-clean, applied in the input pipeline
+(`cpd_run.clean_titles`). Kinetics-title-tree (verbs and nouns of the parse of
+the cleaned title) is `cpd.title_tree`, an offline step: a parse is too slow
+to redo every epoch.
 """
 
 import html
@@ -12,7 +17,6 @@ import re
 import unicodedata
 
 import numpy as np
-import tensorflow as tf
 
 _URL = re.compile(r'(?:https?://|ftp://|www\.)\S+|\b[\w.-]+\.(?:com|org|net|'
                   r'be|ly|io|tv|co)(?:/\S*)?\b', re.IGNORECASE)
@@ -114,6 +118,9 @@ def clean_titles(titles, lowercase=True, keep_scripts=None):
   Returns:
     tf.string tensor of the same shape.
   """
+  # Imported here: the offline title tools (`cpd.title_tree`,
+  # `cpd.title_stats`) use `clean_title` without paying for TensorFlow.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   titles = tf.convert_to_tensor(titles, tf.string)
 
   def _clean(array):
