@@ -66,11 +66,24 @@ TITLES = 'titles'
 
 
 class RankingLoss(tf.Module):
-  """The ranking-loss baseline as a loss module (no bank)."""
+  """The ranking-loss baseline (Eq. 4, both directions) as a loss module.
 
-  def __init__(self, *, num_rows: int, dim: int, margin: float = 0.2,
+  `cpd.baselines.ranking_loss`: in-batch negatives, no bank, no state.
+  """
+
+  def __init__(self, *, num_rows: int, dim: int,
+               margin: float = baselines.RANKING_MARGIN,
                name: str = 'ranking_loss'):
-    """Creates the loss; `num_rows` and `dim` are unused (no bank)."""
+    """Creates the loss.
+
+    Args:
+      num_rows: unused (no bank); the trainer passes it to every loss.
+      dim: unused, as `num_rows`.
+      margin: delta of Eq. 4, >= 0. Not in the paper: 0.2, the margin of
+        VSE++ (Faghri et al. 2018), as the CPD authors' code has no ranking
+        loss to take it from.
+      name: module name.
+    """
     super().__init__(name=name)
     del num_rows, dim
     if margin < 0:
@@ -84,7 +97,12 @@ class RankingLoss(tf.Module):
 
 
 class VideoSelfInstance(tf.Module):
-  """Self-instance discrimination of the video features (titles unused)."""
+  """The self-instance baseline (Eq. 2) as a loss module: video AND text.
+
+  Each video-text pair is a class scored with both modalities against both
+  banks (`cpd.nce.SelfInstanceNCE`); the name is historical (gin:
+  `cpd_self_instance`).
+  """
 
   def __init__(self, *, num_rows: int, dim: int, name: str = 'self_instance',
                **kwargs):
@@ -93,8 +111,7 @@ class VideoSelfInstance(tf.Module):
     self.instance = nce.SelfInstanceNCE(num_rows, dim, **kwargs)
 
   def __call__(self, video_embeddings, text_embeddings, indices):
-    del text_embeddings
-    return self.instance(video_embeddings, indices)
+    return self.instance(video_embeddings, text_embeddings, indices)
 
 
 # ---- Text encoders: () -> layer mapping titles to [B, H] ----
@@ -373,7 +390,10 @@ def run_cpd(*,
     loss_fn: (num_rows=, dim=) -> loss module (v, t, indices) ->
       (loss, metrics): `cpd.nce.CrossModalNCE`, `RankingLoss`,
       `VideoSelfInstance`.
-    curriculum_fn: () -> `cpd.curriculum.Curriculum`.
+    curriculum_fn: () -> `cpd.curriculum.Curriculum`. Its saturation switch
+      (`patience` set) needs `eval_file_pattern` in every training mode
+      (refused before anything is built without it); in 'train' mode its
+      validations run only while it waits for them (stage 1).
     optimizer_fn: learning rate -> tf_keras optimizer (one per group).
     weight_decay: coupled L2 weight decay of the trained kernels and
       embeddings (`cpd.nce.cpd_train_step`); the authors' pre-training
@@ -383,7 +403,8 @@ def run_cpd(*,
     dataset_fn: `input_pipeline.make_dataset`-like, training.
     eval_dataset_fn: same for held-out pairs (default `dataset_fn`).
     train_file_pattern: training records (clips with titles).
-    eval_file_pattern: held-out pairs for validation retrieval.
+    eval_file_pattern: held-out pairs for validation retrieval (the paper:
+      1k pairs of unseen videos, `python -m tfrecords_tools.holdout`).
     eval_global_batch_size: default `global_batch_size`.
     train_epochs: training length in epochs of N clips.
     train_steps: overrides `train_epochs` (smoke runs).
@@ -392,8 +413,8 @@ def run_cpd(*,
     clean_titles: apply `cpd.text_cleaning` to titles in the input pipeline.
     retrieval_ks: the K of R@K.
     validate_every_epochs: validation period in epochs ('train_and_eval';
-      also once at the end). Each validation counts for the curriculum's
-      patience.
+      also once at the end; in 'train' mode only for the curriculum). Each
+      validation counts once for the curriculum's patience.
     mixed_precision: None or 'bfloat16' (NCE logits and banks stay float32).
     steps_per_loop: steps per compiled loop (and progress line).
     checkpoint_every_steps: checkpoint period (also at every epoch end).
@@ -445,7 +466,21 @@ def run_cpd(*,
     else:
       train_lib.check_positive(train_epochs=train_epochs)
       total_steps = int(math.ceil(train_epochs * steps_per_epoch))
-  if evaluating:
+  with strategy.scope():
+    curriculum = curriculum_fn()
+  # The saturation switch reads validation results, in every training mode.
+  curriculum_validates = training and curriculum.needs_validation
+  if curriculum_validates and not eval_file_pattern:
+    raise ValueError(
+        f'the curriculum switches to stage 2 when validation retrieval '
+        f'saturates (`patience`={curriculum.patience}, gin '
+        f'cpd_curriculum.patience), which needs validation pairs, but '
+        f'`eval_file_pattern` (gin cpd_run.eval_file_pattern, EVAL_FILES) is '
+        f'not set: give held-out pairs (python -m tfrecords_tools.holdout '
+        f'makes them), or switch at a fixed epoch instead '
+        f'(cpd_curriculum.patience = None, cpd_curriculum.switch_epoch = 170 '
+        f'for R34, 110 for R50)')
+  if evaluating or curriculum_validates:
     train_lib.list_files(eval_file_pattern, 'eval_file_pattern')
   train_kwargs = dict(deterministic=True, seed=seed) if (
       deterministic) else {}
@@ -477,7 +512,6 @@ def run_cpd(*,
                          embedding_dim=embedding_dim,
                          text_hidden_dim=text_hidden_dim)
       loss_module = loss_fn(num_rows=num_train_examples, dim=embedding_dim)
-      curriculum = curriculum_fn()
       models.loss_module, models.curriculum = loss_module, curriculum
       optimizers = {
           curriculum_lib.REST: optimizer_fn(curriculum.stage1_lr),
@@ -548,7 +582,8 @@ def run_cpd(*,
         max_checkpoints_to_keep=max_checkpoints_to_keep,
         weight_decay=weight_decay, clip_norm=clip_norm,
         deterministic=deterministic,
-        do_eval=do_eval if evaluating else None,
+        do_eval=do_eval if evaluating or curriculum_validates else None,
+        report_eval=evaluating,
         validate_every_epochs=validate_every_epochs,
         retrieval_metric=f'mean_R@{max(retrieval_ks)}', setup_done=setup_done)
     return summary
@@ -562,8 +597,14 @@ def _train(*, strategy, models, loss_module, curriculum, optimizers,
            global_batch_size, steps_per_epoch, total_steps, steps_per_loop,
            checkpoint_every_steps, max_checkpoints_to_keep, weight_decay,
            clip_norm, deterministic, do_eval, validate_every_epochs,
-           retrieval_metric, setup_done) -> Dict[str, Any]:
-  """The training loop of `run_cpd` (state already built and restored)."""
+           retrieval_metric, setup_done, report_eval=True) -> Dict[str, Any]:
+  """The training loop of `run_cpd` (state already built and restored).
+
+  `do_eval(step)` validates (None: the run never does); with `report_eval`
+  ('train_and_eval') every `validate_every_epochs` epochs and at the end,
+  otherwise only while the curriculum's saturation switch waits for it and
+  training goes on after it (not at the last step).
+  """
   trainer = _Trainer(strategy=strategy, models=models,
                      loss_module=loss_module, curriculum=curriculum,
                      optimizers=optimizers, num_rows=num_rows,
@@ -600,6 +641,7 @@ def _train(*, strategy, models, loss_module, curriculum, optimizers,
                'rows, global batch %d over %d replicas, stage %d)', step,
                total_steps, steps_per_epoch, num_rows, global_batch_size,
                strategy.num_replicas_in_sync, curriculum.stage)
+  logging.info('curriculum: %s', curriculum.describe())
   train_result: Dict[str, Any] = {}
   eval_result: Optional[Dict[str, Any]] = None
   while step < total_steps:
@@ -635,24 +677,33 @@ def _train(*, strategy, models, loss_module, curriculum, optimizers,
         train_result['clips_per_second'],
         (total_steps - step) * elapsed / max(num, 1))
     epoch_end = step % steps_per_epoch == 0
+    period_end = epoch_end and (
+        step // steps_per_epoch) % validate_every_epochs == 0
+    # Without `report_eval`, only validations that can still switch the
+    # stage of a run that goes on.
     validating = do_eval is not None and (
-        step == total_steps or
-        epoch_end and (step // steps_per_epoch) % validate_every_epochs == 0)
+        report_eval and (period_end or step == total_steps) or
+        period_end and curriculum.monitors_validation and step < total_steps)
     if validating:
       eval_result = do_eval(step)
     switched = False
     if epoch_end:
+      monitored = curriculum.monitors_validation
       metric = eval_result[retrieval_metric] if validating else None
       switched = curriculum.update(step // steps_per_epoch, metric)
-      if switched:
-        logging.info('curriculum: stage 2 from epoch %d (step %d)',
-                     step // steps_per_epoch, step)
-    # A switch is saved at once, so that it survives a restart.
-    if (switched or step % checkpoint_every_steps == 0 or
+      if switched or (validating and monitored):
+        logging.info('curriculum at epoch %d (step %d)%s: %s',
+                     step // steps_per_epoch, step,
+                     '' if metric is None else
+                     f', {retrieval_metric}={metric:.4f}',
+                     curriculum.describe())
+    # A switch is saved at once, so that it survives a restart; the
+    # saturation count at every epoch end (as the run's docstring says).
+    if (switched or epoch_end or step % checkpoint_every_steps == 0 or
         step == total_steps):
       # Every worker saves (ON_READ variables need a collective read).
       manager.save(checkpoint_number=step)
-  if not train_result and do_eval is not None:
+  if not train_result and report_eval and do_eval is not None:
     eval_result = do_eval(step)
   if not chief:
     shutil.rmtree(ckpt_dir, ignore_errors=True)

@@ -1,5 +1,10 @@
-"""CPD curriculum and the single-replica train step under MirroredStrategy."""
+"""CPD curriculum: the switch rules, the train step under MirroredStrategy,
+and the saturation switch in the training job on a held-out split."""
 
+import json
+import os
+
+import gin
 import numpy as np
 from official.nlp.modeling.networks import bert_encoder
 import pytest
@@ -10,7 +15,14 @@ from cpd import curriculum as curriculum_lib
 from cpd import heads
 from cpd import nce
 from cpd import text_encoders
+from cpd import trainer as cpd_trainer
+from spl import main
 from tests import distribute_utils
+from tfrecords_tools import holdout
+from tfrecords_tools import schema
+from tfrecords_tools import testing
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 N, D, M, GLOBAL_B, LENGTH, VOCAB = 32, 16, 8, 4, 6, 30
 
@@ -218,3 +230,163 @@ def test_clip_norm_scales_the_summed_gradient_to_the_norm():
   _, _, loose, _, _ = _one_stage1_step(strategy, clip_norm=norm * 2)
   for p, l in zip(plain, loose):
     np.testing.assert_allclose(l, p, rtol=1e-5, atol=1e-7)
+
+
+# ---- The switch rules ----
+
+
+def _updates(curriculum, metrics):
+  """`update` at the end of epochs 1, 2, ... with these validation results."""
+  return [curriculum.update(epoch, m) for epoch, m in enumerate(metrics, 1)]
+
+
+def test_saturation_switch_fires_on_a_planted_plateau_and_not_before():
+  # Rising by more than min_delta, then flat (within min_delta of the best):
+  # the third flat validation switches, none before it.
+  rising, flat = [0.10, 0.20, 0.30, 0.40], [0.402, 0.404, 0.401]
+  curriculum = curriculum_lib.Curriculum(patience=3, min_delta=0.005)
+  assert curriculum.needs_validation and curriculum.monitors_validation
+  switched = _updates(curriculum, rising + flat + [0.9])
+  assert switched == [False] * 6 + [True, False]
+  assert curriculum.stage == 2 and not curriculum.monitors_validation
+  assert float(curriculum.best_metric.numpy()) == 0.40
+  assert 'stage 2' in curriculum.describe()
+
+  # Still rising (each step > min_delta), or a flat stretch broken by an
+  # improvement, or epochs without validation: no switch.
+  slow = curriculum_lib.Curriculum(patience=3, min_delta=0.005)
+  assert not any(_updates(slow, [0.1 + 0.006 * i for i in range(50)]))
+  broken = curriculum_lib.Curriculum(patience=3, min_delta=0.005)
+  assert not any(_updates(broken, [0.4, 0.4, 0.4, 0.5, 0.5, 0.5]))
+  assert int(broken.stale_validations.numpy()) == 2
+  assert not any(_updates(broken, [None] * 20))
+  assert broken.update(99, 0.5) and broken.stage == 2
+  # NaN is no improvement.
+  nan = curriculum_lib.Curriculum(patience=1)
+  assert _updates(nan, [0.2, float('nan')]) == [False, True]
+
+
+@pytest.mark.parametrize('switch_epoch', [170, 110])  # R34, R50 (paper 4.2)
+def test_fixed_switch_fires_exactly_at_the_configured_epoch(switch_epoch):
+  curriculum = curriculum_lib.Curriculum(switch_epoch=switch_epoch)
+  assert not curriculum.needs_validation
+  # Validation results (if any) do not matter in this mode.
+  switched = [curriculum.update(e, 0.5) for e in range(1, 251)]
+  assert switched.index(True) + 1 == switch_epoch and sum(switched) == 1
+  assert curriculum.learning_rates() == {'text_encoder': 3e-5, 'rest': 0.02}
+
+
+def test_with_both_rules_the_first_one_switches():
+  early = curriculum_lib.Curriculum(switch_epoch=170, patience=2)
+  assert _updates(early, [0.3, 0.3, 0.3]) == [False, False, True]
+  late = curriculum_lib.Curriculum(switch_epoch=3, patience=2)
+  assert _updates(late, [0.1, 0.2, 0.3]) == [False, False, True]
+
+
+def test_saturation_state_survives_a_checkpoint(tmp_path):
+  curriculum = curriculum_lib.Curriculum(patience=3, min_delta=0.005)
+  _updates(curriculum, [0.3, 0.4, 0.401, 0.402])
+  path = tf.train.Checkpoint(curriculum=curriculum).write(
+      str(tmp_path / 'ckpt'))
+  restored = curriculum_lib.Curriculum(patience=3, min_delta=0.005)
+  tf.train.Checkpoint(curriculum=restored).read(path).assert_consumed()
+  assert int(restored.stale_validations.numpy()) == 2
+  assert float(restored.best_metric.numpy()) == 0.4
+  assert restored.stage == 1 and restored.update(5, 0.403)  # The third.
+  with pytest.raises(ValueError, match='min_delta'):
+    curriculum_lib.Curriculum(patience=3, min_delta=-0.1)
+
+
+# ---- The switch in the training job, on a split of the hold-out tool ----
+
+NUM_CLIPS = 16  # 8 videos of 2 clips; 2 held out -> 12 training clips.
+WORDS = ['title', 'of', 'clip'] + [str(i) for i in range(NUM_CLIPS)]
+
+
+@pytest.fixture(autouse=True)
+def _clear_gin():
+  yield
+  gin.clear_config()
+
+
+@pytest.fixture(scope='module')
+def split(tmp_path_factory):
+  root = tmp_path_factory.mktemp('cpd_split')
+  pattern = os.path.join(str(root / 'web'), schema.shard_pattern())
+  testing.write_fake_clip_records(str(root / 'web'), num_clips=NUM_CLIPS,
+                                  num_shards=2)
+  holdout.holdout(records_pattern=pattern, num_pairs=2,
+                  output_dir=str(root / 'split'))
+  with open(root / 'split' / 'train' / schema.SUMMARY_FILENAME) as f:
+    num_train = json.load(f)['clips']
+  rng = np.random.RandomState(0)
+  w2v = root / 'vectors.txt'
+  w2v.write_text('\n'.join([f'{len(WORDS)} 6'] + [
+      w + ' ' + ' '.join(f'{x:.4f}' for x in rng.randn(6)) for w in WORDS]) +
+                 '\n')
+  return {'train': str(root / 'split' / 'train' / schema.shard_pattern()),
+          'val': str(root / 'split' / 'val' / schema.shard_pattern()),
+          'num_train': num_train, 'w2v': str(w2v)}
+
+
+def _run_job(split, model_dir, bindings, mode='train'):
+  gin.clear_config()
+  base = [f"TRAIN_FILES='{split['train']}'", f"EVAL_FILES='{split['val']}'",
+          f"NUM_TRAIN_EXAMPLES={split['num_train']}",
+          f"WORD2VEC_PATH='{split['w2v']}'"]
+  try:
+    return main.run([os.path.join(ROOT, 'gin_configs', 'runs',
+                                  'cpd_pretrain_w2v.gin'),
+                     os.path.join(ROOT, 'gin_configs', 'tiny.gin')],
+                    base + list(bindings), model_dir=str(model_dir),
+                    mode=mode,
+                    strategy=tf.distribute.OneDeviceStrategy('/cpu:0'))
+  finally:
+    gin.clear_config()
+
+
+def test_training_switches_when_planted_validation_saturates(
+    split, tmp_path, monkeypatch):
+  # 12 training clips, batch 4: 3 steps per epoch, 6 epochs. Validation
+  # (planted) rises, then stays flat: with patience 2 the switch comes at the
+  # end of epoch 4, and in 'train' mode no validation runs after it.
+  assert split['num_train'] == 12
+  planted = iter([0.1, 0.3, 0.3, 0.3])
+  seen = []
+
+  def fake_validate(models, *args, **kwargs):
+    del args, kwargs
+    seen.append(models.curriculum.stage)
+    return {'mean_R@10': next(planted), 'num_pairs': 2}
+
+  monkeypatch.setattr(cpd_trainer, 'validate', fake_validate)
+  model_dir = tmp_path / 'saturation'
+  result = _run_job(split, model_dir, [
+      'SWITCH_EPOCH=None', 'cpd_curriculum.patience=2',
+      'cpd_curriculum.min_delta=0.01', 'cpd_run.train_steps=18',
+      'cpd_run.checkpoint_every_steps=100',
+      'cpd_run.max_checkpoints_to_keep=10'])
+  assert seen == [1, 1, 1, 1]
+  assert result['stage'] == 2 and result['train']['stage'] == 2
+  assert result['train']['learning_rate/text_encoder'] == pytest.approx(3e-5)
+  # The switch was checkpointed at the end of epoch 4 (step 12), in stage 1
+  # before it.
+  stage_of = lambda step: tf.train.load_checkpoint(
+      str(model_dir / f'ckpt-{step}')).get_tensor(
+          'curriculum/stage_variable/.ATTRIBUTES/VARIABLE_VALUE')
+  assert stage_of(9) == 1 and stage_of(12) == 2
+  # The real validation reads the held-out pairs of the split.
+  monkeypatch.undo()
+  evaluated = _run_job(split, model_dir, [], mode='eval')
+  assert evaluated['eval']['num_pairs'] == 2
+
+
+@pytest.mark.parametrize('mode', ['train', 'train_and_eval'])
+def test_saturation_switch_without_validation_files_is_refused(
+    split, tmp_path, mode):
+  model_dir = tmp_path / 'no_val'
+  with pytest.raises(ValueError, match=r'`patience`=3.*`eval_file_pattern`'
+                     r'.*not set'):
+    _run_job(split, model_dir, ['EVAL_FILES=None', 'cpd_curriculum.patience=3'],
+         mode=mode)
+  assert not model_dir.exists()  # Refused before anything was built.
