@@ -199,7 +199,7 @@ def make_embed_step(models: CpdModels, strategy: tf.distribute.Strategy):
     inputs = input_pipeline.finish_features(inputs)
     return (models.embed_videos(inputs[input_pipeline.VIDEO]),
             models.embed_titles(inputs[TITLES]),
-            inputs[input_pipeline.LABEL])
+            inputs[input_pipeline.LABEL], inputs[train_lib.VALID])
 
   @tf.function(reduce_retracing=True)
   def step(inputs):
@@ -231,20 +231,29 @@ def embed_pairs(models: CpdModels, strategy: tf.distribute.Strategy,
   train_lib.list_files(file_pattern, 'eval_file_pattern')
 
   def make(ctx: tf.distribute.InputContext):
+    batch_size = ctx.get_per_replica_batch_size(global_batch_size)
     ds = dataset_fn(
-        file_pattern, is_training=False,
-        batch_size=ctx.get_per_replica_batch_size(global_batch_size),
+        file_pattern, is_training=False, batch_size=batch_size,
         input_context=ctx, repeat=False, drop_remainder=False)
-    return ds.map(lambda e: {
+    ds = ds.map(lambda e: {
         **input_pipeline.video_features(e),
         input_pipeline.LABEL: e[input_pipeline.LABEL],
-        TITLES: _titles(e, clean_titles)})
+        TITLES: _titles(e, clean_titles),
+        train_lib.VALID: tf.ones_like(e[input_pipeline.LABEL], tf.int32)})
+    # Full batches on every replica at every step (the last ones padded):
+    # otherwise the pairs that do not fill the last step leave some
+    # replicas an empty batch, which the networks cannot take.
+    return train_lib.pad_batches(ds, batch_size)
 
   step = step or make_embed_step(models, strategy)
   out = {'video': [], 'text': [], 'label': []}
   for inputs in strategy.distribute_datasets_from_function(make):
-    for key, value in zip(('video', 'text', 'label'), step(inputs)):
-      out[key].append(value.numpy())
+    video, text, label, valid = (t.numpy() for t in step(inputs))
+    valid = valid.astype(bool)
+    if not valid.any():
+      break  # Only padding is left.
+    for key, value in zip(('video', 'text', 'label'), (video, text, label)):
+      out[key].append(value[valid])
   if not out['video']:
     raise ValueError(f'held-out records {file_pattern!r} gave no batch')
   return {k: np.concatenate(v) for k, v in out.items()}

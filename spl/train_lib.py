@@ -1127,5 +1127,6 @@ list_files = _files
 write_json = _write_json
 scalar_metrics = _scalars
 clip_shape = _clip_shape
+VALID = _VALID
 checkpoint_path = _checkpoint_path
 restore_checkpoint = _restore

@@ -207,6 +207,19 @@ def test_sharded_bank_under_mirrored_strategy(data, tmp_path, logical_cpus):
   assert np.isfinite(result['train']['nce/loss'])
 
 
+def test_validation_pairs_that_do_not_fill_the_last_step(data, tmp_path,
+                                                         logical_cpus):
+  # 6 held-out pairs, eval batch 4 over 2 replicas: the second step has 2
+  # pairs, so a replica would get an empty batch without padding.
+  strategy = _mirrored(logical_cpus[:2])
+  model_dir = tmp_path / 'mirrored_eval'
+  _run(data, model_dir, mode='train_and_eval', strategy=strategy)
+  with open(model_dir / train_lib.METRICS_FILENAME) as f:
+    written = json.load(f)
+  assert written['eval']['num_pairs'] == 6
+  assert written['eval']['v2t/R@10'] == 1.0
+
+
 def test_minilm_text_encoder_two_steps(data, tmp_path):
   start = time.monotonic()
   result = _run(data, tmp_path / 'minilm', run_file='cpd_pretrain.gin',
