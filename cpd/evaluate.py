@@ -85,26 +85,91 @@ def _restore(path: str, **objects) -> str:
 
 def build_video_model(backbone: str, *, input_shape: Sequence[int],
                       checkpoint: Optional[str] = None,
-                      embedding_dim: int = heads.EMBEDDING_DIM,
+                      embedding_dim: Optional[int] = None,
                       checkpoint_key: str = 'model',
+                      imagenet_checkpoint: Optional[str] = None,
+                      imagenet_norm_epsilon: Optional[float] = None,
                       **backbone_kwargs):
-  """Backbone + video head, restored from a CPD checkpoint.
+  """Backbone + video head, restored from a CPD checkpoint, or ImageNet's.
+
+  With `imagenet_checkpoint` it is the ImageNet baseline of CPD Table 2
+  ("ResNet50, ImageNet labels, res5 (2048)"): a 2D ImageNet ResNet-50
+  inflated into 'slowonly_r50', without a head. The inflation is 'center'
+  (each temporal kernel holds the 2D kernel in its central tap, zeros
+  elsewhere): slow-only has no temporal stride or pooling, so the backbone
+  then runs the 2D network on every frame on its own, and its pooled
+  feature is the 2D network's res5 average-pooled feature averaged over the
+  frames, on any clip (what an image network's feature of a video is).
+  'mean' inflation (I3D) would average 3 neighbouring frames in each of the
+  9 res4/res5 blocks (temporal kernel 3) and, through the zero padding, damp
+  the frames near the clip ends: the 2D network only on static clips, away
+  from the ends, which an 8-frame clip hardly has.
 
   Args:
-    backbone: a `spl.models.BACKBONES` name.
+    backbone: a `spl.models.BACKBONES` name; 'slowonly_r50' with
+      `imagenet_checkpoint`.
     input_shape: (T, H, W, 3) of one view.
-    checkpoint: prefix or directory; None keeps random weights (tests).
-    embedding_dim: head width.
+    checkpoint: CPD checkpoint prefix or directory; None keeps random
+      weights (tests), or takes `imagenet_checkpoint`.
+    embedding_dim: head width (default `cpd.heads.EMBEDDING_DIM`); an
+      ImageNet model has no head, so setting both is an error.
     checkpoint_key: the edge under which the trainer saved the model built
       by `cpd.heads.build_video_embedding_model`.
+    imagenet_checkpoint: a 2D ImageNet ResNet-50 (`spl.models.inflation`:
+      Keras Applications' HDF5 file or a Model Garden checkpoint) inflated
+      into the backbone instead of restoring `checkpoint` (not both). The
+      model's `head` is None, so extraction writes the pooled feature as
+      both 'backbone' and 'embedding' (the same vector; evaluate with
+      `run_protocol.feature = 'backbone'`, the paper's res5). The clips must
+      be normalised with ImageNet's mean and std (the input pipeline's
+      default). A Keras Applications file is ResNet v1, our network v1.5
+      (the stride of a downsampling block on its 3x3 conv): the features are
+      those of Model Garden's ResNet-50 holding Keras's weights.
+    imagenet_norm_epsilon: batch-norm epsilon the ImageNet network was
+      trained with, for a Model Garden checkpoint (which does not record it;
+      1e-5 for Model Garden's `resnet_imagenet` experiment); None: Keras
+      files' own, the backbone's for Model Garden checkpoints.
     **backbone_kwargs: passed to `build_backbone`.
 
   Returns:
-    The embedding model (`.backbone`, `.head`).
+    The embedding model (`.backbone`, `.head`; `.head` None for ImageNet).
   """
+  if imagenet_checkpoint:
+    # Only this path needs them.
+    import tf_keras  # pylint: disable=g-import-not-at-top
+    from spl.models import inflation  # pylint: disable=g-import-not-at-top
+    if checkpoint:
+      raise ValueError(
+          f'set `checkpoint` ({checkpoint!r}, a CPD model) or '
+          f'`imagenet_checkpoint` ({imagenet_checkpoint!r}, the ImageNet '
+          'baseline), not both: they initialise the same backbone')
+    if backbone != 'slowonly_r50':
+      raise ValueError(
+          f"`backbone` must be 'slowonly_r50' with `imagenet_checkpoint`, got "
+          f'{backbone!r}: it is the one backbone that computes the 2D '
+          'ResNet-50 frame by frame once inflated')
+    if embedding_dim is not None:
+      raise ValueError(
+          f'`embedding_dim` ({embedding_dim}) is set but an ImageNet backbone '
+          "has no embedding head: its only feature is 'backbone' (res5); "
+          'set `build_video_model.embedding_dim = None`')
+    try:
+      weights = inflation.read_2d_resnet(
+          imagenet_checkpoint, checkpoint_norm_epsilon=imagenet_norm_epsilon)
+      inflation.check_target(weights, backbone)
+    except (FileNotFoundError, ValueError) as e:
+      raise type(e)(f'`imagenet_checkpoint`: {e}') from e
+    net = factory.build_backbone(backbone, input_shape=tuple(input_shape),
+                                 **backbone_kwargs)
+    inflation.inflate(net, weights, method='center')
+    inputs = tf_keras.Input(shape=tuple(input_shape), name='video')
+    model = tf_keras.Model(inputs, net(inputs), name='imagenet_features')
+    model.backbone, model.head = net, None
+    return model
   net = factory.build_backbone(backbone, input_shape=tuple(input_shape),
                                **backbone_kwargs)
-  model = heads.build_video_embedding_model(net, embedding_dim)
+  model = heads.build_video_embedding_model(
+      net, heads.EMBEDDING_DIM if embedding_dim is None else embedding_dim)
   model(tf.zeros((1,) + tuple(input_shape)), training=False)
   if checkpoint:
     _restore(checkpoint, **{checkpoint_key: model})
@@ -334,9 +399,12 @@ def _main(argv):
   f = flags.FLAGS
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   gin.add_config_file_search_path(root)
+  # Defaults first, so that the experiment files (and then the command line)
+  # override them (e.g. the paper's 8 frames at stride 4 of eval_common.gin).
   gin.parse_config_files_and_bindings(
-      f.gin_file, list(configurables.DEFAULT_BINDINGS) + f.gin_bindings,
-      finalize_config=True)
+      [], list(configurables.DEFAULT_BINDINGS), finalize_config=False)
+  gin.parse_config_files_and_bindings(f.gin_file, f.gin_bindings,
+                                      finalize_config=True)
   gpus = tf.config.list_logical_devices('GPU')
   strategy = (tf.distribute.MirroredStrategy() if f.strategy == 'mirrored'
               else tf.distribute.OneDeviceStrategy(

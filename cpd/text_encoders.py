@@ -217,7 +217,9 @@ def transformer_from_hf_directory(model_dir, max_length=32,
   """A `TransformerTextEncoder` with the weights and vocab of an HF directory.
 
   Args:
-    model_dir: with `config.json`, `model.safetensors`, `vocab.txt`.
+    model_dir: a BERT or DistilBERT directory (`hf_bert.MODEL_TYPES`) with
+      `config.json`, `model.safetensors`, `vocab.txt`. Both families use the
+      same WordPiece vocab and `[CLS] ... [SEP]` framing.
     max_length: tokens per title ([CLS] and [SEP] included).
     pooling: see `pool_tokens`.
     dropout: overrides the model's dropout rates.
@@ -226,9 +228,16 @@ def transformer_from_hf_directory(model_dir, max_length=32,
   Returns:
     `TransformerTextEncoder` taking strings.
   """
-  encoder, _ = hf_bert.load_encoder(model_dir, dropout=dropout)
+  encoder, config = hf_bert.load_encoder(model_dir, dropout=dropout)
+  if max_length > config['max_position_embeddings']:
+    raise ValueError(f'`max_length` must be <= max_position_embeddings '
+                     f'{config["max_position_embeddings"]}, got {max_length}')
   tokenizer = tokenizer_lib.WordPieceTokenizer(
       os.path.join(model_dir, hf_bert.VOCAB_FILENAME), max_length=max_length,
       lower_case=lower_case)
+  if tokenizer.vocab_size > config['vocab_size']:
+    raise ValueError(f'{hf_bert.VOCAB_FILENAME} has {tokenizer.vocab_size} '
+                     f'tokens, more than the vocab_size '
+                     f'{config["vocab_size"]}: {model_dir}')
   return TransformerTextEncoder(encoder, tokenizer, pooling,
                                 name='text_encoder')

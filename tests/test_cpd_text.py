@@ -3,9 +3,11 @@
 import importlib.util
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
+from safetensors import numpy as safetensors_numpy
 import tensorflow as tf
 
 from cpd import heads
@@ -205,3 +207,23 @@ def test_minilm_matches_numpy_and_ranks_paraphrases():
   out = head(encoder(tf.constant(sentences[:2])), training=False).numpy()
   assert out.shape == (2, 256)
   np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+
+
+def test_bert_checkpoint_with_prefix_and_old_layer_norm_names(tmp_path):
+  # bert-base-uncased's model.safetensors: 'bert.' prefix, LayerNorm
+  # gamma/beta (the old names the Hugging Face loader still accepts).
+  model_dir = _minilm_dir()
+  renamed = {}
+  for name, value in hf_bert.read_weights(model_dir).items():
+    if 'LayerNorm' in name:
+      name = name.replace('.weight', '.gamma').replace('.bias', '.beta')
+    renamed['bert.' + name] = value
+  safetensors_numpy.save_file(renamed, str(tmp_path / 'model.safetensors'))
+  for name in ('config.json', 'vocab.txt'):
+    shutil.copy(os.path.join(model_dir, name), tmp_path / name)
+  titles = tf.constant(['a man is playing a guitar', 'cookies'])
+  want = text_encoders.transformer_from_hf_directory(
+      model_dir, max_length=16)(titles, training=False).numpy()
+  got = text_encoders.transformer_from_hf_directory(
+      str(tmp_path), max_length=16)(titles, training=False).numpy()
+  np.testing.assert_array_equal(got, want)

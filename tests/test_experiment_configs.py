@@ -47,6 +47,7 @@ TINY_EVAL = [
     'eval/make_dataset.crop_size = 32',
     'eval/make_dataset.num_test_clips = 1',
     'eval/make_dataset.num_test_crops = 1',
+    'IMAGENET_CHECKPOINT = None',  # tiny3d cannot take ImageNet weights.
 ]
 
 
@@ -196,13 +197,23 @@ def test_there_are_experiments_for_both_papers():
                       'teacher_prediction', 'spl')]
   for row in spl:
     assert f'gin_configs/experiments/spl/{row}.gin' in names, row
-  for row in ('pretrain_k210k_bert', 'pretrain_k210k_w2v',
-              'pretrain_ins300k_bert', 'ablation_loss_ranking',
-              'ablation_loss_self_instance', 'ablation_curriculum_joint',
-              'ablation_curriculum_frozen_text', 'eval_linear_kinetics',
-              'eval_knn_kinetics', 'eval_zero_shot_ucf101', 'finetune_ucf101',
-              'finetune_hmdb51'):
-    assert f'gin_configs/experiments/cpd/{row}.gin' in names
+  cpd = ['table1_random_init', 'table1a_cross_pair', 'table1a_ranking',
+         'table1a_self_instance', 'table1b_direct_finetune',
+         'table1b_curriculum_stage1', 'table1b_curriculum_stage2',
+         'table2_imagenet_r50_res5']
+  cpd += [f'table1c_{enc}_{data}' for enc in ('w2v', 'distilbert')
+          for data in ('tree', 'clean')]
+  cpd += [f'table2_{bb}_{data}_{layer}' for bb in ('r34', 'r50')
+          for data in ('ins300k', 'k210k') for layer in ('emb', 'res5')]
+  cpd += [f'table3_{data}_{ds}' for data in ('ins300k', 'k210k')
+          for ds in ('ucf101', 'hmdb51')]
+  cpd += [f'table4_{row}_{pct}pct' for row in ('scratch', 'imagenet',
+                                                'ins300k', 'k210k')
+          for pct in (1, 10, 20)]
+  cpd += [f'table5_{bb}_{ds}' for bb in ('r34', 'r50')
+          for ds in ('ucf101', 'k400')]
+  for row in cpd:
+    assert f'gin_configs/experiments/cpd/{row}.gin' in names, row
 
 
 def test_row_map_lists_every_row_file_and_only_existing_files():
@@ -287,3 +298,65 @@ def test_declared_label_space_matches_the_relabel_command(path):
     target_n = 14 if 'clothing' in path else 4 if 'table5' in path else 200
     expected = target_n ** 2 if n is None else n * target_n
     assert declared == expected, (path, declared, expected)
+
+
+CPD_ROWS = [p for p in EXPERIMENTS if os.sep + 'cpd' + os.sep in p]
+
+
+def _parse_alone(path):
+  gin.add_config_file_search_path(ROOT)
+  gin.parse_config_files_and_bindings([path], [], finalize_config=False)
+
+
+def _query(name):
+  """A binding's value, macros followed (gin returns them as references)."""
+  value = gin.query_parameter(name)
+  while (isinstance(value, gin.config.ConfigurableReference) and
+         value.selector == 'gin.macro'):
+    value = gin.query_parameter('%' + value.scoped_selector.split('/')[0])
+  return value
+
+
+@pytest.mark.parametrize('path', CPD_ROWS,
+                         ids=[os.path.relpath(p, ROOT) for p in CPD_ROWS])
+def test_cpd_files_bind_the_papers_values(path):
+  """Section 4.2 / appendix A values, as each kind of CPD file binds them."""
+  _parse_alone(path)
+  name = os.path.basename(path)
+  if _job(path) == 'cpd':  # Pre-training.
+    r50 = _query('cpd_run.video_backbone') == 'slowonly_r50'
+    assert _query('make_dataset.num_frames') == 8
+    assert _query('make_dataset.stride') == 4
+    assert _query('make_dataset.crop_size') == (224 if r50 else 112)
+    assert _query('cpd_run.global_batch_size') == (16 if r50 else 64) * 8
+    assert _query('cpd_run.train_epochs') == 250
+    assert _query('build_sgd.momentum') == 0.9
+    assert _query('cpd_run.weight_decay') == 1e-4
+    loss = gin.query_parameter('cpd_run.loss_fn').selector
+    if loss != 'cpd_ranking_loss':
+      assert _query(f'{loss}.temperature') == 0.07
+      assert _query(f'{loss}.num_negatives') == 4096
+    assert _query('cpd_curriculum.stage1_lr') == 0.2
+    assert _query('cpd_curriculum.stage2_text_lr') == 3e-5
+    switch = _query('cpd_curriculum.switch_epoch')
+    if name.startswith(('table1a_', 'table1b_curriculum_stage1')):
+      assert switch is None  # Text frozen throughout.
+    elif name == 'table1b_direct_finetune.gin':
+      assert switch == 0
+    else:
+      assert switch == (110 if r50 else 170)
+      assert _query('cpd_curriculum.stage2_rest_lr') == 0.02
+  elif _job(path) == 'eval':
+    assert _query('eval/make_dataset.num_frames') == 8
+    assert _query('eval/make_dataset.stride') == 4
+    assert _query('eval/make_dataset.num_test_clips') == 10
+    assert _query('knn_classify.k') == 25
+  elif not name.startswith('eval'):  # Fine-tuning.
+    assert _query('make_dataset.num_frames') == 16
+    assert _query('make_dataset.stride') == 4
+    assert _query('build_plateau_learning_rate.base_learning_rate') == 1e-2
+    assert _query('run.weight_decay') == 5e-4
+    assert _query('build_plateau_learning_rate.metric') == 'loss'
+    assert _query('build_plateau_learning_rate.max_drops') == 2
+    assert _query('eval/make_dataset.num_test_clips') == 10
+    assert _query('eval/make_dataset.num_test_crops') == 3

@@ -56,7 +56,8 @@ def test_gin_file_parses(path):
 def test_gin_file_starts_with_its_command(path):
   with open(path) as f:
     head = ''.join(f.readline() for _ in range(3))
-  assert head.startswith('#') and 'python -m spl.main' in head, head
+  assert head.startswith('#') and ('python -m spl.main' in head or
+                                   'python -m cpd.evaluate' in head), head
 
 
 @pytest.mark.parametrize('path', RUN_FILES,

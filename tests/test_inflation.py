@@ -1,5 +1,7 @@
 """Tests of I3D inflation: a static clip through the inflated 3D network gives
-the 2D network's features on that frame, whatever the 2D checkpoint format."""
+the 2D network's features on that frame, whatever the 2D checkpoint format;
+ResNet-50 into the bottleneck backbones, Model Garden's ResNet-34 into
+'slowonly_r34', and each refused for the other's backbones."""
 
 # Tests look inside layers.
 # pylint: disable=protected-access
@@ -327,19 +329,185 @@ def test_keras_conversions_in_numbers(keras_resnet50):
   assert all(l.strides is None for l in read.layers)  # Paired by shape only.
 
 
+# ---- Model Garden ResNet-34 -> slowonly_r34 ----
+
+
+def _resnet34(identity_res2_projection=False):
+  """Model Garden's ResNet-34 with random BN values; optionally with its res2
+  projection shortcut made the identity (1x1 kernel I, BN that passes its
+  input), i.e. the network the inflated slowonly_r34 computes."""
+  model = mg_resnet.ResNet(model_id=34, input_specs=tf_keras.layers.InputSpec(
+      shape=[None, SIZE, SIZE, 3]))
+  randomise_batch_norms(model)
+  if identity_res2_projection:
+    block = [l for l in model.layers if l.name.startswith('residual_block')][0]
+    block._shortcut.kernel.assign(np.eye(64, dtype=np.float32)[None, None])
+    bn = block._norm0
+    bn.gamma.assign(tf.sqrt(bn.moving_variance + bn.epsilon))
+    bn.beta.assign(bn.moving_mean)
+  return model
+
+
+def _resnet34_checkpoints(model, directory):
+  """`model` in the layouts Model Garden writes a ResNet-34 in."""
+  paths = {'mg_backbone': tf.train.Checkpoint(backbone=model).write(
+      str(directory / 'mg' / 'ckpt'))}
+  model.save_weights(str(directory / 'weights' / 'w'))
+  paths['mg_save_weights'] = str(directory / 'weights' / 'w')
+  classifier = classification_model.ClassificationModel(
+      model, num_classes=5,
+      input_specs=tf_keras.layers.InputSpec(shape=[None, SIZE, SIZE, 3]))
+  optimizer = tf_keras.optimizers.SGD(0.1, momentum=0.9)
+  optimizer.build(classifier.trainable_variables)
+  trainer = tf.train.Checkpoint(
+      global_step=tf.Variable(7, dtype=tf.int64), model=classifier,
+      optimizer=optimizer)
+  tf.train.CheckpointManager(trainer, str(directory / 'mg_trainer'), 1).save()
+  paths['mg_trainer'] = str(directory / 'mg_trainer')
+  return paths
+
+
+@pytest.fixture(scope='module')
+def resnet34(tmp_path_factory):
+  """Model Garden's ResNet-34 and its checkpoints in every layout."""
+  model = _resnet34()
+  return model, _resnet34_checkpoints(model, tmp_path_factory.mktemp('r34'))
+
+
+def _without_res2_projection(layers2d):
+  """The 2D layers that have a slowonly_r34 counterpart, in order."""
+  return layers2d[:2] + layers2d[4:]
+
+
+@pytest.mark.parametrize('fmt', ['mg_trainer', 'mg_backbone',
+                                 'mg_save_weights'])
+def test_reads_every_model_garden_resnet34_format(resnet34, fmt):
+  model, paths = resnet34
+  read = inflation.read_2d_resnet50(paths[fmt])  # train_lib's entry point.
+  assert read.depth == 34 and read.architecture == '2D ResNet-34'
+  layout = inflation.RESNET_LAYOUTS[34]
+  assert [l.name for l in read.layers] == [n for n, _, _ in layout]
+  layers2d = inflation._conv_bn_layers(model)
+  assert len(read.layers) == len(layers2d) == 74
+  for l2, (_, layer) in zip(read.layers, layers2d):
+    for value, w in zip(l2.weights.values(), layer.weights):
+      np.testing.assert_array_equal(value, w.numpy())
+  assert read.layers[2].name == 'conv2_block1_0_conv'  # The res2 projection.
+
+
+@pytest.mark.parametrize('method', ['mean', 'center'])
+def test_resnet34_kernels_inflated_into_slowonly_r34(resnet34, method):
+  model, paths = resnet34
+  backbone = models.build_backbone('slowonly_r34',
+                                   input_shape=(4, SIZE, SIZE, 3))
+  assigned = inflation.inflate_from_2d(backbone, paths['mg_trainer'],
+                                       method=method)
+  layers3d = inflation._conv_bn_layers(backbone)
+  layers2d = _without_res2_projection(inflation._conv_bn_layers(model))
+  assert assigned == len(layers3d) == len(layers2d) == 72
+  temporal = 0
+  for (p3, l3), (_, l2) in zip(layers3d, layers2d):
+    if isinstance(l3, tf_keras.layers.BatchNormalization):
+      for a, b in zip(l3.weights, l2.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+      continue
+    kernel, kernel2d = l3.kernel.numpy(), l2.kernel.numpy()
+    t = kernel.shape[0]
+    assert kernel.shape == (t,) + kernel2d.shape, p3
+    assert tuple(l3.strides)[1:] == tuple(l2.strides), p3
+    if t == 1:
+      np.testing.assert_array_equal(kernel[0], kernel2d)
+      continue
+    temporal += 1
+    for i in range(t):
+      if method == 'mean':
+        np.testing.assert_allclose(kernel[i], kernel2d / t, rtol=1e-6)
+      elif i == t // 2:
+        np.testing.assert_array_equal(kernel[i], kernel2d)
+      else:
+        assert not kernel[i].any()
+  assert temporal == 9  # conv_a of res4 (6 blocks) and res5 (3 blocks).
+
+
+def _endpoint(model, layer_name):
+  return tf_keras.Model(model.input, model.get_layer(layer_name).output)
+
+
+def test_resnet34_static_clip_through_stem_and_res2(resnet34, frames,
+                                                   tmp_path):
+  # Stem to res3 have temporal kernel 1: both methods copy the 2D network
+  # there, every frame (no temporal padding involved).
+  model, paths = resnet34
+  t = 3
+  backbone = models.build_backbone('slowonly_r34',
+                                   input_shape=(t, SIZE, SIZE, 3))
+  inflation.inflate_from_2d(backbone, paths['mg_backbone'], method='mean')
+  clip = _static_clip(frames, t)
+  stem2d = tf_keras.Model(model.input, [
+      l for l in model.layers
+      if isinstance(l, tf_keras.layers.MaxPooling2D)][0].output)
+  stem = _endpoint(backbone, 'stem_pool')(clip, training=False).numpy()
+  expected = stem2d(frames, training=False).numpy()
+  for i in range(t):
+    _assert_close(stem[:, i], expected)
+  # res2: Model Garden's block 1 adds BN(1x1 conv(x)), ours x (the dropped
+  # projection), so res2 differs from this 2D network ...
+  res2 = _endpoint(backbone, 'res2_block3')(clip, training=False).numpy()
+  res2_2d = model(frames, training=False)['2'].numpy()
+  assert np.abs(res2[:, 0] - res2_2d).max() > 1e-2 * np.abs(res2_2d).max()
+  # ... and equals it, frame by frame, up to the pooled res5 features (with
+  # 'center', exact on every frame), once that projection is the identity.
+  identity = _resnet34(identity_res2_projection=True)
+  path = tf.train.Checkpoint(backbone=identity).write(str(tmp_path / 'id'))
+  inflation.inflate_from_2d(backbone, path, method='center')
+  expected = identity(frames, training=False)
+  actual = _endpoint(backbone, 'res2_block3')(clip, training=False).numpy()
+  for i in range(t):
+    _assert_close(actual[:, i], expected['2'].numpy())
+  _assert_close(backbone(clip, training=False).numpy(),
+                tf.reduce_mean(expected['5'], axis=(1, 2)).numpy())
+
+
+@pytest.mark.parametrize('backbone', ['slowonly_r50', 'r2d50'])
+def test_resnet34_for_a_resnet50_backbone_is_refused(resnet34, backbone):
+  _, paths = resnet34
+  shape = (SIZE, SIZE, 3) if backbone == 'r2d50' else (2, SIZE, SIZE, 3)
+  target = models.build_classifier(backbone, num_classes=3, input_shape=shape)
+  before = [w.numpy() for w in target.weights]
+  with pytest.raises(ValueError, match=(
+      r"mg_trainer/ckpt-1' holds a 2D ResNet-34 .*backbone "
+      rf"'{backbone}' is inflated from a 2D ResNet-50.*\['slowonly_r34'\]")):
+    inflation.inflate(target, inflation.read_2d_resnet50(paths['mg_trainer']))
+  for b, w in zip(before, target.weights):
+    np.testing.assert_array_equal(b, w.numpy())
+
+
 # ---- Bad checkpoints ----
 
 
+@pytest.mark.parametrize('backbone,needs', [('slowonly_r18', 18),
+                                             ('slowonly_r34', 34)])
+def test_resnet50_for_a_basic_block_backbone_is_refused(checkpoints, backbone,
+                                                        needs):
+  target = models.build_backbone(backbone, input_shape=(2, SIZE, SIZE, 3))
+  before = [w.numpy() for w in target.weights]
+  with pytest.raises(ValueError, match=(
+      f"weights.h5' holds a 2D ResNet-50 .*backbone '{backbone}' is inflated "
+      f'from a 2D ResNet-{needs}')):
+    inflation.inflate_from_2d(target, checkpoints['h5'])
+  for b, w in zip(before, target.weights):
+    np.testing.assert_array_equal(b, w.numpy())  # Nothing assigned.
+
+
 def test_mismatching_structure_names_first_layer(checkpoints):
-  backbone = models.build_backbone('slowonly_r18',
-                                   input_shape=(2, SIZE, SIZE, 3))
+  # A network of no known depth is compared layer by layer.
+  backbone = models.build_backbone('tiny3d', input_shape=(2, SIZE, SIZE, 3))
   before = [w.numpy() for w in backbone.weights]
-  # Stem conv and BN pair up; res2 of the basic-block net has no projection,
-  # where the bottleneck's first block starts with one.
-  with pytest.raises(ValueError, match=r'#2 slowonly_r18/res2_block1/conv_a'):
+  with pytest.raises(ValueError, match=r'#0 tiny3d/.*does not match 2D '
+                     r'.*conv2d.*\(conv, \(7, 7, 3, 64\)\)'):
     inflation.inflate_from_2d(backbone, checkpoints['h5'])
   for b, w in zip(before, backbone.weights):
-    np.testing.assert_array_equal(b, w.numpy())  # Nothing assigned.
+    np.testing.assert_array_equal(b, w.numpy())
 
 
 def test_bad_checkpoints_and_arguments(checkpoints, tmp_path):

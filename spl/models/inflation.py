@@ -1,4 +1,4 @@
-"""I3D-style inflation: initialise a 3D ResNet from a 2D ResNet-50 checkpoint.
+"""I3D-style inflation: initialise a 3D ResNet from a 2D ImageNet ResNet.
 
 Carreira & Zisserman (2017): a 2D kernel W of shape [kh, kw, cin, cout] becomes
 a 3D kernel of shape [t, kh, kw, cin, cout] by repeating W t times over time
@@ -6,21 +6,42 @@ and dividing by t, so a static clip (one frame repeated) gives every 3D conv
 the response of the 2D conv on that frame. Batch-norm parameters and moving
 statistics are copied. Zero padding breaks the static-clip identity at the
 first and last (t - 1) / 2 frames of each temporal conv; `method='center'`
-(2D kernel in the central tap, zeros elsewhere) keeps it exact on every frame.
+(2D kernel in the central tap, zeros elsewhere) keeps it exact on every frame,
+and makes a network without temporal strides or pooling (the slow-only ones)
+compute the 2D network on each frame separately, on any clip.
 A 2D target (the 'r2d50' image backbone) gets the kernels as they are.
 
-Reading is separate from assigning (`read_2d_resnet50`, then `inflate`), so a
+Two 2D architectures are read (`SUPPORTED_DEPTHS`), each for its own 3D
+backbones (`BACKBONE_DEPTHS`; any other pairing is refused, naming both):
+  - ResNet-50 (bottleneck blocks) -> 'r3d50_g', 'r3d50_mg', 'slowonly_r50'
+    (and 'r2d50');
+  - ResNet-34 (basic blocks; Model Garden's `ResNet(model_id=34)`, Keras
+    Applications has none) -> 'slowonly_r34' (`resnet3d_basic`).
+Model Garden's ResNet-18 would pair with 'slowonly_r18' the same way (one
+more `_RESNET_SPECS` entry) but is refused: no paper row starts from it.
+
+Reading is separate from assigning (`read_2d_resnet`, then `inflate`), so a
 trainer can check the file before it builds anything; `inflate_from_2d` does
-both. Every format is first turned into one canonical list, the 53 convs and
-53 batch norms of a ResNet-50 in the order Model Garden's 2D `ResNet` and 3D
-`ResNet3D` create them (stem conv, stem BN, then per bottleneck: shortcut
-conv, shortcut BN (first block of a stage only), conv1, BN, conv2, BN, conv3,
-BN), each named by its Keras Applications name ('conv1_conv',
-'conv2_block1_0_conv', ...). The 3D network's convs and batch norms, listed in
-build order, are paired with it one to one by position and shape. Unused
-layers (no weights) and self-gating layers (no 2D counterpart, left at their
-initialisation) are not listed. The 3D networks whose layout mirrors the 2D
-ResNet-50 are 'r3d50_g', 'r3d50_mg' and 'slowonly_r50'.
+both. Every format is first turned into one canonical list, the convs and
+batch norms of the 2D ResNet in the order Model Garden's 2D `ResNet` and the
+3D networks create them (stem conv, stem BN, then per block: shortcut conv,
+shortcut BN (first block of a stage only), then the block's convs, each
+followed by its BN), each named in the style of Keras Applications
+('conv1_conv', 'conv2_block1_0_conv', ...; `RESNET_LAYOUTS`). The 3D
+network's convs and batch norms, listed in build order, are paired with it
+one to one by position and shape. Unused layers (no weights) and self-gating
+layers (no 2D counterpart, left at their initialisation) are not listed.
+
+One 2D layer pair has no 3D counterpart. Model Garden's `ResNet` gives the
+first block of every stage a projection shortcut, also in res2, where a
+basic block keeps its width and resolution (a 1x1 64 -> 64 conv + BN); the
+3D basic-block networks (`resnet3d_basic`, like He et al.'s ResNet-34) have
+an identity shortcut there. That projection is dropped, with a warning: the
+inflated res2 block 1 adds its input where the 2D one adds
+BN(1x1 conv(input)), so from res2 on the inflated ResNet-34 is NOT the 2D
+network (stem and every conv/BN are copied exactly; the network equals a 2D
+ResNet-34 whose res2 projection is the identity). The bottleneck ResNet-50
+changes width there (64 -> 256), so both sides have it and nothing is dropped.
 
 Accepted checkpoints (`checkpoint_path`):
   1. Keras Applications' ResNet-50 (`tf_keras.applications.ResNet50`, with or
@@ -35,9 +56,9 @@ Accepted checkpoints (`checkpoint_path`):
          norm, so each bias is folded into that BN's moving mean
          (BN(conv(x) + b) with mean m equals BN(conv(x)) with mean m - b;
          in training mode the batch mean absorbs it anyway);
-       - its batch norms use epsilon 1.001e-5; gamma is scaled by sqrt((var + eps_3d) / (var + eps_2d)) so
-         that the inference output is the same under the 3D network's
-         epsilon (1e-3 by default);
+       - its batch norms use epsilon 1.001e-5; gamma is scaled by
+         sqrt((var + eps_3d) / (var + eps_2d)) so that the inference output
+         is the same under the 3D network's epsilon (1e-3 by default);
        - it expects 'caffe' inputs: BGR, minus the mean pixel (103.939,
          116.779, 123.68), not scaled; our input pipeline gives RGB
          `(x / 255 - mean) / std` with ImageNet's mean and std. The stem
@@ -59,16 +80,17 @@ Accepted checkpoints (`checkpoint_path`):
          less on the top and left for even sizes, so the stem's sampling grid
          is one pixel off.
   2. TF checkpoints (a prefix, or a directory: its latest checkpoint) of a
-     Model Garden 2D `ResNet(model_id=50)` with the default stem, in any of
-     these layouts:
-       - `save_weights` of `factory.build_backbone('r2d50', ...)` (also as an
-         HDF5 file), or of Model Garden's `ResNet` itself;
+     Model Garden 2D `ResNet(model_id=50)` or `ResNet(model_id=34)` with the
+     default stem and no squeeze-excitation (the architecture is told from
+     the conv kernel shapes), in any of these layouts:
+       - `save_weights` of Model Garden's `ResNet` itself, or (ResNet-50) of
+         `factory.build_backbone('r2d50', ...)` (also as an HDF5 file);
        - `tf.train.Checkpoint(backbone=resnet, ...)`: the `checkpoint_items`
          layout of Model Garden's classification model, and this trainer's
          own checkpoints of an 'r2d50' classifier;
        - `tf.train.Checkpoint(model=classification_model, ...)` with an
          `official.vision.modeling.classification_model.ClassificationModel`
-         around the ResNet-50: what Model Garden's trainer
+         around the ResNet: what Model Garden's trainer
          (`official.core.base_trainer`) writes, optimizer and step included.
      They are copied as they are: Model Garden's ImageNet input is RGB
      normalised with ImageNet's mean and std, as ours, and its convs have no
@@ -92,6 +114,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from official.vision.modeling.backbones import resnet as mg_resnet
 from official.vision.modeling.layers import nn_blocks_3d
 from spl import input_pipeline
 from spl.models import factory
@@ -106,34 +129,60 @@ KERAS_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _CONVS = (tf_keras.layers.Conv2D, tf_keras.layers.Conv3D)
 _BN = tf_keras.layers.BatchNormalization
 _BN_WEIGHTS = ('gamma', 'beta', 'moving_mean', 'moving_variance')
-# (filters, blocks) of res2..res5 of a ResNet-50.
-_RESNET50_STAGES = ((64, 3), (128, 4), (256, 6), (512, 3))
+# Block type and (filters, blocks) of res2..res5 of the 2D ResNets read.
+_RESNET_SPECS = {
+    34: ('basic', ((64, 3), (128, 4), (256, 6), (512, 3))),
+    50: ('bottleneck', ((64, 3), (128, 4), (256, 6), (512, 3))),
+}
+SUPPORTED_DEPTHS = tuple(sorted(_RESNET_SPECS))
+# The 2D ResNet each factory backbone is inflated from.
+BACKBONE_DEPTHS = {
+    'r3d50_g': 50, 'r3d50_mg': 50, 'slowonly_r50': 50, 'r2d50': 50,
+    'slowonly_r34': 34, 'slowonly_r18': 18,
+}
+# Where a 2D ResNet of each depth comes from (for error messages).
+_SOURCES = {
+    18: "Model Garden's ResNet(model_id=18), which is not read (yet)",
+    34: "a Model Garden ResNet(model_id=34) checkpoint",
+    50: ("Keras Applications' ResNet50 HDF5 file or a Model Garden "
+         "ResNet(model_id=50) checkpoint"),
+}
 # Variables of a TF checkpoint that belong to no model.
 _NOT_MODEL = re.compile(r'^optimizer/|\.OPTIMIZER_SLOT/|^save_counter/|'
                         r'^global_step/|^_CHECKPOINTABLE_OBJECT_GRAPH$')
 
 
-def _resnet50_layout() -> List[Tuple[str, bool, Tuple[int, ...]]]:
-  """(Keras Applications name, is conv, kernel or BN shape) in build order."""
+def _block_convs(block_type: str, cin: int,
+                 filters: int) -> List[Tuple[int, ...]]:
+  """Kernel shapes of one block's residual branch, in build order."""
+  if block_type == 'bottleneck':
+    return [(1, 1, cin, filters), (3, 3, filters, filters),
+            (1, 1, filters, 4 * filters)]
+  return [(3, 3, cin, filters), (3, 3, filters, filters)]
+
+
+def _resnet_layout(depth: int) -> List[Tuple[str, bool, Tuple[int, ...]]]:
+  """(Keras-style name, is conv, kernel or BN shape) in build order."""
+  block_type, stages = _RESNET_SPECS[depth]
   layout = [('conv1_conv', True, (7, 7, 3, 64)), ('conv1_bn', False, (64,))]
   channels = 64
-  for stage, (filters, blocks) in enumerate(_RESNET50_STAGES, start=2):
+  for stage, (filters, blocks) in enumerate(stages, start=2):
+    out = 4 * filters if block_type == 'bottleneck' else filters
     for block in range(1, blocks + 1):
       prefix = f'conv{stage}_block{block}'
-      if block == 1:
-        layout += [(f'{prefix}_0_conv', True, (1, 1, channels, 4 * filters)),
-                   (f'{prefix}_0_bn', False, (4 * filters,))]
-      layout += [(f'{prefix}_1_conv', True, (1, 1, channels, filters)),
-                 (f'{prefix}_1_bn', False, (filters,)),
-                 (f'{prefix}_2_conv', True, (3, 3, filters, filters)),
-                 (f'{prefix}_2_bn', False, (filters,)),
-                 (f'{prefix}_3_conv', True, (1, 1, filters, 4 * filters)),
-                 (f'{prefix}_3_bn', False, (4 * filters,))]
-      channels = 4 * filters
+      convs = list(enumerate(_block_convs(block_type, channels, filters),
+                             start=1))
+      if block == 1:  # Model Garden projects in every stage's first block.
+        convs.insert(0, (0, (1, 1, channels, out)))
+      for i, shape in convs:
+        layout += [(f'{prefix}_{i}_conv', True, shape),
+                   (f'{prefix}_{i}_bn', False, (shape[-1],))]
+      channels = out
   return layout
 
 
-RESNET50_LAYOUT = _resnet50_layout()
+RESNET_LAYOUTS = {depth: _resnet_layout(depth) for depth in _RESNET_SPECS}
+RESNET50_LAYOUT = RESNET_LAYOUTS[50]
 # Keras Applications names of a ResNet-50's convs and batch norms, in the
 # order they are paired with a 3D network's.
 RESNET50_LAYER_NAMES = tuple(name for name, _, _ in RESNET50_LAYOUT)
@@ -141,11 +190,11 @@ RESNET50_LAYER_NAMES = tuple(name for name, _, _ in RESNET50_LAYOUT)
 
 @dataclasses.dataclass(frozen=True)
 class Layer2D:
-  """One conv or batch norm of a 2D ResNet-50, ready to be copied.
+  """One conv or batch norm of a 2D ResNet, ready to be copied.
 
   Attributes:
-    name: Keras Applications name ('conv2_block1_0_conv'), whatever the
-      source format.
+    name: Keras Applications-style name ('conv2_block1_0_conv'), whatever
+      the source format.
     source: Where it came from (layer path or name in the checkpoint).
     weights: conv: {'kernel'}; batch norm: gamma, beta, moving_mean,
       moving_variance. Biases are already folded, inputs already converted.
@@ -171,19 +220,30 @@ class Layer2D:
 
 
 @dataclasses.dataclass(frozen=True)
-class ResNet50Weights:
-  """A 2D ResNet-50 read by `read_2d_resnet50`.
+class ResNetWeights:
+  """A 2D ResNet read by `read_2d_resnet`.
 
   Attributes:
     path: The file or checkpoint prefix read.
     format: Which accepted format it was (for logs).
-    layers: The 106 convs and batch norms in `RESNET50_LAYER_NAMES` order.
+    layers: The convs and batch norms in `RESNET_LAYOUTS[depth]` order (106
+      for a ResNet-50, 74 for a ResNet-34).
     conversions: What was changed on reading (for logs).
+    depth: 50 or 34 (`SUPPORTED_DEPTHS`).
   """
   path: str
   format: str
   layers: Tuple[Layer2D, ...]
   conversions: Tuple[str, ...] = ()
+  depth: int = 50
+
+  @property
+  def architecture(self) -> str:
+    return f'2D ResNet-{self.depth}'
+
+
+# The old name, kept for `spl.train_lib`.
+ResNet50Weights = ResNetWeights
 
 
 # ---- The 3D side ----
@@ -307,7 +367,7 @@ def _read_keras_h5(path: str) -> Tuple[Dict[str, Dict[str, np.ndarray]],
 
 
 def _from_keras_h5(path: str, input_mean, input_std,
-                   norm_epsilon: Optional[float]) -> ResNet50Weights:
+                   norm_epsilon: Optional[float]) -> ResNetWeights:
   """Canonical layers of a Keras Applications ResNet-50 HDF5 file."""
   found, epsilons = _read_keras_h5(path)
   expected = set(RESNET50_LAYER_NAMES)
@@ -356,7 +416,7 @@ def _from_keras_h5(path: str, input_mean, input_std,
     layers.append(Layer2D(conv_name, conv_name, {'kernel': kernel}))
     layers.append(Layer2D(bn_name, bn_name,
                           {k: bn[k] for k in _BN_WEIGHTS}, epsilon=epsilon))
-  return ResNet50Weights(
+  return ResNetWeights(
       path=path, format='Keras Applications ResNet-50 (HDF5)',
       layers=tuple(layers),
       conversions=(f'{folded} conv biases folded into BN moving means',
@@ -389,7 +449,7 @@ def _convert_stem(kernel: np.ndarray, *, src_bgr: bool, src_mean, src_std,
   return converted, np.einsum('hwco,c->o', k, shift)
 
 
-# ---- Reading: TF checkpoints of Model Garden's ResNet-50 ----
+# ---- Reading: TF checkpoints of Model Garden's ResNet-50 / ResNet-34 ----
 
 
 def _tf_prefix(path: str) -> str:
@@ -412,8 +472,12 @@ def _tf_prefix(path: str) -> str:
   return path
 
 
-def _check_tf_shapes(path: str) -> None:
-  """Refuses other architectures from the variable shapes alone (cheap)."""
+def _check_tf_shapes(path: str) -> int:
+  """The depth of the 2D ResNet, from the variable shapes alone (cheap).
+
+  Raises:
+    ValueError: no supported architecture has these conv kernels.
+  """
   try:
     shapes = tf.train.load_checkpoint(path).get_variable_to_shape_map()
   except (tf.errors.OpError, ValueError) as e:
@@ -421,35 +485,52 @@ def _check_tf_shapes(path: str) -> None:
                      f'(truncated or corrupt?): {e}') from e
   kernels = sorted(tuple(s) for k, s in shapes.items()
                    if len(s) == 4 and not _NOT_MODEL.search(k))
-  expected = sorted(shape for _, is_conv, shape in RESNET50_LAYOUT if is_conv)
-  if kernels != expected:
-    rank5 = sum(1 for s in shapes.values() if len(s) == 5)
-    hint = (f'; it holds {rank5} 3D conv kernels: a 3D network'
-            if rank5 else '')
-    if len(kernels) != len(expected):
-      what = (f'it has {len(kernels)} 2D conv kernels where a ResNet-50 has '
-              f"{len(expected)} (Model Garden's ResNet-18 has 21, ResNet-101 "
-              '104)')
-    else:
-      what = (f'its {len(kernels)} 2D conv kernels have other shapes than a '
-              "ResNet-50's (another variant or width)")
-    raise ValueError(
-        f'2D checkpoint {path!r} holds no 2D ResNet-50: {what}{hint}')
+  expected = {depth: sorted(shape for _, is_conv, shape in layout if is_conv)
+              for depth, layout in RESNET_LAYOUTS.items()}
+  for depth, shapes_of_depth in expected.items():
+    if kernels == shapes_of_depth:
+      return depth
+  rank5 = sum(1 for s in shapes.values() if len(s) == 5)
+  hint = (f'; it holds {rank5} 3D conv kernels: a 3D network'
+          if rank5 else '')
+  same_count = [d for d, e in expected.items() if len(e) == len(kernels)]
+  if same_count:
+    what = (f'its {len(kernels)} 2D conv kernels have other shapes than a '
+            f"ResNet-{same_count[0]}'s (another variant or width)")
+  else:
+    what = (f'it has {len(kernels)} 2D conv kernels where a ResNet-50 has '
+            f'{len(expected[50])} and a ResNet-34 {len(expected[34])} (Model '
+            "Garden's ResNet-18 has 21, ResNet-101 104)")
+  raise ValueError(
+      f'2D checkpoint {path!r} holds no 2D ResNet-50 or ResNet-34: '
+      f'{what}{hint}')
 
 
 def _from_tf_checkpoint(path: str, input_mean, input_std,
-                        norm_epsilon: Optional[float]) -> ResNet50Weights:
-  """Canonical layers of a Model Garden ResNet-50 TF checkpoint."""
-  _check_tf_shapes(path)
-  model2d = factory.build_backbone('r2d50', input_shape=(None, None, 3))
-  resnet = model2d.get_layer('resnet2d')
-  attempts = (
-      ('r2d50 backbone save_weights', lambda: tf.train.Checkpoint(model2d)),
+                        norm_epsilon: Optional[float]) -> ResNetWeights:
+  """Canonical layers of a Model Garden ResNet-50 or -34 TF checkpoint."""
+  depth = _check_tf_shapes(path)
+  if depth == 50:
+    model2d = factory.build_backbone('r2d50', input_shape=(None, None, 3))
+    resnet = model2d.get_layer('resnet2d')
+  else:
+    resnet = mg_resnet.ResNet(
+        model_id=depth,
+        input_specs=tf_keras.layers.InputSpec(shape=[None, None, None, 3]))
+    model2d = resnet
+  # The r2d50 wrapper's layouts exist for a ResNet-50 only.
+  attempts = []
+  if depth == 50:
+    attempts.append(('r2d50 backbone save_weights',
+                     lambda: tf.train.Checkpoint(model2d)))
+  attempts += [
       ('Model Garden ResNet save_weights', lambda: tf.train.Checkpoint(resnet)),
       ('`backbone` = Model Garden ResNet (checkpoint_items)',
-       lambda: tf.train.Checkpoint(backbone=resnet)),
-      ('`backbone` = r2d50 backbone (this trainer)',
-       lambda: tf.train.Checkpoint(backbone=model2d)),
+       lambda: tf.train.Checkpoint(backbone=resnet))]
+  if depth == 50:
+    attempts.append(('`backbone` = r2d50 backbone (this trainer)',
+                     lambda: tf.train.Checkpoint(backbone=model2d)))
+  attempts.append(
       ('`model` = Model Garden ClassificationModel (its trainer)',
        lambda: tf.train.Checkpoint(
            model=tf.train.Checkpoint(_backbone=resnet))))
@@ -469,15 +550,15 @@ def _from_tf_checkpoint(path: str, input_mean, input_std,
     except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
       errors.append(f'{what}: {str(e)[:200]}')
   if found is None:
-    raise ValueError(f'2D checkpoint {path!r} holds no 2D ResNet-50 in a '
+    raise ValueError(f'2D checkpoint {path!r} holds no 2D ResNet-{depth} in a '
                      'known layout (see spl.models.inflation); tried: ' +
                      '; '.join(errors))
-  return _from_model2d(model2d, path, f'TF checkpoint, {found}', input_mean,
-                       input_std, norm_epsilon)
+  return _from_model2d(model2d, depth, path, f'TF checkpoint, {found}',
+                       input_mean, input_std, norm_epsilon)
 
 
 def _from_r2d50_h5(path: str, input_mean, input_std,
-                   norm_epsilon: Optional[float]) -> ResNet50Weights:
+                   norm_epsilon: Optional[float]) -> ResNetWeights:
   """Canonical layers of `save_weights('x.h5')` of the r2d50 backbone."""
   model2d = factory.build_backbone('r2d50', input_shape=(None, None, 3))
   try:
@@ -485,17 +566,24 @@ def _from_r2d50_h5(path: str, input_mean, input_std,
   except (ValueError, OSError, KeyError) as e:
     raise ValueError(f'2D checkpoint {path!r} is not an HDF5 weights file '
                      f'of the r2d50 backbone: {e}') from e
-  return _from_model2d(model2d, path, 'r2d50 backbone save_weights (HDF5)',
+  return _from_model2d(model2d, 50, path, 'r2d50 backbone save_weights (HDF5)',
                        input_mean, input_std, norm_epsilon)
 
 
-def _from_model2d(model2d: tf_keras.Model, path: str, fmt: str, input_mean,
-                  input_std, norm_epsilon: Optional[float]) -> ResNet50Weights:
-  """Canonical layers of a loaded r2d50 backbone (Model Garden ResNet-50)."""
+def _from_model2d(model2d: tf_keras.Model, depth: int, path: str, fmt: str,
+                  input_mean, input_std,
+                  norm_epsilon: Optional[float]) -> ResNetWeights:
+  """Canonical layers of a loaded Model Garden ResNet (or r2d50 backbone)."""
+  layout, found = RESNET_LAYOUTS[depth], _conv_bn_layers(model2d)
+  shapes = [tuple(layer.weights[0].shape) for _, layer in found]
+  if shapes != [shape for _, _, shape in layout]:
+    # Model Garden's build order changed: pairing by position would be wrong.
+    raise RuntimeError(f"Model Garden's ResNet-{depth} no longer lists its "
+                       'convs and batch norms in the order of '
+                       f'RESNET_LAYOUTS[{depth}]: got {shapes[:6]}...')
   layers, conversions = [], []
   stem_shift = None
-  for name, (source, layer) in zip(RESNET50_LAYER_NAMES,
-                                   _conv_bn_layers(model2d)):
+  for (name, _, _), (source, layer) in zip(layout, found):
     if isinstance(layer, _BN):
       values = {k: w.numpy() for k, w in zip(_BN_WEIGHTS, layer.weights)}
       if stem_shift is not None:
@@ -518,23 +606,24 @@ def _from_model2d(model2d: tf_keras.Model, path: str, fmt: str, input_mean,
                           strides=tuple(layer.strides)))
   if norm_epsilon is not None:
     conversions.append('BN gamma rescaled for the target epsilon')
-  return ResNet50Weights(path=path, format=fmt, layers=tuple(layers),
-                         conversions=tuple(conversions))
+  return ResNetWeights(path=path, format=fmt, layers=tuple(layers),
+                       conversions=tuple(conversions), depth=depth)
 
 
 # ---- Public API ----
 
 
-def read_2d_resnet50(
+def read_2d_resnet(
     checkpoint_path: str,
     *,
     input_mean: Sequence[float] = input_pipeline.IMAGENET_MEAN,
     input_std: Sequence[float] = input_pipeline.IMAGENET_STD,
-    checkpoint_norm_epsilon: Optional[float] = None) -> ResNet50Weights:
-  """Reads and checks a 2D ResNet-50 checkpoint in any accepted format.
+    checkpoint_norm_epsilon: Optional[float] = None) -> ResNetWeights:
+  """Reads and checks a 2D ResNet-50 or ResNet-34 checkpoint, any format.
 
   Everything about the file is checked here (existence, readability,
-  architecture), so a trainer calls this before building anything.
+  architecture), so a trainer calls this before building anything; which
+  backbone it may initialise is `check_target`'s business.
 
   Args:
     checkpoint_path: An HDF5 file, a TF checkpoint prefix or a directory
@@ -549,12 +638,14 @@ def read_2d_resnet50(
       it) the target network's own (weights copied as they are).
 
   Returns:
-    The canonical 106 convs and batch norms.
+    The canonical convs and batch norms (106 of a ResNet-50, 74 of a
+    ResNet-34) and the depth.
 
   Raises:
     FileNotFoundError: nothing at `checkpoint_path`.
     ValueError: an unreadable (truncated, corrupt) file, or one that holds
-      no 2D ResNet-50; the message names the file and the problem.
+      no 2D ResNet-50 or ResNet-34; the message names the file and the
+      problem.
   """
   if not isinstance(checkpoint_path, (str, os.PathLike)) or not str(
       checkpoint_path):
@@ -600,15 +691,85 @@ def _is_r2d50_h5(path: str) -> bool:
     return False  # The Keras reader names the problem.
 
 
-def inflate(model3d: tf_keras.Model, weights2d: ResNet50Weights, *,
+# The old name, kept as the entry point of `spl.train_lib`: it reads every
+# supported depth.
+read_2d_resnet50 = read_2d_resnet
+
+
+def check_target(weights2d: ResNetWeights, backbone: str) -> None:
+  """Refuses a 2D ResNet of another depth than `backbone` is inflated from.
+
+  Cheap (names only), so it can run before the backbone is built.
+
+  Args:
+    weights2d: From `read_2d_resnet`.
+    backbone: A `factory.BACKBONES` name; names not in `BACKBONE_DEPTHS`
+      (e.g. 'tiny3d') pass, and `inflate` compares their layers one by one.
+
+  Raises:
+    ValueError: naming the file, both architectures and what to give instead.
+  """
+  need = BACKBONE_DEPTHS.get(backbone)
+  if need is None or need == weights2d.depth:
+    return
+  others = sorted(b for b, d in BACKBONE_DEPTHS.items()
+                  if d == weights2d.depth)
+  raise ValueError(
+      f'2D checkpoint {weights2d.path!r} holds a {weights2d.architecture} '
+      f'({weights2d.format}), but backbone {backbone!r} is inflated from a '
+      f'2D ResNet-{need}: give {_SOURCES[need]}, or use one of the backbones '
+      f'inflated from a ResNet-{weights2d.depth}: {others}')
+
+
+def _is_identity_shaped_projection(l2: Layer2D) -> bool:
+  """A stride-1 1x1 shortcut conv that keeps the width (Model Garden's res2
+  projection of a basic-block ResNet); an identity can stand in its place."""
+  if not l2.is_conv or not l2.name.endswith('_0_conv'):
+    return False
+  kh, kw, cin, cout = l2.weights['kernel'].shape
+  return (kh, kw) == (1, 1) and cin == cout and l2.strides in (None, (1, 1))
+
+
+def _pair(target: tf_keras.Model, layers3d, weights2d: ResNetWeights):
+  """(3D layer, 2D layer) pairs, and the names of the dropped 2D layers."""
+  layers2d = weights2d.layers
+  pairs, dropped = [], []
+  i3 = i2 = 0
+  while i3 < len(layers3d) or i2 < len(layers2d):
+    if i3 >= len(layers3d) or i2 >= len(layers2d):
+      extra = (f'3D layer {_describe(*layers3d[i3])} has no 2D counterpart'
+               if i3 < len(layers3d) else
+               f'2D layer {layers2d[i2].describe()} has no 3D counterpart')
+      raise ValueError(
+          f'Cannot inflate {target.name!r}: {len(layers3d)} conv/BN layers vs '
+          f'{len(layers2d)} in the {weights2d.architecture}; first unmatched '
+          f'at #{i3}: {extra}')
+    (p3, l3), l2 = layers3d[i3], layers2d[i2]
+    if _compatible(l3, l2):
+      pairs.append((l3, l2))
+      i3, i2 = i3 + 1, i2 + 1
+    elif (_is_identity_shaped_projection(l2) and i2 + 2 < len(layers2d) and
+          _compatible(l3, layers2d[i2 + 2])):
+      # The 3D block has an identity shortcut: skip the 2D conv and its BN.
+      dropped += [layers2d[i2].name, layers2d[i2 + 1].name]
+      i2 += 2
+    else:
+      raise ValueError(f'Cannot inflate {target.name!r}: layer #{i3} '
+                       f'{_describe(p3, l3)} does not match 2D '
+                       f'{l2.describe()}')
+  return pairs, dropped
+
+
+def inflate(model3d: tf_keras.Model, weights2d: ResNetWeights, *,
             method: str = 'mean') -> int:
-  """Assigns a read 2D ResNet-50 to a 3D (or 2D) ResNet-50, in place.
+  """Assigns a read 2D ResNet to a 3D (or 2D) ResNet, in place.
 
   Args:
     model3d: A backbone from `factory.build_backbone` ('r3d50_g', 'r3d50_mg',
-      'slowonly_r50', or 'r2d50' for a plain copy), or a classifier whose
-      `backbone` is one; its head is left alone.
-    weights2d: From `read_2d_resnet50`.
+      'slowonly_r50', or 'r2d50' for a plain copy, from a ResNet-50;
+      'slowonly_r34' from a ResNet-34), or a classifier whose `backbone` is
+      one; its head is left alone.
+    weights2d: From `read_2d_resnet`.
     method: 'mean' (I3D: kernel repeated over time / temporal size) or
       'center' (2D kernel in the central temporal tap, zeros elsewhere).
 
@@ -616,9 +777,9 @@ def inflate(model3d: tf_keras.Model, weights2d: ResNet50Weights, *,
     The number of convs and batch norms assigned.
 
   Raises:
-    ValueError: bad `method`, or the network's layers do not pair with a
-      ResNet-50's; the message names the first mismatching pair. Nothing is
-      assigned in that case.
+    ValueError: bad `method`, a 2D ResNet of another depth than the backbone
+      (`check_target`), or layers that do not pair; the message names the
+      first mismatching pair. Nothing is assigned in that case.
   """
   if method not in INFLATION_METHODS:
     raise ValueError(
@@ -626,23 +787,11 @@ def inflate(model3d: tf_keras.Model, weights2d: ResNet50Weights, *,
   target = getattr(model3d, 'backbone', None)
   if not isinstance(target, tf_keras.Model):
     target = model3d
+  check_target(weights2d, target.name)
   layers3d = _conv_bn_layers(target)
-  layers2d = weights2d.layers
-  for i in range(max(len(layers3d), len(layers2d))):
-    if i >= len(layers3d) or i >= len(layers2d):
-      extra = (f'3D layer {_describe(*layers3d[i])} has no 2D counterpart'
-               if i < len(layers3d) else
-               f'2D layer {layers2d[i].describe()} has no 3D counterpart')
-      raise ValueError(f'Cannot inflate {target.name!r}: {len(layers3d)} '
-                       f'conv/BN layers vs {len(layers2d)} in the 2D ResNet-50;'
-                       f' first unmatched at #{i}: {extra}')
-    (p3, l3), l2 = layers3d[i], layers2d[i]
-    if not _compatible(l3, l2):
-      raise ValueError(f'Cannot inflate {target.name!r}: layer #{i} '
-                       f'{_describe(p3, l3)} does not match 2D '
-                       f'{l2.describe()}')
+  pairs, dropped = _pair(target, layers3d, weights2d)
 
-  for (_, l3), l2 in zip(layers3d, layers2d):
+  for l3, l2 in pairs:
     if isinstance(l3, _BN):
       values = _bn_values(l3, l2)
       for key, w3 in zip(_BN_WEIGHTS, l3.weights):
@@ -652,17 +801,23 @@ def inflate(model3d: tf_keras.Model, weights2d: ResNet50Weights, *,
     if isinstance(l3, tf_keras.layers.Conv3D):
       kernel2d = _inflate_kernel(kernel2d, l3.kernel.shape[0], method)
     l3.kernel.assign(kernel2d)
+  if dropped:
+    logging.warning(
+        'Inflating %s from %s: the 2D shortcut projection %s has no 3D '
+        'counterpart (an identity shortcut) and is dropped; from there on the '
+        'inflated network differs from the %s', target.name, weights2d.path,
+        dropped, weights2d.architecture)
   gates = sum(1 for l in target.submodules
               if isinstance(l, nn_blocks_3d.SelfGating))
-  norms = sum(1 for _, l in layers3d if isinstance(l, _BN))
+  norms = sum(1 for l3, _ in pairs if isinstance(l3, _BN))
   logging.info(
-      'Inflated %d convs and %d batch norms of %s from %s (%s; method %r%s)%s',
-      len(layers3d) - norms, norms, target.name, weights2d.path,
-      weights2d.format, method,
+      'Inflated %d convs and %d batch norms of %s from %s (%s, %s; method '
+      '%r%s)%s', len(pairs) - norms, norms, target.name, weights2d.path,
+      weights2d.architecture, weights2d.format, method,
       ''.join(f'; {c}' for c in weights2d.conversions),
       f'; {gates} self-gating layers keep their initialisation' if gates
       else '')
-  return len(layers3d)
+  return len(pairs)
 
 
 def inflate_from_2d(model3d: tf_keras.Model,
@@ -672,9 +827,9 @@ def inflate_from_2d(model3d: tf_keras.Model,
                     input_mean: Sequence[float] = input_pipeline.IMAGENET_MEAN,
                     input_std: Sequence[float] = input_pipeline.IMAGENET_STD,
                     checkpoint_norm_epsilon: Optional[float] = None) -> int:
-  """Initialises a 3D ResNet-50 in place from a 2D ResNet-50 checkpoint.
+  """Initialises a 3D ResNet in place from a 2D ResNet checkpoint.
 
-  `read_2d_resnet50` then `inflate`; see them for the arguments.
+  `read_2d_resnet` then `inflate`; see them for the arguments.
 
   Returns:
     The number of convs and batch norms assigned.
@@ -688,7 +843,7 @@ def inflate_from_2d(model3d: tf_keras.Model,
   if method not in INFLATION_METHODS:
     raise ValueError(
         f'`method` must be one of {INFLATION_METHODS}, got {method!r}')
-  weights2d = read_2d_resnet50(checkpoint_path, input_mean=input_mean,
-                               input_std=input_std,
-                               checkpoint_norm_epsilon=checkpoint_norm_epsilon)
+  weights2d = read_2d_resnet(checkpoint_path, input_mean=input_mean,
+                             input_std=input_std,
+                             checkpoint_norm_epsilon=checkpoint_norm_epsilon)
   return inflate(model3d, weights2d, method=method)
