@@ -1,7 +1,8 @@
 """Tests of I3D inflation: a static clip through the inflated 3D network gives
 the 2D network's features on that frame, whatever the 2D checkpoint format;
 ResNet-50 into the bottleneck backbones, Model Garden's ResNet-34 into
-'slowonly_r34', and each refused for the other's backbones."""
+'slowonly_r34' (exact into 'slowonly_r34_mg'), and each refused for the
+other's backbones."""
 
 # Tests look inside layers.
 # pylint: disable=protected-access
@@ -468,6 +469,58 @@ def test_resnet34_static_clip_through_stem_and_res2(resnet34, frames,
                 tf.reduce_mean(expected['5'], axis=(1, 2)).numpy())
 
 
+def test_resnet34_into_slowonly_r34_mg_is_exact(resnet34, frames,
+                                                 monkeypatch):
+  # CPD Table 4's backbone ('slowonly_r34_mg'): the projection pairs with
+  # Model Garden's, nothing is dropped, and 'center' gives the 2D network on
+  # every frame of a static clip, at every stage's end and after the pool.
+  model, paths = resnet34
+  warnings = []
+  monkeypatch.setattr(inflation.logging, 'warning',
+                      lambda *a: warnings.append(a))
+  t = 3
+  classifier = models.build_classifier('slowonly_r34_mg', num_classes=3,
+                                       input_shape=(t, SIZE, SIZE, 3))
+  head_before = [w.numpy() for w in classifier.head.weights]
+  assert inflation.inflate_from_2d(classifier, paths['mg_trainer'],
+                                   method='center') == 74
+  assert not warnings
+  backbone = classifier.backbone
+  block = backbone.get_layer('res2_block1')
+  block2d = [l for l in model.layers
+             if l.name.startswith('residual_block')][0]
+  np.testing.assert_array_equal(block._shortcut.kernel.numpy()[0],
+                                block2d._shortcut.kernel.numpy())
+  for a, b in zip(block._norm0.weights, block2d._norm0.weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  clip = _static_clip(frames, t)
+  expected = model(frames, training=False)
+  for level, last in (('2', 'res2_block3'), ('3', 'res3_block4'),
+                      ('4', 'res4_block6'), ('5', 'res5_block3')):
+    actual = _endpoint(backbone, last)(clip, training=False).numpy()
+    for i in range(t):
+      _assert_close(actual[:, i], expected[level].numpy())
+  _assert_close(backbone(clip, training=False).numpy(),
+                tf.reduce_mean(expected['5'], axis=(1, 2)).numpy())
+  for b, w in zip(head_before, classifier.head.weights):
+    np.testing.assert_array_equal(b, w.numpy())
+
+
+def test_resnet34_into_plain_slowonly_r34_warns_of_the_drop(resnet34,
+                                                           monkeypatch):
+  _, paths = resnet34
+  warnings = []
+  monkeypatch.setattr(inflation.logging, 'warning',
+                      lambda *a: warnings.append(a))
+  backbone = models.build_backbone('slowonly_r34',
+                                   input_shape=(2, SIZE, SIZE, 3))
+  assert inflation.inflate_from_2d(backbone, paths['mg_backbone']) == 72
+  assert len(warnings) == 1
+  message = warnings[0][0] % warnings[0][1:]
+  assert "['conv2_block1_0_conv', 'conv2_block1_0_bn']" in message
+  assert "'slowonly_r34_mg'" in message
+
+
 @pytest.mark.parametrize('backbone', ['slowonly_r50', 'r2d50'])
 def test_resnet34_for_a_resnet50_backbone_is_refused(resnet34, backbone):
   _, paths = resnet34
@@ -476,7 +529,8 @@ def test_resnet34_for_a_resnet50_backbone_is_refused(resnet34, backbone):
   before = [w.numpy() for w in target.weights]
   with pytest.raises(ValueError, match=(
       r"mg_trainer/ckpt-1' holds a 2D ResNet-34 .*backbone "
-      rf"'{backbone}' is inflated from a 2D ResNet-50.*\['slowonly_r34'\]")):
+      rf"'{backbone}' is inflated from a 2D ResNet-50.*"
+      r"\['slowonly_r34', 'slowonly_r34_mg'\]")):
     inflation.inflate(target, inflation.read_2d_resnet50(paths['mg_trainer']))
   for b, w in zip(before, target.weights):
     np.testing.assert_array_equal(b, w.numpy())

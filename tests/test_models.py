@@ -26,6 +26,7 @@ FEATURE_DIMS = {
     'r3d50_mg': 2048,
     'slowonly_r18': 512,
     'slowonly_r34': 512,
+    'slowonly_r34_mg': 512,
     'slowonly_r50': 2048,
     'r2d50': 2048,
     'tiny3d': 16,
@@ -91,6 +92,37 @@ def test_slowonly_keeps_every_frame():
              if isinstance(l, resnet3d_basic.BasicBlock3D)
              for l in [l._conv_a]]
   assert kernels == [1, 1, 1, 1, 3, 3, 3, 3]
+
+
+def test_slowonly_r34_mg_layout():
+  # Model Garden's 2D ResNet-34 layout (CPD Table 4's ImageNet inflation):
+  # a 1x1x1 conv + BN shortcut in res2's first block, created before conv_a.
+  plain = _backbone('slowonly_r34')
+  backbone = _backbone('slowonly_r34_mg')
+  block = backbone.get_layer('res2_block1')
+  assert block._use_projection and block.get_config()['use_projection']
+  assert tuple(block._shortcut.kernel.shape) == (1, 1, 1, 64, 64)
+  assert tuple(block._shortcut.strides) == (1, 1, 1)
+  assert tuple(block._norm0.gamma.shape) == (64,)
+  assert [l.name for l in block._flatten_layers(include_self=False,
+                                                recursive=False)][:3] == [
+                                                    'shortcut', 'norm0',
+                                                    'conv_a']
+  assert not plain.get_layer('res2_block1')._use_projection
+  projected = [l.name for l in backbone.layers
+               if isinstance(l, resnet3d_basic.BasicBlock3D) and
+               l._use_projection]
+  assert projected == ['res2_block1', 'res3_block1', 'res4_block1',
+                       'res5_block1']
+  # Only the projection's 5 variables are new: every other name and shape is
+  # the plain network's, whose checkpoints stay as they are.
+  shapes = lambda m: {w.name: tuple(w.shape) for w in m.weights}
+  extra = shapes(backbone).items() - shapes(plain).items()
+  assert len(extra) == 5 and all('res2_block1/' in n for n, _ in extra)
+  assert shapes(plain).items() <= shapes(backbone).items()
+  fmap = backbone.get_layer('global_pool').input
+  assert tuple(fmap.shape) == (None, CLIP[0], 1, 1, 512)
+  assert backbone(tf.random.uniform((2,) + CLIP)).shape == (2, 512)
 
 
 def test_slowonly_r50_layout():

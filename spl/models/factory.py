@@ -5,14 +5,15 @@ by name. Every backbone maps a batch of clips [B, T, H, W, 3] (images
 [B, H, W, 3] for 'r2d50') to float32 pooled features [B, D] (global average
 pool over T, H, W), computed in the global mixed-precision policy.
 
-  name          what                                                 D
-  r3d50_g       SPL's R3D-50-G (paper Table 8), gate in every block  2048
-  r3d50_mg      Model Garden's Kinetics R3D-50 (not the paper's)     2048
-  slowonly_r18  slow-only 3D ResNet-18, basic blocks (CPD)           512
-  slowonly_r34  slow-only 3D ResNet-34, basic blocks (CPD)           512
-  slowonly_r50  slow-only 3D ResNet-50, bottleneck (CPD)             2048
-  r2d50         2D ResNet-50 (Model Garden `ResNet`), image exp.     2048
-  tiny3d        two conv3d-BN-ReLU blocks, for CPU tests             16
+  name             what                                                 D
+  r3d50_g          SPL's R3D-50-G (paper Table 8), gate in every block  2048
+  r3d50_mg         Model Garden's Kinetics R3D-50 (not the paper's)     2048
+  slowonly_r18     slow-only 3D ResNet-18, basic blocks (CPD)           512
+  slowonly_r34     slow-only 3D ResNet-34, basic blocks (CPD)           512
+  slowonly_r34_mg  slowonly_r34 + res2 projection (Model Garden)        512
+  slowonly_r50     slow-only 3D ResNet-50, bottleneck (CPD)             2048
+  r2d50            2D ResNet-50 (Model Garden `ResNet`), image exp.     2048
+  tiny3d           two conv3d-BN-ReLU blocks, for CPU tests             16
 
 'r3d50_g' is the SPL paper's R3D-50-G (Table 8, appendix A.2), what every SPL
 config trains: stem conv 5x7x7 stride (1,2,2), max-pool 1x3x3 stride (1,2,2),
@@ -43,6 +44,14 @@ layout: stem conv 1x7x7 stride (1,2,2), max-pool 1x3x3 stride (1,2,2),
 temporal kernels 1 in res2/res3 and 3 in res4/res5 (in the first conv of each
 bottleneck), no temporal downsampling, no self-gating.
 
+'slowonly_r34_mg' is 'slowonly_r34' with a 1x1x1 conv + BN projection
+shortcut in res2's first block (64 -> 64, stride 1), where He et al.'s
+ResNet-34 and 'slowonly_r34' have the identity: Model Garden's 2D
+`ResNet(model_id=34)` projects there, so only this variant inflates into
+exactly the ImageNet network (CPD Table 4; `spl.models.inflation`). A name, not
+a keyword: 'slowonly_r34' and its checkpoints stay as they are, and an
+overlay that swaps the backbone (tiny.gin) drops the choice with the name.
+
 In every 3D backbone the 1x1x1 convolutions (bottleneck, shortcut and gate
 convolutions) are computed as matrix products and batch norms on the 4D view
 of their input (`fast_layers`: the same layers, variables and checkpoints;
@@ -63,7 +72,7 @@ from spl.models import resnet3d_g
 from spl.models import tiny3d
 
 BACKBONES = ('r3d50_g', 'r3d50_mg', 'slowonly_r18', 'slowonly_r34',
-             'slowonly_r50', 'r2d50', 'tiny3d')
+             'slowonly_r34_mg', 'slowonly_r50', 'r2d50', 'tiny3d')
 
 # Table 8: t = 3 in every res2 block, then 3 on odd and 1 on even blocks.
 R3D50_G_TEMPORAL_KERNELS = ((3, 3, 3), (3, 1, 3, 1), (3, 1, 3, 1, 3, 1),
@@ -84,9 +93,17 @@ _BACKBONE_KWARGS = {
         'stem_conv_temporal_stride', 'stem_pool_temporal_stride'),
     'slowonly_r18': _NORM_KWARGS,
     'slowonly_r34': _NORM_KWARGS,
+    'slowonly_r34_mg': _NORM_KWARGS,
     'slowonly_r50': _NORM_KWARGS,
     'r2d50': _NORM_KWARGS,
     'tiny3d': _NORM_KWARGS + ('filters',),
+}
+
+# Basic-block backbones: (depth, projection shortcut in res2's first block).
+_SLOWONLY_BASIC = {
+    'slowonly_r18': (18, False),
+    'slowonly_r34': (34, False),
+    'slowonly_r34_mg': (34, True),
 }
 
 
@@ -156,9 +173,10 @@ def _build(name: str, shape: Tuple[Optional[int], ...],
 
   if name == 'tiny3d':
     return tiny3d.build_tiny3d(shape, **kwargs)
-  if name in ('slowonly_r18', 'slowonly_r34'):
+  if name in _SLOWONLY_BASIC:
+    model_id, res2_projection = _SLOWONLY_BASIC[name]
     return resnet3d_basic.build_slowonly_basic(
-        int(name[-2:]), shape, name=name, **norm)
+        model_id, shape, name=name, res2_projection=res2_projection, **norm)
   if name == 'r2d50':
     net = mg_resnet.ResNet(
         model_id=50,

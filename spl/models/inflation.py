@@ -16,7 +16,8 @@ backbones (`BACKBONE_DEPTHS`; any other pairing is refused, naming both):
   - ResNet-50 (bottleneck blocks) -> 'r3d50_g', 'r3d50_mg', 'slowonly_r50'
     (and 'r2d50');
   - ResNet-34 (basic blocks; Model Garden's `ResNet(model_id=34)`, Keras
-    Applications has none) -> 'slowonly_r34' (`resnet3d_basic`).
+    Applications has none) -> 'slowonly_r34_mg' (exact) and 'slowonly_r34'
+    (`resnet3d_basic`; one layer pair dropped, see below).
 Model Garden's ResNet-18 would pair with 'slowonly_r18' the same way (one
 more `_RESNET_SPECS` entry) but is refused: no paper row starts from it.
 
@@ -35,13 +36,17 @@ layers (no 2D counterpart, left at their initialisation) are not listed.
 One 2D layer pair has no 3D counterpart. Model Garden's `ResNet` gives the
 first block of every stage a projection shortcut, also in res2, where a
 basic block keeps its width and resolution (a 1x1 64 -> 64 conv + BN); the
-3D basic-block networks (`resnet3d_basic`, like He et al.'s ResNet-34) have
-an identity shortcut there. That projection is dropped, with a warning: the
-inflated res2 block 1 adds its input where the 2D one adds
-BN(1x1 conv(input)), so from res2 on the inflated ResNet-34 is NOT the 2D
-network (stem and every conv/BN are copied exactly; the network equals a 2D
-ResNet-34 whose res2 projection is the identity). The bottleneck ResNet-50
-changes width there (64 -> 256), so both sides have it and nothing is dropped.
+3D basic-block network 'slowonly_r34' (`resnet3d_basic`, like He et al.'s
+ResNet-34) has an identity shortcut there; 'slowonly_r34_mg' has the
+projection, which is paired like any other layer, and the inflated network is
+the 2D one (what CPD Table 4's configs build). For 'slowonly_r34' it is
+dropped, with a warning: the inflated res2 block 1 adds its input where the
+2D one adds BN(1x1 conv(input)), so from res2 on the inflated ResNet-34 is
+NOT the 2D network (stem and every conv/BN are copied exactly; the network
+equals a 2D ResNet-34 whose res2 projection is the identity). Dropping is
+kept rather than refused so that the plain network (and its existing runs)
+can still start from ImageNet. The bottleneck ResNet-50 changes width there
+(64 -> 256), so both sides have it and nothing is dropped.
 
 Accepted checkpoints (`checkpoint_path`):
   1. Keras Applications' ResNet-50 (`tf_keras.applications.ResNet50`, with or
@@ -138,7 +143,7 @@ SUPPORTED_DEPTHS = tuple(sorted(_RESNET_SPECS))
 # The 2D ResNet each factory backbone is inflated from.
 BACKBONE_DEPTHS = {
     'r3d50_g': 50, 'r3d50_mg': 50, 'slowonly_r50': 50, 'r2d50': 50,
-    'slowonly_r34': 34, 'slowonly_r18': 18,
+    'slowonly_r34': 34, 'slowonly_r34_mg': 34, 'slowonly_r18': 18,
 }
 # Where a 2D ResNet of each depth comes from (for error messages).
 _SOURCES = {
@@ -767,8 +772,8 @@ def inflate(model3d: tf_keras.Model, weights2d: ResNetWeights, *,
   Args:
     model3d: A backbone from `factory.build_backbone` ('r3d50_g', 'r3d50_mg',
       'slowonly_r50', or 'r2d50' for a plain copy, from a ResNet-50;
-      'slowonly_r34' from a ResNet-34), or a classifier whose `backbone` is
-      one; its head is left alone.
+      'slowonly_r34_mg' or 'slowonly_r34' from a ResNet-34), or a classifier
+      whose `backbone` is one; its head is left alone.
     weights2d: From `read_2d_resnet`.
     method: 'mean' (I3D: kernel repeated over time / temporal size) or
       'center' (2D kernel in the central temporal tap, zeros elsewhere).
@@ -805,8 +810,9 @@ def inflate(model3d: tf_keras.Model, weights2d: ResNetWeights, *,
     logging.warning(
         'Inflating %s from %s: the 2D shortcut projection %s has no 3D '
         'counterpart (an identity shortcut) and is dropped; from there on the '
-        'inflated network differs from the %s', target.name, weights2d.path,
-        dropped, weights2d.architecture)
+        "inflated network differs from the %s (backbone 'slowonly_r34_mg' "
+        'has that projection and is inflated exactly)', target.name,
+        weights2d.path, dropped, weights2d.architecture)
   gates = sum(1 for l in target.submodules
               if isinstance(l, nn_blocks_3d.SelfGating))
   norms = sum(1 for l3, _ in pairs if isinstance(l3, _BN))

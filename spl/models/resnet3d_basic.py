@@ -14,6 +14,11 @@ Temporal convolutions only in res4/res5 and no temporal downsampling anywhere,
 so T output frames = T input frames. A basic block is
 conv_a [t,3,3] - BN - ReLU - conv_b [1,3,3] - BN - add shortcut - ReLU, with a
 1x1x1 projection shortcut (+BN) where the width or the resolution changes.
+He et al.'s ResNet-34 has an identity shortcut in res2's first block (64 ->
+64, stride 1); Model Garden's 2D `ResNet` projects there too (a 1x1 conv +
+BN), and `res2_projection=True` (factory's 'slowonly_r34_mg') adds that
+projection, so that a Model Garden ImageNet ResNet-34 inflates into the exact
+same network (CPD Table 4).
 The sublayers are created in the order of Model Garden's 2D `ResidualBlock`
 (shortcut, norm0, conv1, norm1, conv2, norm2), so `inflation.inflate_from_2d`
 can match them to a 2D network of the same layout.
@@ -131,6 +136,7 @@ def build_slowonly_basic(model_id: int,
                          *,
                          norm_momentum: float = 0.99,
                          norm_epsilon: float = 1e-3,
+                         res2_projection: bool = False,
                          name: str | None = None) -> tf_keras.Model:
   """Builds a slow-only basic-block 3D ResNet with pooled outputs.
 
@@ -139,6 +145,10 @@ def build_slowonly_basic(model_id: int,
     input_shape: (T, H, W, C) of one clip; T, H, W may be None.
     norm_momentum: Batch-norm momentum.
     norm_epsilon: Batch-norm epsilon.
+    res2_projection: Whether res2's first block has a 1x1x1 conv + BN
+      projection shortcut (Model Garden's 2D ResNet layout) instead of the
+      identity (He et al.'s). Off by default: checkpoints of the plain network
+      have no such variables.
     name: Model name; defaults to 'slowonly_r{model_id}'.
 
   Returns:
@@ -164,9 +174,11 @@ def build_slowonly_basic(model_id: int,
           SLOWONLY_TEMPORAL_KERNELS)):
     for i in range(repeats):
       strides = 2 if (i == 0 and stage > 0) else 1
+      projection = strides != 1 or in_filters != filters or (
+          res2_projection and stage == 0 and i == 0)
       x = BasicBlock3D(
           filters, temporal_kernel_size=t, spatial_strides=strides,
-          use_projection=(strides != 1 or in_filters != filters),
+          use_projection=projection,
           norm_momentum=norm_momentum, norm_epsilon=norm_epsilon,
           name=f'res{stage + 2}_block{i + 1}')(x)
       in_filters = filters
