@@ -31,6 +31,7 @@ from spl.models import factory
 from spl.models import inflation
 from tfrecords_tools import schema
 from tfrecords_tools import testing
+from tests import test_imagenet_init
 from tests import test_inflation
 
 SIZE = 32
@@ -222,26 +223,8 @@ def test_cpd_models_keep_their_head(tmp_path):
 
 
 def _bindings(pattern, imagenet_checkpoint, backbone):
-  return [
-      f'run.imagenet_checkpoint = {imagenet_checkpoint!r}',
-      'run.model_fn = @build_classifier',
-      f'build_classifier.backbone = {backbone!r}',
-      'build_classifier.dropout_rate = 0.0',
-      'run.dataset_fn = @train/make_dataset',
-      f'train/make_dataset.num_frames = {NUM_FRAMES}',
-      'train/make_dataset.stride = 1',
-      f'train/make_dataset.crop_size = {SIZE}',
-      'train/make_dataset.shuffle_buffer_size = 4',
-      'train/make_dataset.deterministic = True',
-      f'run.train_file_pattern = {pattern!r}',
-      'run.num_classes = 3',
-      'run.global_batch_size = 2',
-      'run.train_steps = 1',
-      'run.steps_per_loop = 1',
-      'run.checkpoint_every_steps = 1',
-      'run.learning_rate_fn = @build_learning_rate',
-      'build_learning_rate.base_learning_rate = 0.1',
-      'build_learning_rate.base_batch_size = None']
+  return test_imagenet_init.bindings(pattern, imagenet_checkpoint,
+                                     backbone=backbone)
 
 
 def _run(bindings, model_dir):

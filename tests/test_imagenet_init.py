@@ -82,7 +82,8 @@ def model_garden_dir(tmp_path_factory):
   return backbone, directory
 
 
-def _bindings(pattern, imagenet_checkpoint, *extra, backbone=R3D50):
+def bindings(pattern, imagenet_checkpoint, *extra, backbone=R3D50):
+  """gin bindings of a 1-step training run started from `imagenet_checkpoint`."""
   return [
       f'IMAGENET_CHECKPOINT = {imagenet_checkpoint!r}',
       'run.imagenet_checkpoint = %IMAGENET_CHECKPOINT',
@@ -185,7 +186,7 @@ def test_keras_h5_inflated_through_gin(pattern, keras_h5, tmp_path, caplog,
                                       weights_at_first_step):
   keras_model, path = keras_h5
   caplog.set_level(logging.INFO)
-  result = _run(_bindings(pattern, path), tmp_path / 'model')
+  result = _run(bindings(pattern, path), tmp_path / 'model')
   assert result['step'] == 1
   _check_backbone(weights_at_first_step, _expected_keras(keras_model), 'mean')
   # The temporal kernels really are temporal (r3d50: 5x7x7 stem).
@@ -198,7 +199,7 @@ def test_keras_h5_inflated_through_gin(pattern, keras_h5, tmp_path, caplog,
 def test_model_garden_checkpoint_inflated_through_gin(
     pattern, model_garden_dir, tmp_path, weights_at_first_step):
   mg_backbone, directory = model_garden_dir
-  _run(_bindings(pattern, directory, "run.inflation_method = 'center'"),
+  _run(bindings(pattern, directory, "run.inflation_method = 'center'"),
        tmp_path / 'model')
   expected = []
   for _, layer in inflation._conv_bn_layers(mg_backbone):
@@ -218,7 +219,7 @@ def test_resumed_run_is_not_reinflated(pattern, keras_h5, tmp_path,
   path = str(tmp_path / 'imagenet.h5')
   tf.io.gfile.copy(source, path)
   model_dir = tmp_path / 'model'
-  first = _run(_bindings(pattern, path), model_dir)  # Learning rate 0.1.
+  first = _run(bindings(pattern, path), model_dir)  # Learning rate 0.1.
   _check_backbone(weights_at_first_step, _expected_keras(keras_model), 'mean')
   trained = [(path3d, [w.numpy() for w in layer.weights]) for path3d, layer
              in inflation._conv_bn_layers(first['model'].backbone)]
@@ -235,7 +236,7 @@ def test_resumed_run_is_not_reinflated(pattern, keras_h5, tmp_path,
   monkeypatch.setattr(inflation, 'inflate', no_inflation)
   monkeypatch.setattr(inflation, 'read_2d_resnet50', no_inflation)
   weights_at_first_step.clear()
-  second = _run(_bindings(pattern, path, 'run.train_steps = 2'), model_dir)
+  second = _run(bindings(pattern, path, 'run.train_steps = 2'), model_dir)
   assert second['step'] == 2
   assert len(weights_at_first_step) == len(trained)
   for (path3d, before), (_, _, after) in zip(trained, weights_at_first_step):
@@ -284,7 +285,7 @@ def test_bad_imagenet_checkpoint_fails_before_anything(
   path = make(keras_h5[1], tmp_path)
   model_dir = tmp_path / 'model'
   with pytest.raises(error, match=f'`imagenet_checkpoint`: .*{match}'):
-    _run(_bindings(pattern, path, backbone='tiny3d'), model_dir)
+    _run(bindings(pattern, path, backbone='tiny3d'), model_dir)
   assert not model_dir.exists()  # Failed before the model dir was made.
 
 
@@ -294,7 +295,7 @@ def test_backbone_of_another_architecture_fails_before_any_step(
   with pytest.raises(ValueError, match=r"`imagenet_checkpoint` '.*"
                      r"resnet50_notop.h5' cannot initialise backbone "
                      r"'tiny3d'.*does not match"):
-    _run(_bindings(pattern, keras_h5[1], backbone='tiny3d'), model_dir)
+    _run(bindings(pattern, keras_h5[1], backbone='tiny3d'), model_dir)
   assert tf.train.latest_checkpoint(str(model_dir)) is None
 
 
@@ -310,7 +311,7 @@ def test_bad_settings_are_refused(pattern, keras_h5, tmp_path, binding,
     model_dir.mkdir()
     tf.train.Checkpoint(v=tf.Variable(1.0)).save(str(model_dir / 'init'))
   with pytest.raises(ValueError, match=match):
-    _run(_bindings(pattern, keras_h5[1],
+    _run(bindings(pattern, keras_h5[1],
                    binding.format(model_dir=model_dir), backbone='tiny3d'),
          tmp_path / 'other')
 

@@ -113,16 +113,7 @@ class HoldoutError(ValueError):
 
 
 def _varint(buf: bytes, pos: int) -> Tuple[int, int]:
-  result = shift = 0
-  while True:
-    if pos >= len(buf) or shift > 63:
-      raise ValueError('malformed protobuf varint')
-    b = buf[pos]
-    pos += 1
-    result |= (b & 0x7f) << shift
-    if not b & 0x80:
-      return result, pos
-    shift += 7
+  return tfrecord_io.read_varint(buf, pos, len(buf), 'a record header')
 
 
 def _fields(buf: bytes) -> Iterator[Tuple[int, int, Any]]:

@@ -378,3 +378,7 @@ def read_split_records(f: BinaryIO, path: str = '<file>'
         raise CorruptRecordError(f'{path}: record at byte {offset}: {e}') from e
     offset += 16 + length
     yield context, others, length
+
+
+# Public name for the other record tools (tfrecords_tools/holdout.py).
+read_varint = _varint
