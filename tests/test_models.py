@@ -4,7 +4,6 @@
 # pylint: disable=protected-access
 
 import functools
-import time
 
 import numpy as np
 import pytest
@@ -335,7 +334,9 @@ def test_logits_float32_under_mixed_bfloat16(name, mixed_bfloat16):
   assert model.head.classifier.kernel.dtype == tf.float32
 
 
-def test_tiny3d_train_step_is_fast():
+def test_tiny3d_train_step_learns():
+  # Its speed is measured in benchmarks/bench_trainer.py ('tiny'), as a
+  # same-run ratio: a wall-clock bound here fails on a busy machine.
   model = models.build_classifier('tiny3d', num_classes=5, input_shape=CLIP)
   optimizer = tf_keras.optimizers.SGD(0.1, momentum=0.9)
   x = tf.random.uniform((2,) + CLIP)
@@ -351,11 +352,8 @@ def test_tiny3d_train_step_is_fast():
     return loss
 
   first = float(step())
-  start = time.perf_counter()
   for _ in range(10):
     loss = float(step())
-  per_step = (time.perf_counter() - start) / 10
-  assert per_step < 0.25, per_step
   assert loss < first  # It learns the two examples.
 
 
