@@ -43,7 +43,7 @@ import google_crc32c
 import numpy as np
 import tensorflow as tf
 
-from spl import label_spaces
+from tfrecords_tools import label_spaces
 from tfrecords_tools import records
 from tfrecords_tools import relabel
 from tfrecords_tools import schema

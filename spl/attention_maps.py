@@ -48,7 +48,7 @@ import tf_keras
 from spl import configurables
 from spl import gradcam
 from spl import input_pipeline
-from spl import label_spaces
+from tfrecords_tools import label_spaces
 from spl import train_lib
 from tfrecords_tools import records
 from tfrecords_tools import schema

@@ -10,9 +10,6 @@ caller. Each registration below says which arguments those are.
 
 import gin
 
-from cpd import curriculum as cpd_curriculum
-from cpd import nce as cpd_nce
-from cpd import trainer as cpd_trainer
 from spl import data_parameters
 from spl import input_pipeline
 from spl import losses
@@ -55,31 +52,13 @@ build_sgd = gin.external_configurable(optimization.build_sgd,
                                       name='build_sgd')
 
 
-# ---- CPD pre-training (cpd/trainer.py) ----
-# The job. Set by `spl.main`: mode, model_dir, strategy, setup_done.
-cpd_run = gin.external_configurable(cpd_trainer.run_cpd, name='cpd_run')
-# Loss modules, bound as `cpd_run.loss_fn = @cross_modal_nce` (or
-# @cpd_ranking_loss, @cpd_self_instance). Set by the trainer: num_rows, dim.
-cross_modal_nce = gin.external_configurable(cpd_nce.CrossModalNCE,
-                                            name='cross_modal_nce')
-cpd_ranking_loss = gin.external_configurable(cpd_trainer.RankingLoss,
-                                             name='cpd_ranking_loss')
-cpd_self_instance = gin.external_configurable(cpd_trainer.VideoSelfInstance,
-                                              name='cpd_self_instance')
-cpd_curriculum_fn = gin.external_configurable(cpd_curriculum.Curriculum,
-                                              name='cpd_curriculum')
-# Text encoders, bound as `cpd_run.text_encoder_fn = @hf_text_encoder`.
-word2vec_text_encoder = gin.external_configurable(
-    cpd_trainer.word2vec_text_encoder, name='word2vec_text_encoder')
-hf_text_encoder = gin.external_configurable(cpd_trainer.hf_text_encoder,
-                                            name='hf_text_encoder')
-
-
 @gin.configurable('job')
 def job(fn=run):
   """The job `spl.main` runs: `run` (SPL trainer, default) or `cpd_run`.
 
-  A gin file picks it with `job.fn = @cpd_run`; `spl.main` calls the result
-  with mode, model_dir, strategy and setup_done.
+  A gin file picks it with `job.fn = @cpd_run` after `import
+  cpd.configurables` (CPD registers itself there: imports run only from the
+  methods down to the trainer core); `spl.main` calls the result with mode,
+  model_dir, strategy and setup_done.
   """
   return fn

@@ -217,7 +217,7 @@ def prepare_data(output_dir: str, clock: _Clock, *, num_classes: int,
 
 def run_demo(output_dir: str, size: DemoSize, *, seed: int = 0) -> Dict:
   """Runs the pipeline; returns the results table rows (also in results.json)."""
-  from spl import label_spaces  # pylint: disable=g-import-not-at-top
+  from tfrecords_tools import label_spaces  # pylint: disable=g-import-not-at-top
   from tfrecords_tools import relabel  # pylint: disable=g-import-not-at-top
   from tfrecords_tools import schema  # pylint: disable=g-import-not-at-top
 

@@ -37,7 +37,7 @@ import tensorflow as tf
 import tf_keras
 
 from spl import input_pipeline
-from spl import label_spaces
+from tfrecords_tools import label_spaces
 from spl import losses
 from spl import metrics
 from spl import optimization

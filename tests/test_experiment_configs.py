@@ -153,17 +153,17 @@ def _build_cpd(data):
   element = _one_batch('train', data, is_training=True)
   video = element['video'] if isinstance(element, dict) else element[0]
   selector = gin.query_parameter('cpd_run.text_encoder_fn').selector
-  text_encoder_fn = getattr(configurables, selector)
+  text_encoder_fn = getattr(cpd_configurables, selector)
   dim = gin.query_parameter('cpd_run.embedding_dim')
   models = cpd_trainer.CpdModels(
       video_backbone='tiny3d', clip_shape=tuple(video.shape[1:]),
       text_encoder_fn=text_encoder_fn, embedding_dim=dim,
       text_hidden_dim=gin.query_parameter('cpd_run.text_hidden_dim'))
   assert models.embed_titles(tf.constant(['a title'])).shape == (1, dim)
-  loss = getattr(configurables,
+  loss = getattr(cpd_configurables,
                  gin.query_parameter('cpd_run.loss_fn').selector)
   loss(num_rows=NUM_CLIPS, dim=dim)
-  configurables.cpd_curriculum_fn()
+  cpd_configurables.cpd_curriculum_fn()
 
 
 def _build_eval(data):

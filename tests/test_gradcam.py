@@ -19,7 +19,7 @@ import tf_keras
 
 from spl import attention_maps
 from spl import gradcam
-from spl import label_spaces
+from tfrecords_tools import label_spaces
 from spl.models import factory
 from tfrecords_tools import records
 from tfrecords_tools import schema

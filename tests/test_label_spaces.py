@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from spl import label_space_plots
-from spl import label_spaces as ls
+from tfrecords_tools import label_space_plots
+from tfrecords_tools import label_spaces as ls
 
 DROP = ls.DROP
 

@@ -11,7 +11,7 @@ import tensorflow as tf
 from apache_beam.io import tfrecordio
 from official.vision.dataloaders import video_input
 
-from spl import label_spaces
+from tfrecords_tools import label_spaces
 from tfrecords_tools import records
 from tfrecords_tools import relabel
 from tfrecords_tools import schema

@@ -20,7 +20,7 @@ clip key: a few hundred bytes per clip, the frames are seeked over), joins it
 with the teacher predictions on `clip/index` (in buckets of consecutive
 indices, so Beam moves one element per file and bucket, not one per clip),
 checks the join, and builds the confusion matrix and the label space
-(`spl.label_spaces`). Pass 2 rewrites each shard as one unit (one DoFn call),
+(`tfrecords_tools.label_spaces`). Pass 2 rewrites each shard as one unit (one DoFn call),
 so output shards keep the input names and record order: every kept record
 gets `clip/teacher/index`, `clip/teacher/score`, the new `clip/label/index`
 and `clip/label/text`, and `clip/label_space/id`; the weak label stays. Only
@@ -68,7 +68,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 import numpy as np
 import tensorflow as tf
 
-from spl import label_spaces
+from tfrecords_tools import label_spaces
 from tfrecords_tools import records
 from tfrecords_tools import schema
 from tfrecords_tools import tfrecord_io
@@ -466,7 +466,7 @@ def render_plots(space: Mapping[str, Any],
   # pylint: disable=g-import-not-at-top
   # matplotlib is imported when plots are drawn, not by every user of this
   # module.
-  from spl import label_space_plots
+  from tfrecords_tools import label_space_plots
   # pylint: enable=g-import-not-at-top
   curve = label_spaces.scr_curve(confusion)
   # Only spl_m / spl_d have a size on the curve; `scr` is the SCR reached,
@@ -688,7 +688,7 @@ def relabel(*, records_pattern: str, predictions_pattern: str, variant: str,
     records_pattern: file pattern of the clip-record shards; their
       `label_map.json` must sit next to them (one directory).
     predictions_pattern: file pattern of the teacher-prediction shards.
-    variant: one of `spl.label_spaces.VARIANTS`.
+    variant: one of `tfrecords_tools.label_spaces.VARIANTS`.
     output_dir: where relabelled shards and side files go; must not be the
       input directory.
     k: K for `spl_m` / `spl_d`.

@@ -94,7 +94,7 @@ def class_counts_png(space: Mapping[str, Any]) -> bytes:
   """Clip count per new class, sorted descending, in- vs off-diagonal.
 
   Args:
-    space: a label space dict (`spl.label_spaces.make_label_space`).
+    space: a label space dict (`tfrecords_tools.label_spaces.make_label_space`).
 
   Returns:
     PNG bytes.
@@ -143,7 +143,7 @@ def scr_curve_png(curve: Sequence[float],
   """SCR of the SPL-M/D selection for K = 1..N.
 
   Args:
-    curve: SCR for K = 1..N (`spl.label_spaces.scr_curve`), drawn as markers
+    curve: SCR for K = 1..N (`tfrecords_tools.label_spaces.scr_curve`), drawn as markers
       (and as the line when `scr_by_count` is not given).
     chosen_k: the K in use, marked on the curve; fractional for a class count
       that is not a multiple of N (K = `num_classes` / N, e.g. 22.5).
@@ -151,7 +151,7 @@ def scr_curve_png(curve: Sequence[float],
     chosen_scr: the SCR reached at `chosen_k` (the label space's `scr`).
       Needed for a fractional `chosen_k` unless `scr_by_count` is given.
     scr_by_count: SCR for every class count N..N^2
-      (`spl.label_spaces.scr_by_num_classes`); drawn as the line, so a
+      (`tfrecords_tools.label_spaces.scr_by_num_classes`); drawn as the line, so a
       fractional K sits on it (the curve between two integer K is concave,
       not straight).
 
