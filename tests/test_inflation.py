@@ -59,19 +59,25 @@ def checkpoints(resnet2d, tmp_path_factory):
   paths['mg_backbone'] = tf.train.Checkpoint(backbone=resnet).write(
       str(d / 'mg' / 'ckpt'))
   paths['directory'] = str(d / 'keras')
-  # What Model Garden's trainer writes: the classification model, the
-  # optimizer with its slots, the step; a directory of `ckpt-N`.
+  paths['mg_trainer'] = model_garden_trainer_checkpoint(
+      resnet, d / 'mg_trainer')
+  return paths
+
+
+def model_garden_trainer_checkpoint(backbone, directory) -> str:
+  """What Model Garden's trainer writes: the classification model around
+  `backbone`, the optimizer with its slots, the step; a directory of
+  `ckpt-N`. Returns the directory."""
   classifier = classification_model.ClassificationModel(
-      resnet, num_classes=5,
+      backbone, num_classes=5,
       input_specs=tf_keras.layers.InputSpec(shape=[None, SIZE, SIZE, 3]))
   optimizer = tf_keras.optimizers.SGD(0.1, momentum=0.9)
   optimizer.build(classifier.trainable_variables)
   trainer = tf.train.Checkpoint(
       global_step=tf.Variable(7, dtype=tf.int64), model=classifier,
       optimizer=optimizer)
-  tf.train.CheckpointManager(trainer, str(d / 'mg_trainer'), 1).save()
-  paths['mg_trainer'] = str(d / 'mg_trainer')
-  return paths
+  tf.train.CheckpointManager(trainer, str(directory), 1).save()
+  return str(directory)
 
 
 @pytest.fixture(scope='module')
@@ -355,16 +361,8 @@ def _resnet34_checkpoints(model, directory):
       str(directory / 'mg' / 'ckpt'))}
   model.save_weights(str(directory / 'weights' / 'w'))
   paths['mg_save_weights'] = str(directory / 'weights' / 'w')
-  classifier = classification_model.ClassificationModel(
-      model, num_classes=5,
-      input_specs=tf_keras.layers.InputSpec(shape=[None, SIZE, SIZE, 3]))
-  optimizer = tf_keras.optimizers.SGD(0.1, momentum=0.9)
-  optimizer.build(classifier.trainable_variables)
-  trainer = tf.train.Checkpoint(
-      global_step=tf.Variable(7, dtype=tf.int64), model=classifier,
-      optimizer=optimizer)
-  tf.train.CheckpointManager(trainer, str(directory / 'mg_trainer'), 1).save()
-  paths['mg_trainer'] = str(directory / 'mg_trainer')
+  paths['mg_trainer'] = model_garden_trainer_checkpoint(
+      model, directory / 'mg_trainer')
   return paths
 
 
