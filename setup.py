@@ -44,7 +44,9 @@ setuptools.setup(
     # `gcp`: Beam's gs:// filesystem for the batch jobs on Dataflow (their
     # files go through Beam's FileSystems, not TensorFlow's GCS support).
     extras_require={'test': TEST_REQUIRES,
-                    'gcp': ['apache-beam[gcp]==2.77.0']},
+                    'gcp': ['apache-beam[gcp]==2.77.0'],
+                    # `make mutation` (tests/mutation.py); not needed by CI.
+                    'mutation': TEST_REQUIRES + ['mutmut==3.8.1']},
     entry_points={
         'console_scripts': [
             'write-clips=tfrecords_tools.write_clips:run',

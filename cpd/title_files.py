@@ -362,6 +362,7 @@ def rewrite_record_titles(pattern: str, output_dir: str,
     try:
       with tf.io.gfile.GFile(path, 'rb') as fin, \
           tf.io.gfile.GFile(tmp, 'wb') as fout:
+        fout.write(b'')  # GFile creates the file on the first write only.
         for payload, rest, _ in tfrecord_io.read_split_records(fin, path):
           context = tf.train.Features.FromString(payload)
           caption = _text(context.feature, schema.CAPTION_KEY)

@@ -115,6 +115,25 @@ def test_joint_tables_start_with_the_instance_term_at_one_twentieth():
   np.testing.assert_allclose(np.exp(dp.instance_log_sigma.numpy()), 0.5)
 
 
+@pytest.mark.parametrize('learn_class,init_sigma', [(True, 3.0),
+                                                    (False, 0.4)])
+def test_one_table_starts_at_init_sigma(learn_class, init_sigma):
+  # Learning one kind only, that table alone makes sigma: it starts at
+  # `init_sigma` (here not 1, where log sigma = 0 would hide a dropped init).
+  dp = _built(learn_class=learn_class, learn_instance=not learn_class,
+              init_sigma=init_sigma)
+  table = dp.class_log_sigma if learn_class else dp.instance_log_sigma
+  np.testing.assert_allclose(table.numpy(), math.log(init_sigma), rtol=1e-6)
+  labels, index = np.array([0, 2]), np.array([1, 8])
+  np.testing.assert_allclose(dp.sigma(labels, index).numpy(),
+                             [init_sigma] * 2, rtol=1e-6)
+  logits = np.array([[1.0, -0.5, 2.0], [0.3, 0.0, -1.2]], np.float32)
+  np.testing.assert_allclose(
+      dp(tf.constant(labels), tf.constant(logits),
+         features=_features(index)).numpy(),
+      _np_loss(labels, logits, np.full(2, init_sigma)), rtol=1e-5)
+
+
 def test_gradients_flow_to_class_and_instance_parameters():
   dp = _built()
   labels = tf.constant([0, 1, 1])
@@ -336,6 +355,25 @@ def test_sigma_is_clamped_to_one_twentieth_and_twenty():
   assert np.all(inst[2:] == np.float32(JOINT_INSTANCE_INIT))
 
 
+def test_clamp_uses_its_own_bounds():
+  # Bounds not symmetric in log space (log 0.1 != -log 5), so a lower bound
+  # taken from the upper one, or the defaults used, shows.
+  dp = _built(class_learning_rate=1e4, instance_learning_rate=1e4,
+              momentum=0.0, min_sigma=0.1, max_sigma=5.0,
+              joint_instance_sigma=0.25)
+  logits = np.array([[5.0, 0.0, 0.0], [5.0, 0.0, 0.0]], np.float32)
+  with tf.GradientTape() as tape:
+    loss = tf.reduce_sum(dp(tf.constant([0, 1]), tf.constant(logits),
+                            features=_features([0, 1])))
+  dp.apply_gradients(tape.gradient(loss, dp.trainable_variables))
+  np.testing.assert_allclose(np.exp(dp.instance_log_sigma.numpy()[[0, 1]]),
+                             [0.1, 5.0], rtol=1e-5)
+  np.testing.assert_allclose(np.exp(dp.class_log_sigma.numpy()[[0, 1]]),
+                             [0.1, 5.0], rtol=1e-5)
+  np.testing.assert_allclose(np.exp(dp.class_log_sigma.numpy()[2]), 0.75,
+                             rtol=1e-6)
+
+
 def test_non_finite_gradients_skip_the_update():
   dp = _built()
   grads = [tf.constant([np.nan, 0.0, 0.0]),
@@ -420,7 +458,7 @@ def _run_with(dp, strategy, model_dir, *, train_steps):
 
 def _dp16():
   return data_parameters.DataParameters(
-      num_instances=16, class_learning_rate=2.0, instance_learning_rate=2.0,
+      num_instances=16, class_learning_rate=2.0, instance_learning_rate=1.5,
       class_weight_decay=3e-2, instance_weight_decay=1e-2)
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -178,6 +179,153 @@ def test_multi_process_workers_give_the_same_bytes(inputs, tmp_path):
                     direct_num_workers=workers, beam_args=args)
     runs.append(_files(out))
   assert runs[0] == runs[1]
+
+
+def _read(path):
+  """Parsed records of one shard, CRC-checked by our own reader."""
+  with open(path, 'rb') as f:
+    return [records.parse_clip_example(r)
+            for r in tfrecord_io.read_records(f, path)]
+
+
+def test_validation_pairs_fill_every_val_shard_as_documented(inputs, tmp_path):
+  """Pair i goes to val shard i * num_val_shards // num_pairs, last included."""
+  out = str(tmp_path / 'out')
+  report = holdout.holdout(records_pattern=inputs, num_pairs=5,
+                           num_val_shards=3, output_dir=out)
+  val_dir = os.path.join(out, 'val')
+  assert sorted(n for n in os.listdir(val_dir) if n.startswith('clips-')) == [
+      schema.shard_name(s, 3) for s in range(3)]
+  got = [_read(os.path.join(val_dir, schema.shard_name(s, 3)))
+         for s in range(3)]
+  assert [[c[schema.CLIP_INDEX_KEY] for c in x] for x in got] == [
+      [0, 1], [2, 3], [4]]
+  assert [c[schema.CLIP_KEY_KEY] for x in got for c in x] == (
+      report['val_clip_keys'])
+
+
+def test_empty_input_and_output_train_shards_are_written(tmp_path):
+  """Every input shard gives a train shard of its name, empty ones too.
+
+  28 clips over 30 shards (one clip each, the last two empty); the shards of
+  held-out videos' clips come out empty. Totals equal the files.
+  """
+  num_clips = sum(CLIPS_PER_VIDEO)
+  pattern = write_inputs(str(tmp_path / 'in'), num_shards=30)
+  out = str(tmp_path / 'out')
+  report = holdout.holdout(records_pattern=pattern, num_pairs=3,
+                           output_dir=out)
+  names = [schema.shard_name(s, 30) for s in range(30)]
+  train_dir = os.path.join(out, 'train')
+  assert sorted(n for n in os.listdir(train_dir)
+                if n.startswith('clips-')) == names
+  held = set(report['val_video_ids'])
+  inputs = [_read(os.path.join(tmp_path / 'in', n)) for n in names]
+  outputs = [_read(os.path.join(train_dir, n)) for n in names]
+  assert [len(x) for x in inputs] == [1] * num_clips + [0, 0]
+  expected = [[c[schema.CLIP_KEY_KEY] for c in x
+               if c[schema.VIDEO_ID_KEY] not in held] for x in inputs]
+  assert [[c[schema.CLIP_KEY_KEY] for c in x] for x in outputs] == expected
+  held_clips = sum(CLIPS_PER_VIDEO[int(v[1:])] for v in held)
+  assert sum(not x for x in expected) == held_clips + 2
+  for n, x in zip(names, outputs):
+    path = os.path.join(train_dir, n)
+    assert len(list(tf.data.TFRecordDataset([path]))) == len(x)
+    if not x:
+      assert os.path.getsize(path) == 0
+  indices = sorted(c[schema.CLIP_INDEX_KEY] for x in outputs for c in x)
+  assert indices == list(range(num_clips - held_clips))
+  with open(os.path.join(train_dir, schema.SUMMARY_FILENAME)) as f:
+    summary = json.load(f)
+  assert summary['clips'] == report['train']['clips'] == len(indices)
+  assert summary['num_shards'] == 30
+  assert report['dropped_clips'] == held_clips - 3
+
+
+def _finish_inputs():
+  """A plan's report and matching pass-2 stats (the checked fields only)."""
+  report = {'status': 'ok', 'input': {'shards': 2}, 'num_pairs': 2,
+            'train': {'clips': 5}, 'dropped_clips': 1}
+  train_stats = [{'train': 3, 'val': 1, 'dropped': 1},
+                 {'train': 2, 'val': 1, 'dropped': 0}]
+  val_stats = [{'indices': [1]}, {'indices': [0]}]
+  return report, train_stats, val_stats
+
+
+def _lose_train_shard(train, val):
+  del train[1], val[1]
+
+
+def _lose_train_clip(train, val):
+  del val
+  train[0]['train'] -= 1
+
+
+def _drop_extra(train, val):
+  del val
+  train[1]['dropped'] += 1
+
+
+def _misnumber_pairs(train, val):
+  del train
+  val[1]['indices'] = [1]
+
+
+def _lose_val_pair(train, val):
+  del val
+  train[1]['val'] = 0
+
+
+@pytest.mark.parametrize('tamper,problems', [
+    (_lose_train_shard, '1 training shards written of 2; 3 training clips '
+     'written, the plan has 5; 1 validation pairs written (1 held out), '
+     'expected 2 numbered 0..N-1'),
+    (_lose_train_clip, '4 training clips written, the plan has 5'),
+    (_drop_extra, '2 clips dropped, the plan drops 1'),
+    (_misnumber_pairs, '2 validation pairs written (2 held out), expected 2 '
+     'numbered 0..N-1'),
+    (_lose_val_pair, '2 validation pairs written (1 held out), expected 2 '
+     'numbered 0..N-1'),
+])
+def test_finish_cross_checks_the_totals(tmp_path, tamper, problems):
+  """Each disagreement of pass 2 with the plan is named; nothing is written."""
+  report, train_stats, val_stats = _finish_inputs()
+  tamper(train_stats, val_stats)
+  with pytest.raises(holdout.HoldoutError) as e:
+    holdout.finish(None, report, train_stats, val_stats,
+                   output_dir=str(tmp_path / 'out'),
+                   temp_dir=str(tmp_path / 'tmp'), side_files={},
+                   num_classes=3, records_pattern='x', train_pattern='x')
+  assert str(e.value) == 'holdout totals do not add up: ' + problems
+  assert not os.listdir(tmp_path)
+
+
+def test_a_stage_that_loses_a_clip_fails_the_job(inputs, tmp_path,
+                                                 monkeypatch):
+  """Pass 2 reporting a training clip fewer than planned fails the job."""
+  real = holdout.rewrite_shard
+
+  def lossy(in_path, out_path, part_path, plan):
+    stats, pieces = real(in_path, out_path, part_path, plan)
+    if in_path.endswith(schema.shard_name(0, 3)):
+      stats['train'] -= 1
+    return stats, pieces
+
+  monkeypatch.setattr(holdout, 'rewrite_shard', lossy)
+  out = str(tmp_path / 'out')
+  with pytest.raises(holdout.HoldoutError) as e:
+    holdout.holdout(records_pattern=inputs, num_pairs=1, output_dir=out)
+  # Beam may append the stage name; nothing but this problem is reported.
+  found = re.match(r'holdout totals do not add up: (\d+) training clips '
+                   r'written, the plan has (\d+)( \[while running|$)',
+                   str(e.value))
+  assert found, str(e.value)
+  written, planned = int(found.group(1)), int(found.group(2))
+  # The plan trains on every clip but those of the held-out video.
+  assert planned in {sum(CLIPS_PER_VIDEO) - n for n in CLIPS_PER_VIDEO}
+  assert written == planned - 1
+  # Nothing says the split is complete.
+  assert not os.path.exists(os.path.join(out, holdout.HOLDOUT_FILENAME))
 
 
 def test_context_rewrite_is_tensorflows_serialisation():

@@ -144,45 +144,85 @@ def test_training_repeats_and_drops_remainder(clips):
 # ---- Temporal sampling ----
 
 
-def test_eval_single_clip_is_the_middle_window(clips):
+def _middle_start(num_available, num_frames, stride):
+  """The docstring's single eval window: start floor((n - L) / 2)."""
+  return (num_available - ((num_frames - 1) * stride + 1)) // 2
+
+
+def _even_starts(num_available, num_frames, stride, num_clips):
+  """The docstring's eval windows: starts evenly spaced over [0, n - L].
+
+  Rounded to the nearest frame; the cases used never fall half-way.
+  """
+  slack = num_available - ((num_frames - 1) * stride + 1)
+  exact = [k * slack / (num_clips - 1) for k in range(num_clips)]
+  assert all(abs(x % 1 - 0.5) > 0.01 for x in exact), exact
+  return [int(np.floor(x + 0.5)) for x in exact]
+
+
+# Slack n - L of the 20-frame clips: 10 (even) and 11 (odd).
+@pytest.mark.parametrize('num_frames,stride', [(4, 3), (3, 4)])
+def test_eval_single_clip_is_the_middle_window(clips, num_frames, stride):
   out = take_all(ip.make_dataset(clips, is_training=False, batch_size=4,
-                                 num_frames=4, stride=3, crop_size=16))
+                                 num_frames=num_frames, stride=stride,
+                                 crop_size=16))
+  start = _middle_start(20, num_frames, stride)
   for video, c in zip(out[ip.VIDEO], out[ip.CLIP_INDEX]):
     got = [frame_of(c, background(f)) for f in video[0]]
-    start = (20 - 10) // 2  # Window L = 3 * 3 + 1 = 10 of 20 frames.
-    assert got == [start + 3 * k for k in range(4)]
+    assert got == [start + stride * k for k in range(num_frames)]
 
 
-def test_eval_views_cover_the_whole_clip(clips):
+# Slack 13 (odd) and 10 (even) over 4 windows: the rounded starts differ
+# from the floored (and the ceiled) ones.
+@pytest.mark.parametrize('num_frames,stride', [(4, 2), (4, 3)])
+def test_eval_views_cover_the_whole_clip(clips, num_frames, stride):
   out = take_all(ip.make_dataset(clips, is_training=False, batch_size=4,
-                                 num_frames=4, stride=2, crop_size=16,
-                                 num_test_clips=3, num_test_crops=3))
+                                 num_frames=num_frames, stride=stride,
+                                 crop_size=16, num_test_clips=4,
+                                 num_test_crops=3))
+  want = _even_starts(20, num_frames, stride, 4)
+  # The first window starts at frame 0, the last ends at the last frame.
+  assert want[0] == 0 and want[-1] + (num_frames - 1) * stride == 19
   for video, c in zip(out[ip.VIDEO], out[ip.CLIP_INDEX]):
-    assert video.shape[0] == 9
+    assert video.shape[0] == 12
     frames = [[frame_of(c, background(f)) for f in view] for view in video]
     # Views are clip-major: the 3 crops of a clip show the same frames.
-    for k in range(3):
+    for k in range(4):
       assert frames[3 * k] == frames[3 * k + 1] == frames[3 * k + 2]
-    starts = [frames[3 * k][0] for k in range(3)]
-    for s, view in zip(starts, frames[::3]):
-      assert view == [s + 2 * i for i in range(4)]
-    # First window starts at frame 0, last ends at the last frame (19).
-    assert starts[0] == 0 and frames[6][-1] == 19
-    assert starts[0] < starts[1] < starts[2]
+    assert [view[0] for view in frames[::3]] == want
+    for s, view in zip(want, frames[::3]):
+      assert view == [s + stride * i for i in range(num_frames)]
 
 
 def test_training_window_is_random_with_the_stride(clips):
+  # Window L = 3 * 5 + 1 = 16 of 20 frames: legal starts 0..4. Over 40
+  # draws every one of them shows up (the last included), none beyond.
   ds = ip.make_dataset(clips, is_training=True, batch_size=4, num_frames=4,
-                       stride=3, crop_size=16, seed=1, **NO_COLOUR)
-  starts = set()
+                       stride=5, crop_size=16, seed=1, **NO_COLOUR)
+  starts = []
   for batch in ds.take(10):
     for video, c in zip(batch[ip.VIDEO].numpy(),
                         batch[ip.CLIP_INDEX].numpy()):
       got = [frame_of(c, background(f)) for f in video]
-      assert got == [got[0] + 3 * k for k in range(4)]
-      assert 0 <= got[0] <= 20 - 10
-      starts.add(got[0])
-  assert len(starts) >= 5  # Random starts, not one fixed window.
+      assert got == [got[0] + 5 * k for k in range(4)], got
+      starts.append(got[0])
+  assert set(starts) == set(range(20 - 16 + 1)), sorted(starts)
+
+
+@pytest.mark.parametrize('num_available', [9, 10])  # slack 4 and 5
+def test_training_starts_cover_zero_to_the_last_start(num_available):
+  # Window of 3 frames at stride 2 (L = 5): starts uniform in [0, n - L].
+  starts = []
+  for seed in range(120):
+    got = ip._frame_indices(
+        tf.constant(num_available), num_frames=3, stride=2, is_training=True,
+        num_clips=1, seed=tf.constant([seed, 3], tf.int64)).numpy().tolist()
+    assert got == [got[0], got[0] + 2, got[0] + 4], got
+    starts.append(got[0])
+  last = num_available - 5
+  assert set(starts) == set(range(last + 1)), sorted(set(starts))
+  # Roughly uniform: each start drawn at least half its share.
+  assert min(np.bincount(starts)) >= 120 / (last + 1) / 2
 
 
 @pytest.mark.parametrize('is_training', [True, False])
@@ -198,13 +238,15 @@ def test_short_clips_loop_from_frame_zero(tmp_path, is_training):
       assert [frame_of(c, background(f)) for f in view] == [0, 2, 4, 1]
 
 
-def test_image_mode_takes_the_middle_frame_in_eval(tmp_path):
+@pytest.mark.parametrize('num_frames', [5, 6])  # even and odd slack
+def test_image_mode_takes_the_middle_frame_in_eval(tmp_path, num_frames):
   path = write(str(tmp_path / 'img.tfrecord'),
-               [testing.make_fake_clip(4, num_frames=5)])
+               [testing.make_fake_clip(4, num_frames=num_frames)])
   out = take_all(ip.make_dataset(path, is_training=False, batch_size=1,
                                  crop_size=16, image_mode=True))
   assert out[ip.VIDEO].shape == (1, 1, 16, 16, 3)
-  assert frame_of(4, background(out[ip.VIDEO][0, 0])) == 2
+  # The docstring's middle frame, (n - 1) // 2.
+  assert frame_of(4, background(out[ip.VIDEO][0, 0])) == (num_frames - 1) // 2
 
 
 # ---- Spatial crops and augmentation ----
@@ -227,6 +269,31 @@ def test_three_crops_are_start_centre_end_of_the_long_side(tmp_path):
   # One crop is the centre one, up to sub-pixel rounding of the window.
   diff = np.abs(to_pixels(one[ip.VIDEO][0, 0]) - to_pixels(out[ip.VIDEO][0, 1]))
   assert diff.mean() < 6.0, diff.mean()
+
+
+# Frames resized by exactly 1/2 (short side 36 -> min_resize 18) to a long
+# side of 25 (odd slack 9 for a crop of 16) or 26 (even slack 10).
+@pytest.mark.parametrize('height,width', [(36, 50), (50, 36), (36, 52)])
+def test_eval_crops_are_placed_as_the_docstring_says(height, width):
+  first = tf.constant(testing.encode_jpeg(np.zeros((height, width, 3),
+                                                   np.uint8)))
+  opts = ip._make_options(16, dict(min_resize=18))
+  rh, rw = height // 2, width // 2  # resized frame
+  cy, cx = (rh - 16) // 2, (rw - 16) // 2  # centre crop: floor of half slack
+  window, size, ys, xs = (t.numpy().tolist() for t in ip._eval_window(
+      first, 16, 1, opts))
+  assert window == [2 * cy, 2 * cx, 32, 32]  # in source pixels
+  assert size == [16, 16] and ys == [0] and xs == [0]
+  # Three crops: start, centre and end of the long side, centred across it.
+  window, size, ys, xs = (t.numpy().tolist() for t in ip._eval_window(
+      first, 16, 3, opts))
+  along = [0, max(cy, cx), max(rh, rw) - 16]
+  if width > height:
+    assert window == [2 * cy, 0, 32, width] and size == [16, rw]
+    assert ys == [0, 0, 0] and xs == along
+  else:
+    assert window == [0, 2 * cx, height, 32] and size == [rh, 16]
+    assert ys == along and xs == [0, 0, 0]
 
 
 def test_augmentation_is_the_same_for_every_frame_of_a_clip(tmp_path):
@@ -332,6 +399,11 @@ def test_frame_indices_eagerly():
   idx = lambda n, **kw: ip._frame_indices(  # pylint: disable=g-long-lambda
       tf.constant(n), num_frames=3, stride=2, **kw).numpy().tolist()
   assert idx(9, is_training=False, num_clips=1, seed=None) == [2, 4, 6]
+  # Odd slack 5: the middle window starts at floor(5 / 2).
+  assert idx(10, is_training=False, num_clips=1, seed=None) == [2, 4, 6]
+  # Slack 7 over 4 windows: starts round(7k / 3) = 0, 2, 5, 7.
+  assert idx(12, is_training=False, num_clips=4, seed=None) == [
+      0, 2, 4, 2, 4, 6, 5, 7, 9, 7, 9, 11]
   assert idx(9, is_training=False, num_clips=2, seed=None) == [0, 2, 4, 4, 6, 8]
   assert idx(4, is_training=False, num_clips=2, seed=None) == [0, 2, 0] * 2
   got = idx(9, is_training=True, num_clips=1,

@@ -7,22 +7,38 @@ import sys
 import tensorflow as tf
 
 from tfrecords_tools import inspect as inspect_lib
+from tfrecords_tools import records
 from tfrecords_tools import schema
 from tfrecords_tools import testing
 
 
 def test_valid_records_report_and_contact_sheet(tmp_path):
-  testing.write_fake_clip_records(str(tmp_path), num_clips=6, num_shards=2,
+  """Counts equal the files, an empty last shard included.
+
+  6 clips over 7 shards: the last one is empty.
+  """
+  testing.write_fake_clip_records(str(tmp_path), num_clips=6, num_shards=7,
                                   num_frames=5)
-  report = inspect_lib.inspect_records(str(tmp_path / schema.shard_pattern()))
+  pattern = str(tmp_path / schema.shard_pattern())
+  report = inspect_lib.inspect_records(pattern, sheet_clips=4)
   assert report['problems'] == []
-  assert report['records'] == 6
+  assert (report['files'], report['records'], report['videos']) == (7, 6, 3)
+  raw = testing.read_records(pattern)
+  assert report['bytes'] == sum(len(r) for r in raw)
   assert report['labels'] == {'class_0': 2, 'class_1': 2, 'class_2': 2}
+  assert report['weak_labels'] == report['labels']
   assert report['frames_per_clip'] == {'min': 5, 'mean': 5.0, 'max': 5}
+  # The first 4 clips in shard order, with their frames.
+  clips = [records.parse_clip_example(r) for r in raw[:4]]
+  assert report['samples'] == [
+      (c[schema.CLIP_KEY_KEY], c[schema.LABEL_TEXT_KEY], c[schema.IMAGE_KEY])
+      for c in clips]
   sheet = str(tmp_path / 'sheet.png')
   inspect_lib.write_contact_sheet(report['samples'], sheet)
   img = tf.io.decode_png(tf.io.read_file(sheet)).numpy()
-  assert img.shape[0] > 100 and img.std() > 5  # A real picture, not blank.
+  # One row of 6 frames per clip: 2 x 1.6 inches per frame at 80 dpi.
+  assert img.shape == (4 * 128, 6 * 160, 4)
+  assert img.std() > 5  # A real picture, not blank.
 
 
 def test_broken_records_are_named(tmp_path):

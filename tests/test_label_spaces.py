@@ -233,6 +233,16 @@ def test_label_space_document():
   assert ['baking cookies', 'surfing'] in diag0['cells']
   assert diag0['name'] == 'weak: baking cookies / teacher: baking cookies'
   assert diag0['in_diagonal']
+  # Row 1's merged cell (scrambling eggs, baking cookies) comes BEFORE its
+  # diagonal cell: the class is still named after the diagonal. Every class
+  # is named after its diagonal cell if it has one, else its only cell.
+  diag1 = m['classes'][m['table'][1][1]]
+  assert ['scrambling eggs', 'baking cookies'] in diag1['cells']
+  assert diag1['name'] == 'weak: scrambling eggs / teacher: scrambling eggs'
+  for cls in m['classes']:
+    own = [cell for cell in cls['cells'] if cell[0] == cell[1]] or cls['cells']
+    assert len(own) == 1
+    assert cls['name'] == f'weak: {own[0][0]} / teacher: {own[0][1]}'
   b = ls.make_label_space('spl_b', c, names)
   assert [x['name'] for x in b['classes']][:2] == [
       'weak: baking cookies / teacher agrees',

@@ -66,11 +66,17 @@ def test_cross_entropy_matches_numpy():
 
 
 def test_label_smoothing_matches_numpy():
-  logits = np.array([[2.0, 0.0, -1.0]], np.float32)
-  got = losses.softmax_cross_entropy([0], logits, label_smoothing=0.3).numpy()
-  target = np.array([0.7 + 0.1, 0.1, 0.1])
-  want = -(target * np.log(_softmax(logits)[0])).sum()
-  np.testing.assert_allclose(got, [want], rtol=1e-5)
+  # Several examples with different labels (not only class 0) and 4 classes:
+  # the label keeps 1 - 0.3 + 0.3 / 4, every class gets 0.3 / 4.
+  logits = np.array([[2.0, 0.0, -1.0, 0.5], [0.1, -2.0, 1.5, 0.0],
+                     [-0.3, 0.8, 0.0, 2.2]], np.float32)
+  labels = np.array([0, 2, 1])
+  got = losses.softmax_cross_entropy(labels, logits,
+                                     label_smoothing=0.3).numpy()
+  target = np.full((3, 4), 0.3 / 4)
+  target[np.arange(3), labels] += 0.7
+  log_p = np.log(_softmax(logits.astype(np.float64)))
+  np.testing.assert_allclose(got, -(target * log_p).sum(1), rtol=1e-5)
 
 
 def test_numpy_anchor_gradient_matches_finite_differences():
@@ -135,6 +141,38 @@ def test_anchor_loss_is_softmax_cross_entropy_during_warmup():
     grad = tape.gradient(total, x)
     np.testing.assert_allclose(loss.numpy(), want_loss, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(grad.numpy(), want_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_anchor_loss_defaults_are_the_reference_codes():
+  """gamma 0.5 and slack 0.05 when not given (slryou41/AnchorLoss defaults)."""
+  rng = np.random.default_rng(4)
+  logits = (rng.normal(size=(6, 5)) * 2).astype(np.float32)
+  labels = rng.integers(0, 5, size=6)
+  want, _, _ = _anchor_reference(labels, logits, 0.5, 0.05)
+  np.testing.assert_allclose(losses.anchor_loss(labels, logits).numpy(), want,
+                             rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('warmup_epochs', [0.5, 1, 3])
+def test_anchor_loss_warmup_of_at_most_one_epoch(warmup_epochs):
+  """Short warm-ups (one epoch, a fraction of one) are warm-ups too."""
+  rng = np.random.default_rng(5)
+  logits = (rng.normal(size=(4, 3)) * 2).astype(np.float32)
+  labels = rng.integers(0, 3, size=4)
+  ce, _ = _softmax_ce_reference(labels, logits)
+  anchored, _, _ = _anchor_reference(labels, logits, 0.5, 0.05)
+  for epoch, want in ((0.0, ce), (warmup_epochs - 0.25, ce),
+                      (warmup_epochs, anchored)):
+    got = losses.anchor_loss(labels, logits, warmup_epochs=warmup_epochs,
+                             epoch=tf.constant(epoch))
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('smoothing', [1.0, -0.1, 1.5])
+def test_label_smoothing_outside_zero_one_is_refused(smoothing):
+  with pytest.raises(ValueError, match='label_smoothing'):
+    losses.softmax_cross_entropy([0], tf.zeros((1, 3)),
+                                 label_smoothing=smoothing)
 
 
 def test_anchor_loss_pushes_hard_negatives_harder():

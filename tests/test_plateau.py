@@ -4,6 +4,7 @@ import functools
 import json
 import os
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -49,6 +50,45 @@ def test_validation_loss_mode_drops_at_most_twice():
   assert int(schedule.drops.numpy()) == 2
   with pytest.raises(ValueError, match='mode'):
     optimization.PlateauDecay(0.1, mode='lower')
+
+
+def test_min_delta_factor_and_floor():
+  # Improvements must beat the best by more than min_delta; each drop
+  # multiplies by factor (0.3, so neither 0.1 nor 1 - factor would pass);
+  # the rate never goes below min_learning_rate.
+  schedule = optimization.PlateauDecay(1.0, factor=0.3, patience=1,
+                                       metric='acc', min_delta=0.05,
+                                       min_learning_rate=0.05)
+  rates = []
+  history = []
+  for acc in (0.5, 0.54, 0.56, 0.6, 0.7, 0.7):
+    history.append(schedule.report({'acc': acc}))
+    rates.append(float(schedule(0)))
+  # 0.54 and 0.6 are within min_delta of the best (0.5, then 0.56): stalls.
+  assert history == [False, True, False, True, False, True]
+  np.testing.assert_allclose(rates, [1.0, 0.3, 0.3, 0.09, 0.09, 0.05],
+                             rtol=1e-6)
+  assert int(schedule.drops.numpy()) == 3  # the floor does not undo a drop
+
+
+def test_min_delta_in_min_mode_asks_for_a_decrease():
+  schedule = optimization.PlateauDecay(0.2, factor=0.3, patience=1,
+                                       metric='loss', mode='min',
+                                       min_delta=0.1)
+  # 1.95 is lower than 2.0 but not by more than 0.1: a stall; 1.8 improves.
+  history = [schedule.report({'loss': v}) for v in (2.0, 1.95, 1.8, 1.75)]
+  assert history == [False, True, False, True]
+  assert float(schedule(0)) == pytest.approx(0.2 * 0.09, rel=1e-6)
+
+
+def test_build_scales_the_rate_with_the_global_batch():
+  lr = optimization.build_plateau_learning_rate(
+      base_learning_rate=0.1, global_batch_size=12, base_batch_size=8,
+      steps_per_epoch=5, total_steps=50, factor=0.3, patience=3,
+      metric='loss', mode='min', max_drops=1)
+  assert float(lr(0)) == pytest.approx(0.1 * 12 / 8, rel=1e-6)
+  assert (lr.factor, lr.patience, lr.metric, lr.mode, lr.max_drops) == (
+      0.3, 3, 'loss', 'min', 1)
 
 
 def test_bad_arguments_and_unknown_metric():

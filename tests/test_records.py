@@ -1,5 +1,6 @@
 """Schema round trip: our writer helper, our parser and Model Garden's Decoder agree."""
 
+import fnmatch
 import os
 
 import numpy as np
@@ -65,5 +66,11 @@ def test_label_map_sorted_and_round_trips(tmp_path):
 
 def test_shard_names():
   assert schema.shard_name(3, 16) == 'clips-00003-of-00016.tfrecord'
-  with pytest.raises(ValueError, match='index'):
-    schema.shard_name(16, 16)
+  # The last shard has a name too, and the pattern matches every shard.
+  assert schema.shard_name(15, 16) == 'clips-00015-of-00016.tfrecord'
+  assert schema.shard_name(0, 1) == 'clips-00000-of-00001.tfrecord'
+  assert all(fnmatch.fnmatch(schema.shard_name(i, 16), schema.shard_pattern())
+             for i in range(16))
+  for bad in (16, -1):
+    with pytest.raises(ValueError, match='index'):
+      schema.shard_name(bad, 16)

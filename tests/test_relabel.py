@@ -30,10 +30,15 @@ def teacher_of(clip_index, weak):
 
 
 def make_inputs(root, *, num_clips=NUM_CLIPS, skip_prediction=(),
-                extra_prediction=None, num_classes_pred=NUM_CLASSES):
-  """Writes fake clip shards + their teacher predictions; returns patterns."""
+                extra_prediction=None, num_classes_pred=NUM_CLASSES,
+                num_shards=2):
+  """Writes fake clip shards + their teacher predictions; returns patterns.
+
+  Clip c goes to shard c % num_shards.
+  """
   clip_dir = os.path.join(root, 'clips')
-  testing.write_fake_clip_records(clip_dir, num_clips=num_clips, num_shards=2,
+  testing.write_fake_clip_records(clip_dir, num_clips=num_clips,
+                                  num_shards=num_shards,
                                   num_classes=NUM_CLASSES, num_frames=2,
                                   height=16, width=16)
   pred_dir = os.path.join(root, 'pred')
@@ -269,6 +274,172 @@ def test_relabel_end_to_end_deterministic_and_model_garden_reads_it(
   assert label_map == [x['name'] for x in space['classes']]
 
 
+def _read(path):
+  """Records of one TFRecord file, CRC-checked by our own reader."""
+  with open(path, 'rb') as f:
+    return list(tfrecord_io.read_records(f, path))
+
+
+def test_empty_shards_are_rewritten_and_totals_equal_the_files(tmp_path):
+  """Every input shard gives an output shard of its name, empty or not.
+
+  4 clips over 6 shards: shards 4 and 5 are empty on input, and `agreement`
+  drops every clip of shards 1 and 2. The reported totals, per shard and
+  overall, equal what is counted in the files.
+  """
+  rec_pattern, pred_pattern, _ = make_inputs(str(tmp_path), num_clips=4,
+                                             num_shards=6)
+  out = str(tmp_path / 'out')
+  stats = relabel.relabel(records_pattern=rec_pattern,
+                          predictions_pattern=pred_pattern,
+                          variant='agreement', output_dir=out)
+  in_paths = sorted(tf.io.gfile.glob(rec_pattern))
+  names = [os.path.basename(p) for p in in_paths]
+  assert names == [schema.shard_name(i, 6) for i in range(6)]
+  assert sorted(n for n in os.listdir(out) if n.startswith('clips-')) == names
+  inputs = [[records.parse_clip_example(r) for r in _read(p)]
+            for p in in_paths]
+  outputs = [[records.parse_clip_example(r) for r in
+              _read(os.path.join(out, n))] for n in names]
+  # Shard s holds clip s (s < 4); TensorFlow reads the empty files too.
+  assert [[c[schema.CLIP_INDEX_KEY] for c in x] for x in inputs] == [
+      [0], [1], [2], [3], [], []]
+  for n, x in zip(names, outputs):
+    assert len(list(tf.data.TFRecordDataset([os.path.join(out, n)]))) == len(x)
+  # Agreement keeps the clips whose teacher is their weak label, in order.
+  expected = [[c[schema.CLIP_INDEX_KEY] for c in x
+               if teacher_of(c[schema.CLIP_INDEX_KEY],
+                             c[schema.WEAK_LABEL_INDEX_KEY]) ==
+               c[schema.WEAK_LABEL_INDEX_KEY]] for x in inputs]
+  assert expected == [[0], [], [], [3], [], []]
+  assert [[c[schema.CLIP_INDEX_KEY] for c in x] for x in outputs] == expected
+  for n in ('clips-00001-of-00006.tfrecord', 'clips-00004-of-00006.tfrecord'):
+    assert os.path.getsize(os.path.join(out, n)) == 0
+
+  # Reported totals, counted independently from the files.
+  per_shard = [{
+      'shard': n, 'input': len(i), 'written': len(o),
+      'dropped': len(i) - len(o),
+      'bytes_in': os.path.getsize(p),
+      'bytes_out': os.path.getsize(os.path.join(out, n))}
+               for n, p, i, o in zip(names, in_paths, inputs, outputs)]
+  assert [{k: s[k] for k in per_shard[0]} for s in stats['shards']] == (
+      per_shard)
+  assert stats['clips'] == {k: sum(s[k] for s in per_shard) for k in (
+      'input', 'written', 'dropped', 'bytes_in', 'bytes_out')}
+  assert stats['clips']['input'] == 4 and stats['clips']['written'] == 2
+  labels = [c[schema.LABEL_INDEX_KEY] for x in outputs for c in x]
+  assert stats['class_counts'] == np.bincount(
+      labels, minlength=NUM_CLASSES).tolist()
+  assert [s['class_counts'] for s in stats['shards']] == [
+      np.bincount([c[schema.LABEL_INDEX_KEY] for c in x],
+                  minlength=NUM_CLASSES).tolist() for x in outputs]
+
+
+def test_relabel_end_to_end_fails_when_a_stage_loses_a_clip(tmp_path,
+                                                            monkeypatch):
+  """A pass 2 that reports a clip fewer than pass 1 counted fails the job.
+
+  The shard's own books balance (input = written + dropped), so only the
+  job's cross-check against the confusion matrix can see it.
+  """
+  rec_pattern, pred_pattern, _ = make_inputs(str(tmp_path))
+  real = relabel.rewrite_shard
+
+  def lossy(in_path, out_path, teachers, space):
+    stats = real(in_path, out_path, teachers, space)
+    if in_path.endswith(schema.shard_name(1, 2)):
+      new = stats['class_counts'].index(max(stats['class_counts']))
+      stats['class_counts'][new] -= 1
+      stats['input'] -= 1
+      stats['written'] -= 1
+    return stats
+
+  monkeypatch.setattr(relabel, 'rewrite_shard', lossy)
+  out = str(tmp_path / 'out')
+  with pytest.raises(relabel.RelabelError) as e:
+    relabel.relabel(records_pattern=rec_pattern,
+                    predictions_pattern=pred_pattern, variant='spl',
+                    output_dir=out)
+  assert (f'relabel totals do not add up: pass 2 read {NUM_CLIPS - 1} clips, '
+          f'the confusion matrix counts {NUM_CLIPS}; per-class written counts '
+          'differ from the label space') in str(e.value)
+  # Nothing says the output is complete.
+  assert schema.LABEL_SPACE_FILENAME not in os.listdir(out)
+  assert relabel.STATS_FILENAME not in os.listdir(out)
+
+
+def _consistent_finish_inputs():
+  """pass-1 result and matching shard stats: one full shard, one empty."""
+  confusion = np.array([[3, 1, 0], [2, 4, 1], [0, 0, 5]], np.int64)
+  space = label_spaces.make_label_space(
+      'agreement', confusion, [f'class_{i}' for i in range(NUM_CLASSES)])
+  pass1 = {'errors': {'count': 0, 'by_kind': {}, 'first': []},
+           'space': space, 'confusion': confusion.tolist()}
+  total, kept = int(confusion.sum()), int(np.trace(confusion))
+  shards = [
+      {'shard': 'a', 'input': total, 'written': kept, 'dropped': total - kept,
+       'bytes_in': 1000, 'bytes_out': 600,
+       'class_counts': np.diag(confusion).tolist()},
+      {'shard': 'b', 'input': 0, 'written': 0, 'dropped': 0, 'bytes_in': 0,
+       'bytes_out': 0, 'class_counts': [0] * NUM_CLASSES}]
+  return pass1, shards
+
+
+def _break_missing_shard(shards):
+  del shards[1]
+
+
+def _break_unbalanced(shards):
+  shards[0]['written'] -= 1
+  shards[0]['class_counts'][0] -= 1
+
+
+def _break_input_count(shards):
+  shards[0]['input'] += 1
+  shards[0]['dropped'] += 1
+
+
+def _break_class_counts(shards):
+  shards[0]['class_counts'][0] -= 1
+  shards[0]['class_counts'][1] += 1
+
+
+@pytest.mark.parametrize('tamper,problems', [
+    (_break_missing_shard, '1 shards written of 2'),
+    (_break_unbalanced, '16 clips in != 11 written + 4 dropped; per-class '
+     'written counts differ from the label space'),
+    (_break_input_count, 'pass 2 read 17 clips, the confusion matrix counts '
+     '16; dropped 5 clips, the label space expects 4'),
+    (_break_class_counts, 'per-class written counts differ from the label '
+     'space'),
+])
+def test_finish_cross_checks_the_totals(tmp_path, tamper, problems):
+  """Each disagreement of pass 2 with pass 1 is named; nothing is written."""
+  pass1, shards = _consistent_finish_inputs()
+  assert pass1['space']['num_clips'] == 16  # The messages' numbers.
+  assert pass1['space']['num_dropped_clips'] == 4
+  tamper(shards)
+  with pytest.raises(relabel.RelabelError) as e:
+    relabel._finish(  # pylint: disable=protected-access
+        shards, pass1, str(tmp_path), 2)
+  assert str(e.value) == 'relabel totals do not add up: ' + problems
+  assert not os.listdir(tmp_path)
+
+
+def test_finish_accepts_consistent_totals(tmp_path):
+  """The cross-check's inputs above are consistent before tampering."""
+  pass1, shards = _consistent_finish_inputs()
+  relabel._finish(  # pylint: disable=protected-access
+      shards, pass1, str(tmp_path), 2)
+  with open(tmp_path / relabel.STATS_FILENAME, encoding='utf-8') as f:
+    written = json.load(f)
+  assert written['status'] == 'ok'
+  assert written['clips'] == {'input': 16, 'written': 12, 'dropped': 4,
+                              'bytes_in': 1000, 'bytes_out': 600}
+  assert written['class_counts'] == [3, 4, 5]
+
+
 def test_input_problems_are_reported_and_nothing_is_written(tmp_path):
   rec_pattern, pred_pattern, _ = make_inputs(
       str(tmp_path), skip_prediction=(5,),
@@ -403,7 +574,26 @@ def test_relabel_by_class_count(tmp_path, caplog):
   written = [r for p in sorted(tf.io.gfile.glob(os.path.join(
       out, schema.shard_pattern()))) for r in testing.parse_all(p)]
   assert len(written) == covered
-  assert {r[schema.LABEL_INDEX_KEY] for r in written} <= set(range(count))
+  # The written clips are exactly those of the kept cells (by hand), each
+  # with the class `label_space.json` lists the cell under.
+  kept_cells = sorted(
+      clip[schema.WEAK_LABEL_INDEX_KEY] * n + teacher_of(
+          clip[schema.CLIP_INDEX_KEY], clip[schema.WEAK_LABEL_INDEX_KEY])
+      for clip in clips
+      if clip[schema.WEAK_LABEL_INDEX_KEY] == teacher_of(
+          clip[schema.CLIP_INDEX_KEY], clip[schema.WEAK_LABEL_INDEX_KEY])
+      or clip[schema.WEAK_LABEL_INDEX_KEY] * n + teacher_of(
+          clip[schema.CLIP_INDEX_KEY], clip[schema.WEAK_LABEL_INDEX_KEY])
+      in kept_off)
+  assert sorted(r[schema.WEAK_LABEL_INDEX_KEY] * n + r[schema.TEACHER_INDEX_KEY]
+                for r in written) == kept_cells
+  class_of_cell = {tuple(cell): c['index'] for c in space['classes']
+                   for cell in c['cells']}
+  # One class per kept cell: n diagonal and count - n off-diagonal ones.
+  assert len(class_of_cell) == count
+  assert [r[schema.LABEL_INDEX_KEY] for r in written] == [
+      class_of_cell[(f'class_{r[schema.WEAK_LABEL_INDEX_KEY]}',
+                     f'class_{r[schema.TEACHER_INDEX_KEY]}')] for r in written]
   assert any(f'{count} classes' in m and 'SCR reached' in m and
              'noise ratio' in m for m in caplog.messages)
   # The trainer's check accepts it as the declared Figure 4 point, and refuses

@@ -104,13 +104,26 @@ def test_noise_parameters_measured_on_pixels(tmp_path, action_fraction,
 
 
 def test_titles_carry_class_words_and_noise(tmp_path):
-  synthetic.generate(str(tmp_path), _small())
-  with open(tmp_path / 'web' / 'manifest.csv', encoding='utf-8') as f:
-    rows = list(csv.DictReader(f))
-  for r in rows:
-    words = r['title'].split()
-    assert all(w in words for w in r['label'].split())
-    assert len(words) > len(r['label'].split())
+  """Each class word once, exactly `title_noise_words` noise words, then
+  optionally an emoji and a hashtag of the first class word."""
+  cfg = _small(title_noise_words=2)
+  synthetic.generate(str(tmp_path), cfg)
+  for split in ('target', 'web'):
+    with open(tmp_path / split / 'manifest.csv', encoding='utf-8') as f:
+      rows = list(csv.DictReader(f))
+    assert len(rows) == cfg.num_classes * (
+        cfg.target_videos_per_class if split == 'target'
+        else cfg.web_videos_per_class)
+    for r in rows:
+      words = r['title'].split()
+      if words[-1] == '#' + r['label'].split()[0]:
+        words.pop()
+      if words[-1] in synthetic.EMOJI:
+        words.pop()
+      noise = [w for w in words if w in synthetic.NOISE_WORDS]
+      assert len(noise) == cfg.title_noise_words, r['title']
+      assert sorted(w for w in words if w not in noise) == sorted(
+          r['label'].split()), r['title']
 
 
 def test_bad_parameters_named():

@@ -244,16 +244,36 @@ def test_rewrites_record_captions_frames_untouched(pipeline_dir, tmp_path):
   after = testing.parse_all(str(out / 'clips-*.tfrecord'))
   assert sorted(os.listdir(out)) == sorted(os.listdir(src) + [
       title_tree.STATS_FILENAME])
+  assert len(after) == len(before) == 6
   for b, a in zip(before, after):
     caption = b.pop(schema.CAPTION_KEY)
     assert a.pop(schema.CAPTION_KEY) == _independent_tree(
         reference, text_cleaning.clean_title(caption))
     assert a == b  # Frames and every other key as they were.
   written = json.loads((out / title_tree.STATS_FILENAME).read_text())
-  assert written['pos_tags'] == ['NOUN', 'VERB'] and written['clean_first']
+  assert written['pos_tags'] == ['NOUN', 'VERB']
+  assert written['clean_first'] is True
   with pytest.raises(ValueError, match='holds the input shards'):
     title_tree.run(spacy_pipeline=pipeline_dir,
                    records=str(src / 'clips-*.tfrecord'), output_dir=str(src))
+
+
+def test_empty_shards_are_rewritten_as_empty_files(pipeline_dir, tmp_path):
+  """More shards than clips (the writer's and relabel's output often has
+  empty shards): every shard is rewritten, the empty ones as empty files."""
+  src = tmp_path / 'records'
+  testing.write_fake_clip_records(str(src), num_clips=2, num_shards=3)
+  sizes = {p.name: p.stat().st_size for p in src.glob('clips-*.tfrecord')}
+  assert len(sizes) == 3 and 0 in sizes.values()
+  out = tmp_path / 'records_tree'
+  stats = title_tree.run(spacy_pipeline=pipeline_dir,
+                         records=str(src / 'clips-*.tfrecord'),
+                         output_dir=str(out))
+  assert stats['shards'] == 3 and stats['records'] == 2
+  for name, size in sizes.items():
+    assert ((out / name).stat().st_size == 0) == (size == 0), name
+  assert len(testing.parse_all(str(out / 'clips-*.tfrecord'))) == 2
+  assert not list(out.glob('*.tmp-*'))
 
 
 def _cli(*args):

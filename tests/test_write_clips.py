@@ -6,6 +6,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import zlib
 
 import apache_beam as beam
 import numpy as np
@@ -18,6 +19,7 @@ from tfrecords_tools import manifest as manifest_lib
 from tfrecords_tools import records
 from tfrecords_tools import schema
 from tfrecords_tools import testing
+from tfrecords_tools import tfrecord_io
 from tfrecords_tools import video as video_lib
 from tfrecords_tools import write_clips
 
@@ -103,7 +105,7 @@ def mixed(tmp_path_factory):
   rejects = [json.loads(l) for l in open(out / schema.REJECTS_FILENAME)]
   clips = testing.parse_all(str(out / schema.shard_pattern()))
   return dict(dir=d, out=out, summary=summary, rejects=rejects, clips=clips,
-              manifest=manifest, labels=labels)
+              manifest=manifest, labels=labels, rows=rows)
 
 
 def _by_video(clips):
@@ -117,6 +119,25 @@ def _reasons(rejects):
   return {r['video_id']: r['reason'] for r in rejects}
 
 
+def _shard_of(clip_key, num_shards):
+  """The documented shard of a clip: crc32 of its clip key mod num_shards."""
+  return zlib.crc32(clip_key.encode('utf-8')) % num_shards
+
+
+def _keys_by_shard(out, num_shards):
+  """Clip keys of every shard file, read with CRC checks (shard order)."""
+  keys = []
+  for i in range(num_shards):
+    path = str(out / schema.shard_name(i, num_shards))
+    with open(path, 'rb') as f:
+      raw = list(tfrecord_io.read_records(f, path))
+    # TensorFlow's reader agrees (an empty shard is a valid, empty file).
+    assert [r.numpy() for r in tf.data.TFRecordDataset([path])] == raw
+    keys.append([records.parse_clip_example(r)[schema.CLIP_KEY_KEY]
+                 for r in raw])
+  return keys
+
+
 def test_every_bad_video_is_listed_with_its_reason(mixed):
   reasons = _reasons(mixed['rejects'])
   assert reasons['missing'] == video_lib.MISSING_FILE
@@ -127,11 +148,27 @@ def test_every_bad_video_is_listed_with_its_reason(mixed):
   assert reasons['bikes_unknown'] == manifest_lib.UNKNOWN_LABEL
   assert reasons['good'] == manifest_lib.DUPLICATE_VIDEO_ID
   # A truncated / bit-flipped real mp4 is either unreadable or yields fewer
-  # clips than planned; either way it is reported, never silently lost.
-  assert 'truncated' in reasons and 'corrupt' in reasons or (
-      'corrupt' in _by_video(mixed['clips']))
+  # clips than planned; either way it is reported, never silently lost:
+  # every manifest row is written or rejected, both only when partial.
+  written_ids = set(_by_video(mixed['clips']))
+  first_row = {}
+  for row, (_, _, _, video_id) in enumerate(mixed['rows'], start=1):
+    first_row.setdefault(video_id or 'odd', row)
+  written_rows = {first_row[v] for v in written_ids}
+  rejected_rows = [r['row'] for r in mixed['rejects']]
+  assert len(rejected_rows) == len(set(rejected_rows))
+  assert set(rejected_rows) | written_rows == set(
+      range(1, len(mixed['rows']) + 1))
+  assert set(rejected_rows) & written_rows == {
+      r['row'] for r in mixed['rejects'] if r['reason'] == video_lib.PARTIAL}
+  assert {'truncated', 'corrupt'} <= set(reasons) | written_ids
+  # Manifest problems name the row, video problems the file.
   for r in mixed['rejects']:
-    assert r['message'], r
+    if r['reason'] in (manifest_lib.UNKNOWN_LABEL,
+                       manifest_lib.DUPLICATE_VIDEO_ID):
+      assert r['message'].startswith(f"row {r['row']}: "), r
+    else:
+      assert r['message'].startswith(r['path']), r
 
 
 def test_good_videos_are_written_with_contiguous_indices(mixed):
@@ -214,6 +251,45 @@ def test_label_map_summary_and_model_garden_reader(mixed):
   assert labels == sorted(c[schema.LABEL_INDEX_KEY] for c in by_key.values())
 
 
+def test_every_clip_is_in_the_shard_its_key_hashes_to(mixed):
+  """Shard = crc32(clip key) % num_shards, sorted by clip index; none left out.
+
+  Protects against an assignment that never fills the last shard (e.g.
+  modulo num_shards - 1) or loses / misplaces clips.
+  """
+  ordered = sorted(mixed['clips'], key=lambda c: c[schema.CLIP_INDEX_KEY])
+  expected = [[] for _ in range(3)]
+  for c in ordered:
+    key = c[schema.CLIP_KEY_KEY]
+    expected[_shard_of(key, 3)].append(key)
+  # Every shard, the last one included, has clips of this manifest.
+  assert [len(e) > 0 for e in expected] == [True, True, True]
+  assert _keys_by_shard(mixed['out'], 3) == expected
+  assert mixed['summary']['clips'] == sum(len(e) for e in expected)
+
+
+def test_more_shards_than_clips_gives_every_shard_file(tmp_path):
+  """num_shards files with the documented names, empty ones valid too."""
+  testing.write_test_video(str(tmp_path / 'v.mp4'), seconds=2.0, fps=10)
+  manifest = _write_manifest(tmp_path / 'm.csv', [('v.mp4', 'a', 't', 'v')])
+  out = tmp_path / 'out'
+  summary = write_clips.run_writer(str(manifest), _config(out, num_shards=5))
+  assert sorted(os.listdir(out)) == sorted(
+      [schema.shard_name(i, 5) for i in range(5)] +
+      [schema.LABEL_MAP_FILENAME, schema.SUMMARY_FILENAME,
+       schema.REJECTS_FILENAME])
+  clip_keys = [schema.make_clip_key('v', 0.0), schema.make_clip_key('v', 1.0)]
+  expected = [[] for _ in range(5)]
+  for key in clip_keys:  # Clip-index order: by start time.
+    expected[_shard_of(key, 5)].append(key)
+  keys = _keys_by_shard(out, 5)
+  assert keys == expected
+  for i, k in enumerate(keys):  # At least three of them.
+    if not k:
+      assert os.path.getsize(out / schema.shard_name(i, 5)) == 0
+  assert summary['clips'] == 2 and summary['num_shards'] == 5
+
+
 def test_project_reader_reads_written_shards(mixed):
   from spl import input_pipeline  # pylint: disable=g-import-not-at-top
   ds = input_pipeline.make_dataset(
@@ -252,6 +328,68 @@ def test_empty_manifest_fails_clearly(tmp_path):
   manifest = _write_manifest(tmp_path / 'm.csv', [])
   with pytest.raises(ValueError, match='no data rows'):
     write_clips.run_writer(str(manifest), _config(tmp_path / 'out'))
+
+
+def test_manifest_rejects_empty_and_reversed_segments_naming_the_row(
+    tmp_path):
+  """end <= start is a bad row (named); any end > start is a usable row."""
+  manifest = _write_manifest(tmp_path / 'm.csv', [
+      ('v.mp4', 'a', 't', 'zero', '1.0', '1.0'),
+      ('v.mp4', 'a', 't', 'reversed', '1.5', '1.0'),
+      ('v.mp4', 'a', 't', 'zero_spelled', '2', '2.000'),
+      ('v.mp4', 'a', 't', 'tiny', '1.0', '1.001'),
+      ('v.mp4', 'a', 't', 'open_end', '1.0', ''),
+      ('v.mp4', 'a', 't', 'no_start', '', '0.5'),
+      # No start means 0: an end of 0 is a zero-length segment too.
+      ('v.mp4', 'a', 't', 'zero_at_0', '', '0'),
+  ], header=('path', 'label', 'title', 'video_id', 'start', 'end'))
+  entries, rejects, class_names, _ = manifest_lib.read_manifest(str(manifest))
+  assert class_names == ['a']
+  assert [(e.ordinal, e.row, e.video_id, e.start, e.end) for e in entries] == [
+      (0, 4, 'tiny', 1.0, 1.001), (1, 5, 'open_end', 1.0, None),
+      (2, 6, 'no_start', None, 0.5)]
+  assert [(r['row'], r['video_id'], r['reason']) for r in rejects] == [
+      (1, 'zero', manifest_lib.BAD_ROW), (2, 'reversed', manifest_lib.BAD_ROW),
+      (3, 'zero_spelled', manifest_lib.BAD_ROW),
+      (7, 'zero_at_0', manifest_lib.BAD_ROW)]
+  assert [r['message'] for r in rejects] == [
+      'row 1: `end` (1.0) must be > `start` (1.0)',
+      'row 2: `end` (1.0) must be > `start` (1.5)',
+      'row 3: `end` (2.0) must be > `start` (2.0)',
+      'row 7: `end` (0.0) must be > `start` (0.0)']
+
+
+def test_segment_of_exactly_the_minimum_length_gives_one_clip(tmp_path):
+  """The writer's boundary: a segment of min_clip_seconds is written, a
+  shorter one is rejected as too short, end <= start as a bad row."""
+  testing.write_test_video(str(tmp_path / 'v.mp4'), seconds=3.0, fps=10)
+  (tmp_path / 'm.jsonl').write_text('\n'.join(json.dumps(r) for r in [
+      {'path': 'v.mp4', 'label': 'a', 'video_id': 'zero', 'start': 1.0,
+       'end': 1.0},
+      {'path': 'v.mp4', 'label': 'a', 'video_id': 'reversed', 'start': 1.0,
+       'end': 0.5},
+      {'path': 'v.mp4', 'label': 'a', 'video_id': 'min', 'start': 1.0,
+       'end': 1.5},
+      {'path': 'v.mp4', 'label': 'a', 'video_id': 'below', 'start': 1.0,
+       'end': 1.4},
+  ]) + '\n')
+  out = tmp_path / 'out'
+  summary = write_clips.run_writer(
+      str(tmp_path / 'm.jsonl'),
+      _config(out, num_shards=1, clip_seconds=1.0, min_clip_seconds=0.5))
+  rejects = [json.loads(l) for l in open(out / schema.REJECTS_FILENAME)]
+  assert [(r['row'], r['video_id'], r['reason']) for r in rejects] == [
+      (1, 'zero', manifest_lib.BAD_ROW), (2, 'reversed', manifest_lib.BAD_ROW),
+      (4, 'below', video_lib.TOO_SHORT)]
+  assert rejects[0]['message'].startswith('row 1: `end`')
+  assert rejects[1]['message'].startswith('row 2: `end`')
+  clips = testing.parse_all(str(out / schema.shard_pattern()))
+  assert [(c[schema.VIDEO_ID_KEY], c[schema.CLIP_START_KEY],
+           c[schema.CLIP_END_KEY]) for c in clips] == [('min', 1.0, 1.5)]
+  assert summary['clips'] == 1
+  assert summary['rejects_by_reason'] == {manifest_lib.BAD_ROW: 2,
+                                          video_lib.TOO_SHORT: 1}
+  assert summary['videos_in_manifest'] == 4
 
 
 def test_non_utf8_titles_jsonl_and_per_class_budget(tmp_path):
@@ -371,7 +509,7 @@ def test_shuffle_carries_no_frames(tmp_path):
   pieces = [o for o in out if not isinstance(o, beam.pvalue.TaggedOutput)]
   assert len(pieces) == 2
   for shard, piece in pieces:
-    assert 0 <= shard < 2
+    assert shard == _shard_of(schema.make_clip_key('v', piece.start), 2)
     assert len(pickle.dumps(piece)) < 2000
     with open(piece.path, 'rb') as f:
       f.seek(piece.offset)
@@ -396,7 +534,8 @@ def test_plan_windows_and_budget():
   assert video_lib.allocate_budget([5, 1, 5], 7) == [3, 1, 3]
   assert video_lib.allocate_budget([5, 1, 5], 100) == [5, 1, 5]
   assert video_lib.allocate_budget([2, 2, 2], 4) == [2, 1, 1]
-  assert sum(video_lib.allocate_budget([0, 3, 9, 4], 10)) == 10
+  # 3 each, then the one left over to the first video with room.
+  assert video_lib.allocate_budget([0, 3, 9, 4], 10) == [0, 3, 4, 3]
 
 
 def test_bad_flags_named():

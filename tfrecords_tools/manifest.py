@@ -149,8 +149,9 @@ def read_manifest(path: str, labels: Optional[Sequence[str]] = None
         raise ValueError('empty `label`')
       start = _seconds(obj.get('start'), 'start')
       end = _seconds(obj.get('end'), 'end')
-      if start is not None and end is not None and end <= start:
-        raise ValueError(f'`end` ({end}) must be > `start` ({start})')
+      # No `start` means the file's start (0 s): `end` 0 is empty too.
+      if end is not None and end <= (start or 0.0):
+        raise ValueError(f'`end` ({end}) must be > `start` ({start or 0.0})')
     except ValueError as e:
       rejects.append(make_reject(row=row, path=raw_path,
                                  video_id=str(obj.get('video_id') or ''),
