@@ -226,3 +226,66 @@ def test_average_views_is_the_mean_of_softmaxes_not_of_logits():
   want = softmax.reshape(2, 3, 3).mean(1)  # 2 records of 3 views
   got = metrics.average_views(tf.constant(logits, tf.float32), 3).numpy()
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_gather_with_one_replica_returns_the_replica_values(logical_cpus):
+  """The one-replica shortcut (single-device runs) keeps every record."""
+  for strategy in (tf.distribute.get_strategy(), _mirrored(logical_cpus[:1])):
+    with strategy.scope():
+      @tf.function
+      def step(x):
+        return metrics.gather_across_replicas(
+            strategy, strategy.run(lambda v: {'x': v * 10}, args=(x,)))
+
+      got = step(tf.constant([3, 1, 2]))
+    np.testing.assert_array_equal(got['x'].numpy(), [30, 10, 20])
+
+
+def test_average_views_with_one_view_is_the_softmax():
+  logits = np.array([[0.0, 1.0, 3.0], [2.0, -1.0, 0.5]], np.float32)
+  want = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+  np.testing.assert_allclose(metrics.average_views(logits, 1).numpy(), want,
+                             rtol=1e-6)
+  with pytest.raises(ValueError, match='num_views'):
+    metrics.average_views(logits, 0)
+
+
+def test_average_precision_of_a_class_with_one_positive():
+  # The positive ranked 3rd of 4: precision at its rank is 1/3.
+  scores = np.array([0.9, 0.8, 0.7, 0.1])
+  assert metrics.average_precision(scores, np.array([0, 0, 1, 0]) == 1) == (
+      pytest.approx(1 / 3))
+  assert np.isnan(metrics.average_precision(scores, np.zeros(4, bool)))
+
+
+def test_map_without_any_positive_class_is_nan_and_background_is_checked():
+  probs = np.full((2, 3), 1 / 3)
+  # Every record is background: no other class has a positive.
+  assert np.isnan(metrics.mean_average_precision(
+      probs, np.array([2, 2]), background_class=2))
+  with pytest.raises(ValueError, match='background_class'):
+    metrics.mean_average_precision(probs, np.array([0, 1]), background_class=3)
+
+
+def test_one_record_and_the_label_range():
+  probs = np.array([[0.2, 0.7, 0.1]])
+  out = metrics.classification_metrics(probs, [1], [123456789], num_classes=3)
+  assert out['num_clips'] == 1 and out['num_videos'] == 1
+  assert out['clip/top_1'] == 1.0 and out['video/top_1'] == 1.0
+  assert out['confusion_matrix'] == [[0, 0, 0], [0, 1, 0], [0, 0, 0]]
+  assert all(isinstance(v, int) for row in out['confusion_matrix'] for v in row)
+  with pytest.raises(ValueError, match='labels must be in'):
+    metrics.classification_metrics(probs, [3], num_classes=3)
+  with pytest.raises(ValueError, match='no records'):
+    metrics.classification_metrics(np.zeros((0, 3)), [], num_classes=3)
+
+
+def test_top_k_against_a_full_sort():
+  """Top-k from the partition equals the rank of the label in a full sort."""
+  rng = np.random.default_rng(11)
+  probs = rng.random((400, 60))
+  labels = rng.integers(0, 60, size=400)
+  ranks = (probs > probs[np.arange(400), labels][:, None]).sum(axis=1)
+  for k in (1, 2, 5, 17):
+    np.testing.assert_array_equal(metrics.top_k_correct(probs, labels, k),
+                                  ranks < k)
