@@ -275,7 +275,10 @@ def test_run_writes_a_strip_per_clip_for_a_named_spl_class(run_dir, tmp_path):
   for r in results:
     assert r['class_name'] == _SPL_CLASS and r['class_index'] == 1
     assert r['frames_shown'] == 3
-    assert 0.0 < r['probability'] < 1.0
+    # The asked class's probability is the top-1's exactly when it is top-1.
+    assert r['probability'] <= r['top1_probability']
+    assert (r['probability'] == r['top1_probability']) == (
+        r['top1_index'] == 1)
     assert tf.io.decode_png((out / r['png']).read_bytes()).shape[0] > 0
   index = json.loads((out / attention_maps.INDEX_FILENAME).read_text())
   assert [c['png'] for c in index['clips']] == [r['png'] for r in results]
@@ -288,8 +291,29 @@ def test_run_first_n_clips_with_predicted_class(run_dir, tmp_path):
   assert len(results) == 2
   for r in results:
     assert r['class_index'] == r['top1_index']
+    assert r['probability'] == r['top1_probability']
     assert r['frames_shown'] == 4  # eval/make_dataset.num_frames.
     assert os.path.exists(tmp_path / r['png'])
+
+
+def test_probabilities_are_the_softmax_share_of_each_class(run_dir,
+                                                           tmp_path):
+  """Explaining each class in turn reports probabilities summing to 1.
+
+  Protects against reporting, for the class asked for, the top-1 class's
+  probability or a logit.
+  """
+  runs = [_run(run_dir, output_dir=str(tmp_path / str(c)), num_clips=2,
+               class_index=c, label_space=None) for c in range(4)]
+  for clip in range(2):
+    reported = [r[clip] for r in runs]
+    assert len({r['clip_key'] for r in reported}) == 1
+    assert [r['class_index'] for r in reported] == [0, 1, 2, 3]
+    probs = [r['probability'] for r in reported]
+    assert sum(probs) == pytest.approx(1.0, abs=1e-5)
+    for r in reported:
+      assert r['top1_index'] == int(np.argmax(probs))
+      assert r['top1_probability'] == pytest.approx(max(probs), abs=1e-6)
 
 
 def test_bad_input_is_named(run_dir, tmp_path):

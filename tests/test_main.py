@@ -103,11 +103,54 @@ def _env(**extra):
   return env
 
 
+def _checkpoint_steps(model_dir):
+  state = tf.train.get_checkpoint_state(str(model_dir))
+  return [int(p.rsplit('-', 1)[1]) for p in state.all_model_checkpoint_paths]
+
+
+def _iterations(model_dir):
+  """The optimizer's step counter in the latest checkpoint of `model_dir`."""
+  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(model_dir)))
+  return int(reader.get_tensor('optimizer/_iterations/.ATTRIBUTES/'
+                               'VARIABLE_VALUE'))
+
+
+def _loss_steps(model_dir, pid):
+  """Steps of the training-loss summaries written by process `pid`."""
+  steps = []
+  # events.out.tfevents.<time>.<host>.<pid>.<n>.v2
+  for path in tf.io.gfile.glob(os.path.join(str(model_dir), 'train',
+                                            'events.*')):
+    if os.path.basename(path).split('.')[-3] == str(pid):
+      steps += [e.step for e in tf.compat.v1.train.summary_iterator(path)
+                for v in e.summary.value if v.tag == 'loss']
+  return sorted(steps)
+
+
+def _run_to_end(cmd):
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  try:
+    _, err = proc.communicate(timeout=600)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 0, err[-3000:]
+  return proc.pid, err
+
+
 @pytest.mark.slow
 def test_rerun_after_kill_resumes(pattern, tmp_path):
+  """A killed run, rerun, ends at exactly its target step; a third run no-ops.
+
+  151 steps, 2 a loop, a checkpoint every 3: loops end at steps 2 and 0 mod
+  3 (k+2, k+3 from a checkpoint k), and at 151, off the period. Protects
+  against a resume that restarts or overruns the step count, drops the final
+  checkpoint, or trains again once finished.
+  """
   model_dir = tmp_path / 'model'
-  cmd = _command(pattern, model_dir, 'run.train_steps = 150',
-                 'run.checkpoint_every_steps = 3')
+  cmd = _command(pattern, model_dir, 'run.train_steps = 151',
+                 'run.steps_per_loop = 2', 'run.checkpoint_every_steps = 3')
   proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT)
   deadline = time.time() + 240
@@ -124,14 +167,23 @@ def test_rerun_after_kill_resumes(pattern, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
   killed_at = int(tf.train.latest_checkpoint(str(model_dir)).rsplit('-', 1)[1])
-  assert killed_at < 150
-  out = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True,
-                       text=True, timeout=600)
-  assert out.returncode == 0, out.stderr[-3000:]
-  start = int(re.search(r'training from step (\d+) to 150', out.stderr)[1])
-  assert start >= killed_at
+  assert killed_at < 150 and killed_at % 3 == 0
+  pid, err = _run_to_end(cmd)
+  start, end = re.search(r'training from step (\d+) to (\d+)', err).groups()
+  assert (int(start), int(end)) == (killed_at, 151)
+  assert _loss_steps(model_dir, pid) == [
+      s for s in range(killed_at + 1, 151) if s % 3 != 1] + [151]
+  assert _checkpoint_steps(model_dir) == [150, 151]  # Keeps 2 (tiny.gin).
+  assert _iterations(model_dir) == 151
   with open(model_dir / train_lib.METRICS_FILENAME) as f:
-    assert json.load(f)['step'] == 150
+    written = json.load(f)
+  assert written['step'] == written['train']['step'] == 151
+  # Rerunning the finished run trains nothing.
+  pid, err = _run_to_end(cmd)
+  assert 'training from step 151 to 151' in err
+  assert not _loss_steps(model_dir, pid)
+  assert _checkpoint_steps(model_dir) == [150, 151]
+  assert _iterations(model_dir) == 151
 
 
 _WORKER = """
@@ -167,7 +219,8 @@ def test_multi_worker_mirrored_workers_end_with_same_weights(pattern,
                             'task': {'type': 'worker', 'index': i}})
     procs.append(subprocess.Popen(
         [sys.executable, '-c', _WORKER, TEACHER, TINY, model_dir,
-         *_bindings(pattern, 'run.train_steps = 3')],
+         *_bindings(pattern, 'run.train_steps = 5', 'run.steps_per_loop = 2',
+                    'run.checkpoint_every_steps = 3')],
         cwd=ROOT, env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT))
   try:
@@ -183,9 +236,11 @@ def test_multi_worker_mirrored_workers_end_with_same_weights(pattern,
   assert len(a.files) == len(b.files) > 0
   for key in a.files:
     np.testing.assert_array_equal(a[key], b[key])
-  # The chief wrote the checkpoint and metrics; the other worker's scratch
-  # checkpoints are gone.
-  assert tf.train.latest_checkpoint(model_dir).endswith('ckpt-3')
+  # The chief wrote the checkpoints, the last at the end, off the period
+  # (every worker takes part in every save, this one too); the other
+  # worker's scratch checkpoints are gone.
+  assert _checkpoint_steps(model_dir) == [3, 5]
+  assert _iterations(model_dir) == 5
   assert not [n for n in os.listdir(model_dir) if n.startswith('.worker')]
 
 
