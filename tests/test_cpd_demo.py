@@ -8,26 +8,98 @@ import pytest
 
 from cpd import demo
 from cpd import text_encoders
+from cpd import trainer as cpd_trainer
+from tfrecords_tools import schema
+from tfrecords_tools import testing
+
+
+def _unit(x):
+  x = np.asarray(x, np.float64)
+  return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _numpy_knn_top1(train, train_labels, test, test_labels, k):
+  """Uniform k-NN by cosine, ties broken by summed similarity (knn.py)."""
+  sim = _unit(test) @ _unit(train).T
+  correct = []
+  for row, label in zip(sim, test_labels):
+    votes = {}
+    for j in np.argsort(-row, kind='stable')[:k]:
+      votes[train_labels[j]] = votes.get(train_labels[j], 0.0) + (
+          1.0 + 1e-3 * row[j])
+    correct.append(max(votes, key=votes.get) == label)
+  return float(np.mean(correct))
+
+
+def _numpy_recall(video, text, prefix_ks=(1, 5, 10)):
+  sim = _unit(video) @ _unit(text).T
+  out = {}
+  for prefix, s in (('v2t', sim), ('t2v', sim.T)):
+    ranks = (s > np.diag(s)[:, None]).sum(axis=1)  # 0-based
+    for k in prefix_ks:
+      out[f'{prefix}/R@{k}'] = float(np.mean(ranks < k))
+  return out
 
 
 @pytest.mark.slow
-def test_cpd_demo_tiny_end_to_end(tmp_path):
+def test_cpd_demo_tiny_end_to_end(tmp_path, monkeypatch):
   out = str(tmp_path / 'cpd_demo')
-  result = demo.run_cpd_demo(out, demo.SIZES['tiny'])
+  embedded = []
+  real = cpd_trainer.embed_pairs
+
+  def embed_pairs(models, strategy, dataset_fn, file_pattern, **kwargs):
+    pairs = real(models, strategy, dataset_fn, file_pattern, **kwargs)
+    embedded.append((models, file_pattern, pairs))
+    return pairs
+
+  monkeypatch.setattr(cpd_trainer, 'embed_pairs', embed_pairs)
+  size = demo.SIZES['tiny']
+  result = demo.run_cpd_demo(out, size)
   assert [r['method'] for r in result['rows']] == ['random init',
                                                    'CPD pre-trained']
-  for row in result['rows']:
-    for key in ('knn_top1', 'v2t/R@1', 'v2t/R@10', 't2v/R@5'):
-      assert 0.0 <= row[key] <= 1.0
+  # The rows' numbers are kNN (target train -> val clips) and retrieval (val
+  # pairs) of what each model embedded, recomputed here; every clip of the
+  # target splits is embedded once, with its record's label.
+  labels = {split: sorted(int(r[schema.LABEL_INDEX_KEY]) for r in
+                          testing.parse_all(os.path.join(
+                              out, 'records', split, schema.shard_pattern())))
+            for split in ('train', 'val')}
+  assert (len(labels['train']), len(labels['val'])) == (
+      size.num_classes * size.target_videos_per_class * 2 // 3,
+      size.num_classes * size.target_videos_per_class // 3)
+  rows_embedded = embedded[-4:]  # After the run's own validations.
+  for row, calls in zip(result['rows'], (rows_embedded[:2],
+                                         rows_embedded[2:])):
+    (models, train_pattern, train), (same, val_pattern, val) = calls
+    assert same is models
+    assert (train_pattern.split(os.sep)[-2], val_pattern.split(os.sep)[-2]) == (
+        'train', 'val')
+    assert sorted(train['label'].tolist()) == labels['train']
+    assert sorted(val['label'].tolist()) == labels['val']
+    assert row['knn_top1'] == pytest.approx(_numpy_knn_top1(
+        train['video'], train['label'], val['video'], val['label'],
+        size.knn_k))
+    for key, value in _numpy_recall(val['video'], val['text']).items():
+      assert row[key] == pytest.approx(value), (row['method'], key)
+  # The two rows are two video models (random init vs trained), with the
+  # same text encoder.
+  fresh, trained = rows_embedded[0][0], rows_embedded[2][0]
+  assert fresh is not trained and trained is not None
+  assert not np.allclose(rows_embedded[1][2]['video'],
+                         rows_embedded[3][2]['video'], atol=1e-3)
+  assert fresh.text_encoder is trained.text_encoder
   # Stage 2 (MiniLM fine-tuned) started after epoch 0 of the tiny run.
   assert result['train']['step'] == demo.SIZES['tiny'].steps
   assert result['train']['stage'] == 2
   assert np.isfinite(result['train']['nce/loss'])
-  assert 'v2t/R@1' in result['eval']
+  # The run validated on the val pairs: the same number of them.
+  assert result['eval']['num_pairs'] == len(labels['val'])
+  assert all(p.split(os.sep)[-2] == 'val' for _, p, _ in embedded[:-4])
   with open(os.path.join(out, 'cpd_results.json')) as f:
-    assert len(json.load(f)['rows']) == 2
+    assert json.load(f)['rows'] == result['rows']
   report = open(os.path.join(out, 'cpd_report.md')).read()
-  assert 'CPD pre-trained' in report and 'does not' in report
+  assert demo.format_table(result['rows']) in report
+  assert 'does not' in report
 
 
 def test_title_vocabulary_file(tmp_path):

@@ -1,5 +1,7 @@
 """CPD evaluation protocols on tiny features with known answers."""
 
+import hashlib
+
 import numpy as np
 import pytest
 
@@ -72,6 +74,57 @@ def test_knn_scores_match_numpy_reference():
       want[i, labels[j]] += np.exp(sim[i, j] / 0.1)
   want /= want.sum(axis=1, keepdims=True)
   np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def _video_level_problem(num_classes=3):
+  """Clips of 6 videos, shuffled, under hashed-looking video ids.
+
+  Each video's clips are one-hot codes: 2 of its label and 1 of the next
+  class (video right, 2 of 3 clips right), or 1 and 2 (video wrong, 1 of 3
+  clips right). Videos' labels differ, so scoring a video's clips against
+  another video's label changes the numbers.
+
+  Returns:
+    (features [18, C], labels [18], video ids [18], expected video/top_1,
+    expected clip/top_1).
+  """
+  video_labels = [2, 0, 1, 1, 0, 2]
+  video_right = [True, False, True, True, False, True]
+  feats, labels, ids = [], [], []
+  for v, (label, right) in enumerate(zip(video_labels, video_right)):
+    other = (label + 1) % num_classes
+    for c in ([label, label, other] if right else [label, other, other]):
+      feats.append(np.eye(num_classes, dtype=np.float32)[c])
+      labels.append(label)
+      ids.append(hashlib.sha1(f'video {v}'.encode()).hexdigest()[:11])
+  perm = np.random.default_rng(5).permutation(len(labels))
+  right = sum(video_right)
+  return (np.array(feats)[perm], np.array(labels)[perm], np.array(ids)[perm],
+          right / 6, (2 * right + (6 - right)) / 18)
+
+
+def _numpy_video_top1(scores, labels, ids):
+  """Mean clip scores per video id (a dict, no sorting), argmax vs label."""
+  by_video = {}
+  for s, l, v in zip(scores, labels, ids):
+    by_video.setdefault(v, ([], l))[0].append(s)
+  return np.mean([np.argmax(np.mean(s, axis=0)) == l
+                  for s, l in by_video.values()])
+
+
+def test_video_level_knn_and_zero_shot_with_hashed_shuffled_ids():
+  feats, labels, ids, video_top1, clip_top1 = _video_level_problem()
+  train, train_labels = _one_hot_codes(3, 10, seed=0)
+  knn_out = knn.knn_classify(train, train_labels, feats, labels,
+                             num_classes=3, k=5, test_video_ids=ids)
+  zs_out = zero_shot.zero_shot_classify(feats, labels, np.eye(3),
+                                        video_ids=ids)
+  scores = knn.knn_scores(train, train_labels, feats, num_classes=3, k=5)
+  for out in (knn_out, zs_out):
+    assert out['num_clips'] == 18 and out['num_videos'] == 6
+    assert out['clip/top_1'] == pytest.approx(clip_top1)
+    assert out['video/top_1'] == pytest.approx(video_top1)
+  assert video_top1 == _numpy_video_top1(scores, labels, ids)
 
 
 def test_knn_rejects_bad_arguments():

@@ -9,8 +9,11 @@ import tensorflow as tf
 
 from cpd import memory_bank as mb
 from cpd import nce
+from tests import distribute_utils
 
-N, B, M, D, TAU = 50, 5, 8, 6, 0.07
+# MU: bank momentum, not the symmetric 0.5, so that swapping mu and 1 - mu
+# (or dropping either term) changes the updated rows.
+N, B, M, D, TAU, MU = 50, 5, 8, 6, 0.07, 0.25
 
 
 def _unit(rng, *shape):
@@ -42,7 +45,7 @@ def test_loss_gradients_and_update_match_numpy(z_policy, positive_source,
                                                 sharing):
   rng = np.random.RandomState(1)
   loss_fn = nce.CrossModalNCE(
-      N, D, M, TAU, z_policy=z_policy, z_constant=7.0 * N,
+      N, D, M, TAU, bank_momentum=MU, z_policy=z_policy, z_constant=7.0 * N,
       positive_source=positive_source, negative_sharing=sharing, seed=3)
   video_bank, text_bank = _unit(rng, N, D), _unit(rng, N, D)
   loss_fn.video_bank.assign_all(video_bank)
@@ -81,13 +84,47 @@ def test_loss_gradients_and_update_match_numpy(z_policy, positive_source,
                              h1.mean(), rtol=1e-5)
   np.testing.assert_allclose(grad_v.numpy(), want_gv, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(grad_t.numpy(), want_gt, rtol=1e-4, atol=1e-6)
-  # Bank update after scoring: row <- normalise(0.5 row + 0.5 f).
-  want_vb = vb64.copy()
-  new = 0.5 * vb64[idx] + 0.5 * v64
-  want_vb[idx] = new / np.linalg.norm(new, axis=1, keepdims=True)
-  np.testing.assert_allclose(loss_fn.video_bank.read_all().numpy(), want_vb,
-                             atol=1e-6)
+  # Both banks move after scoring: row <- normalise(mu row + (1 - mu) f),
+  # the video bank with the video features, the text bank with the titles'.
+  for bank, rows, feats in ((loss_fn.video_bank, vb64, v64),
+                            (loss_fn.text_bank, tb64, t64)):
+    want_rows = rows.copy()
+    new = MU * rows[idx] + (1.0 - MU) * feats
+    want_rows[idx] = new / np.linalg.norm(new, axis=1, keepdims=True)
+    np.testing.assert_allclose(bank.read_all().numpy(), want_rows, atol=1e-6)
   assert int(loss_fn.sampler.step.numpy()) == 1
+
+
+def test_ema_z_follows_the_batch_estimates():
+  # Z_1 = estimate_1, then Z_s = mu Z_{s-1} + (1 - mu) estimate_s, each
+  # estimate N * mean exp(s / tau) of that step's scores (numpy, float64,
+  # from the banks as they are before the step). mu = 0.8: a swapped or
+  # dropped term, or the momentum not reaching Z, gives another Z.
+  rng = np.random.RandomState(4)
+  mu = 0.8
+  loss_fn = nce.CrossModalNCE(N, D, M, TAU, z_policy='ema', z_momentum=mu,
+                              seed=3)
+  sampler = mb.NegativeSampler(M, 'per_sample', seed=3)
+  want = {}
+  for _ in range(3):
+    vb64 = loss_fn.video_bank.read_all().numpy().astype(np.float64)
+    tb64 = loss_fn.text_bank.read_all().numpy().astype(np.float64)
+    v, t = _unit(rng, B, D), _unit(rng, B, D)
+    idx = rng.permutation(N)[:B].astype(np.int32)
+    neg = sampler.sample(loss_fn.text_bank, B).numpy()
+    _, metrics = loss_fn(v, t, idx)
+    estimates = {
+        'v2t': _numpy_direction(v.astype(np.float64), tb64[idx], tb64[neg],
+                                None, M, N, TAU)[3],
+        't2v': _numpy_direction(t.astype(np.float64), vb64[idx], vb64[neg],
+                                None, M, N, TAU)[3]}
+    for name, estimate in estimates.items():
+      want[name] = (estimate if name not in want else
+                    mu * want[name] + (1.0 - mu) * estimate)
+      np.testing.assert_allclose(metrics[f'nce/{name}/z'].numpy(),
+                                 want[name], rtol=1e-5, err_msg=name)
+  # The estimates moved (the banks did): an EMA frozen at Z_1 would differ.
+  assert abs(want['v2t'] - estimates['v2t']) > 1e-3 * want['v2t']
 
 
 def test_loss_is_float32_and_finite_with_float16_inputs():
@@ -135,6 +172,106 @@ def test_sampler_is_uniform_and_stratified():
     assert block.min() >= 250 * s and block.max() < 250 * (s + 1)
   with pytest.raises(ValueError, match='num_negatives'):
     sampler.sample(bank, 2, num_strata=3)
+
+
+def _assert_tiles(blocks, num_rows):
+  """Each block's rows are one contiguous range; in order they tile [0, N)."""
+  expected_start = 0
+  for k, block in enumerate(blocks):
+    rows = np.unique(block)
+    assert rows[0] == expected_start, (k, rows)
+    np.testing.assert_array_equal(rows, np.arange(rows[0], rows[-1] + 1))
+    expected_start = rows[-1] + 1
+  assert expected_start == num_rows
+
+
+@pytest.mark.parametrize('num_rows,num_strata', [
+    (10, 4),  # strata of 3, 3, 3 and 1 rows
+    (11, 4),
+    (13, 3),
+    (7, 7),
+])
+@pytest.mark.parametrize('sharing', ['per_sample', 'shared'])
+def test_strata_of_a_bank_that_does_not_split_evenly(num_rows, num_strata,
+                                                     sharing):
+  # Every draw is a row of the bank, and stratum s (columns
+  # [s*m/K, (s+1)*m/K)) reaches exactly its own contiguous rows: all of
+  # them, none of another stratum's, none past the end (an even split's
+  # last stratum would read rows N.. of a bank of N).
+  per_stratum = 40
+  bank = mb.MemoryBank(num_rows, 2)
+  sampler = mb.NegativeSampler(per_stratum * num_strata, sharing, seed=2)
+  draws = np.stack([sampler.sample(bank, 3, num_strata=num_strata).numpy()
+                    for _ in range(10)])
+  if sharing == 'per_sample':
+    assert draws.shape == (10, 3, per_stratum * num_strata)
+  assert draws.min() >= 0 and draws.max() < num_rows
+  _assert_tiles([draws[..., s * per_stratum:(s + 1) * per_stratum]
+                 for s in range(num_strata)], num_rows)
+  starts, sizes = bank.stratum_bounds(num_strata)
+  assert sum(sizes) == num_rows and min(sizes) > 0
+  assert starts == list(np.cumsum([0] + sizes[:-1]))
+
+
+def test_too_many_strata_for_the_bank_are_refused():
+  # 10 rows in strata of ceil(10/6) = 2 would leave the sixth one empty.
+  with pytest.raises(ValueError, match='empty'):
+    mb.MemoryBank(10, 2).stratum_bounds(6)
+  with pytest.raises(ValueError, match='num_strata'):
+    mb.MemoryBank(10, 2).stratum_bounds(11)
+
+
+@pytest.mark.parametrize('num_rows', [10, 11, 14])
+@pytest.mark.parametrize('sharing', ['per_sample', 'shared'])
+def test_sharded_draws_of_a_bank_that_does_not_split_over_replicas(
+    num_rows, sharing, logical_cpus):
+  # 4 shards of ceil(N/4) rows, the last one shorter (1, 2 or 2 rows): each
+  # replica draws shard-local rows of its own shard only, all of them and
+  # none of the padding/scratch rows, and the scores are the dot products
+  # with those (global) rows.
+  strategy = distribute_utils.mirrored_strategy(logical_cpus[:4])
+  local_batch, per_shard = 2, 30
+  with strategy.scope():
+    bank = mb.MemoryBank(num_rows, D, mode='sharded', seed=5)
+    sampler = mb.NegativeSampler(4 * per_shard, sharing, seed=1)
+  rng = np.random.RandomState(0)
+  queries = _unit(rng, 4 * local_batch, D)
+
+  @tf.function
+  def step(q):
+    def replica_fn(q):
+      negatives = sampler.sample(bank, local_batch)
+      return negatives, bank.negative_scores(q, negatives)
+    return strategy.run(replica_fn, args=(q,))
+
+  inputs = distribute_utils.split_global_batch(strategy, queries)
+  rows = bank.read_all().numpy()
+  shard = -(-num_rows // 4)
+  global_draws = [[] for _ in range(4)]
+  for _ in range(8):
+    negatives, scores = step(inputs)
+    negatives = [n.numpy() for n in
+                 strategy.experimental_local_results(negatives)]
+    scores = [s.numpy() for s in strategy.experimental_local_results(scores)]
+    for r, local in enumerate(negatives):
+      assert local.min() >= 0 and r * shard + local.max() < num_rows
+      global_draws[r].append(r * shard + local)
+    # Replica r's queries against the rows drawn in every shard, in shard
+    # order (per sample: the rows of each of the global batch's samples).
+    for r in range(4):
+      want = []
+      for owner, local in enumerate(negatives):
+        ids = owner * shard + local
+        if sharing == 'per_sample':
+          ids = ids[r * local_batch:(r + 1) * local_batch]
+          want.append(np.einsum('bd,bmd->bm', queries[r * local_batch:(
+              r + 1) * local_batch], rows[ids]))
+        else:
+          want.append(queries[r * local_batch:(r + 1) * local_batch] @
+                      rows[ids].T)
+      np.testing.assert_allclose(scores[r], np.concatenate(want, axis=1),
+                                 atol=1e-6)
+  _assert_tiles([np.concatenate(d) for d in global_draws], num_rows)
 
 
 def test_argument_validation():

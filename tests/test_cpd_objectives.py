@@ -287,60 +287,58 @@ def _strategy(num):
   return distribute_utils.mirrored_strategy([f'/cpu:{i}' for i in range(num)])
 
 
-def _distributed_run(strategy, loss_fn, steps=3):
-  """Per-step global loss (sum of scaled replica losses) and input grads."""
-  replicas = strategy.num_replicas_in_sync
-  local = GLOBAL_B // replicas
-
-  @tf.function
-  def step(v, t, i):
-    def replica_fn(v, t, i):
-      with tf.GradientTape() as tape:
-        tape.watch([v, t])
-        scaled = loss_fn(v, t, i)[0] / replicas
-      return scaled, tape.gradient(scaled, [v, t])
-    return strategy.run(replica_fn, args=(v, t, i))
-
-  losses, grads = [], []
+def _distributed_run(strategy, loss_module_fn, steps=3):
+  """Per-step metrics and weights of the real train step (linear models)."""
+  run = distribute_utils.CpdStepRun(strategy, loss_module_fn, dim=D,
+                                    input_dim=D)
+  initial = [v.numpy() for v in run.variables]
+  batches = []
   for s in range(steps):
     rng = np.random.RandomState(100 + s)
-    data = (_unit(rng, GLOBAL_B, D).astype(np.float32),
-            _unit(rng, GLOBAL_B, D).astype(np.float32),
-            rng.permutation(DN)[:GLOBAL_B].astype(np.int32))
-    inputs = strategy.experimental_distribute_values_from_function(
-        lambda ctx, data=data: tuple(
-            x[ctx.replica_id_in_sync_group * local:
-              (ctx.replica_id_in_sync_group + 1) * local] for x in data))
-    scaled, grad = step(*inputs)
-    losses.append(strategy.reduce('SUM', scaled, axis=None).numpy())
-    grads.append(np.concatenate([np.concatenate(
-        [a.numpy() for a in strategy.experimental_local_results(g)])
-                                 for g in grad], axis=1))
-  return np.array(losses), np.array(grads)
+    batches.append((rng.randn(GLOBAL_B, D).astype(np.float32),
+                    rng.randn(GLOBAL_B, D).astype(np.float32),
+                    rng.permutation(DN)[:GLOBAL_B].astype(np.int32)))
+  metrics, weights = run.run(batches)
+  return run.loss_module, metrics, initial, weights
 
 
 def test_self_instance_across_replicas():
-  """1 replica == 2 replicas (replicated or sharded banks), same negatives."""
+  """1 replica == 2 replicas (replicated or sharded banks), same negatives.
+
+  Through `cpd_train_step`: a loss not divided by the number of replicas
+  would double the 2-replica updates.
+  """
   runs = {}
   for replicas, mode in ((1, 'replicated'), (2, 'replicated'),
                          (2, 'sharded')):
-    strategy = _strategy(replicas)
-    with strategy.scope():
-      loss_fn = nce.SelfInstanceNCE(DN, D, DM, TAU, bank_momentum=MU,
-                                    bank_mode=mode, num_strata=2, seed=9)
-    losses, grads = _distributed_run(strategy, loss_fn)
+    loss_fn, metrics, initial, weights = _distributed_run(
+        _strategy(replicas), lambda mode=mode: nce.SelfInstanceNCE(
+            DN, D, DM, TAU, bank_momentum=MU, bank_mode=mode, num_strata=2,
+            seed=9))
     banks = [loss_fn.video_bank.read_all().numpy(),
              loss_fn.text_bank.read_all().numpy()]
     if mode == 'replicated':
       for bank in (loss_fn.video_bank, loss_fn.text_bank):
         copies = bank.read_replicas()
         assert all(np.array_equal(c, copies[0]) for c in copies)
-    runs[replicas, mode] = losses, grads, banks
-  want_losses, want_grads, want_banks = runs[1, 'replicated']
-  assert np.all(np.isfinite(want_losses))
+    runs[replicas, mode] = metrics, initial, weights, banks
+  want_metrics, initial, want_weights, want_banks = runs[1, 'replicated']
+  assert np.all(np.isfinite([m['instance/loss'] for m in want_metrics]))
+  # The trained weights (video model, text head) moved.
+  assert all(np.abs(w - i).max() > 1e-3 for k, (w, i) in
+             enumerate(zip(want_weights[-1], initial)) if k not in (2, 3))
   for key in ((2, 'replicated'), (2, 'sharded')):
-    losses, grads, banks = runs[key]
-    np.testing.assert_allclose(losses, want_losses, rtol=1e-6)
-    np.testing.assert_allclose(grads, want_grads, rtol=1e-5, atol=1e-7)
+    metrics, start, weights, banks = runs[key]
+    for got, want in zip(metrics, want_metrics):
+      assert sorted(got) == sorted(want)
+      for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5,
+                                   err_msg=f'{key}: {name}')
+    previous = start
+    for got, want in zip(weights, want_weights):
+      for g, w, p in zip(got, want, previous):
+        np.testing.assert_allclose(g - p, w - p, rtol=1e-4, atol=1e-6,
+                                   err_msg=str(key))
+      previous = want
     for got, want in zip(banks, want_banks):
       np.testing.assert_allclose(got, want, atol=1e-6)

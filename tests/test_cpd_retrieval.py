@@ -38,6 +38,29 @@ def test_retrieval_metrics_match_numpy():
     retrieval.retrieval_metrics(np.eye(4), np.eye(4), ks=(0,))
 
 
+def test_retrieval_known_answers_on_shuffled_pairs():
+  # Pairs of identical video and text rows, in no particular order: every
+  # query finds its own pair first. Texts shifted by one pair (a derangement
+  # of unrelated rows): no query does, and the rank of each is known.
+  rng = np.random.RandomState(1)
+  video = rng.randn(30, 8).astype(np.float32)
+  same = {k: float(v) for k, v in
+          retrieval.retrieval_metrics(video, video, ks=(1, 5)).items()}
+  for prefix in ('v2t', 't2v'):
+    assert same[f'{prefix}/R@1'] == 1.0
+    assert same[f'{prefix}/median_rank'] == 1.0
+  # Orthogonal codes: video i matches text i - 1 exactly, its own text not at
+  # all (cosine 0, tied with the other 28 rows, ahead of none of them):
+  # rank 2 for every query.
+  codes = np.eye(30, dtype=np.float32)[rng.permutation(30)]
+  shifted = {k: float(v) for k, v in retrieval.retrieval_metrics(
+      codes, np.roll(codes, 1, axis=0), ks=(1, 2)).items()}
+  for prefix in ('v2t', 't2v'):
+    assert shifted[f'{prefix}/R@1'] == 0.0
+    assert shifted[f'{prefix}/R@2'] == 1.0
+    assert shifted[f'{prefix}/median_rank'] == 2.0
+
+
 def test_video_embedding_model_and_heads():
   backbone = tf_keras.Sequential([
       tf_keras.Input([2, 8, 8, 3]),
