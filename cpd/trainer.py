@@ -229,6 +229,8 @@ def embed_pairs(models: CpdModels, strategy: tf.distribute.Strategy,
   """
   train_lib.check_positive(global_batch_size=global_batch_size)
   train_lib.list_files(file_pattern, 'eval_file_pattern')
+  train_lib.average_replica_statistics(models.video_model, models.text_encoder,
+                                       models.text_head)
 
   def make(ctx: tf.distribute.InputContext):
     batch_size = ctx.get_per_replica_batch_size(global_batch_size)

@@ -343,6 +343,22 @@ def _is_tpu(strategy: tf.distribute.Strategy) -> bool:
 # ---- Evaluation ----
 
 
+def average_replica_statistics(*modules: tf.Module) -> None:
+  """Gives every replica the cross-replica mean of each ON_READ variable.
+
+  Batch-norm moving statistics are ON_READ: each replica updates its own copy
+  in training and the checkpoint saves their mean. Evaluating with the local
+  copies would make a record's output depend on the replica that runs it, and
+  differ from the saved model's; call this (cross-replica context) before an
+  evaluation so every replica evaluates the model the checkpoint holds. A
+  no-op with one replica.
+  """
+  for module in modules:
+    for v in module.variables:
+      if v.synchronization == tf.VariableSynchronization.ON_READ:
+        v.assign(v.read_value())
+
+
 def evaluate(model: tf_keras.Model,
              strategy: tf.distribute.Strategy,
              dataset_fn: DatasetFn,
@@ -370,6 +386,7 @@ def evaluate(model: tf_keras.Model,
     `metrics.classification_metrics` of the whole set.
   """
   _check_positive(global_batch_size=global_batch_size)
+  average_replica_statistics(model)
 
   def make(ctx: tf.distribute.InputContext):
     batch_size = ctx.get_per_replica_batch_size(global_batch_size)
@@ -474,6 +491,7 @@ def predict(model: tf_keras.Model,
   """
   _check_positive(global_batch_size=global_batch_size, top_k=top_k)
   files = _files(file_pattern, 'predict_file_pattern')
+  average_replica_statistics(model)
   worker, num_workers = worker_info(strategy)
   k = min(top_k, num_classes)
   tf.io.gfile.makedirs(output_dir)
