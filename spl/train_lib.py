@@ -803,8 +803,8 @@ def run(*,
     eval_background_class: Class id excluded from mAP (SoccerNet).
     predict_top_k: Classes kept per clip in predictions.
     pad_eval_batches: Evaluate and predict with static-shape batches (the
-      last one padded, padding ignored; `pad_batches`). None: only under a
-      TPUStrategy, which needs them.
+      last one padded, padding ignored; `pad_batches`). None: under a
+      TPUStrategy (which needs them) or with more than one replica.
     setup_done: Called once everything is built and restored, before the
       first step (the entry point writes the operative gin config there).
 
@@ -855,7 +855,11 @@ def run(*,
   eval_dataset_fn = eval_dataset_fn or dataset_fn
   eval_global_batch_size = eval_global_batch_size or global_batch_size
   if pad_eval_batches is None:
-    pad_eval_batches = _is_tpu(strategy)
+    # A TPU needs static shapes. With several replicas a short last step can
+    # leave a replica an empty batch, which oneDNN's CPU convolutions (TF 2.20)
+    # return with the input's shape, breaking the next layer: pad there too.
+    pad_eval_batches = (_is_tpu(strategy) or
+                        strategy.num_replicas_in_sync > 1)
   training = mode in ('train', 'train_and_eval')
   evaluating = mode in ('eval', 'train_and_eval')
   if (evaluating or pad_eval_batches) and eval_global_batch_size % num_replicas:
