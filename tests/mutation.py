@@ -61,7 +61,7 @@ TARGETS: Dict[str, Target] = {
                            ('tests/test_schedules.py', 'tests/test_plateau.py',
                             'tests/test_train_lib.py')),
     'manifest': Target('tfrecords_tools/manifest.py',
-                       ('tests/test_write_clips.py',)),
+                       ('tests/test_manifest.py', 'tests/test_write_clips.py')),
     'relabel_rewrite': Target(
         'tfrecords_tools/relabel.py', ('tests/test_relabel.py',),
         functions=('*rewrite_shard*', '*_Pass1Fn*', '*_finish*',
