@@ -2,6 +2,7 @@
 
 import functools
 import json
+import math
 import os
 
 import numpy as np
@@ -98,6 +99,98 @@ def test_bad_arguments_and_unknown_metric():
     optimization.PlateauDecay(0.1, patience=0)
   with pytest.raises(KeyError, match='video/top_1'):
     optimization.PlateauDecay(0.1).report({'clip/top_1': 0.5})
+
+
+def test_state_variables_are_not_trainable():
+  """The state is checkpointed, never trained: no gradient step may move it."""
+  schedule = optimization.PlateauDecay(0.5, metric='acc')
+  assert len(schedule.variables) == 4  # scale, best, drops, bad_evaluations
+  assert schedule.trainable_variables == ()
+  assert not any(v.trainable for v in schedule.variables)
+
+
+def test_exactly_patience_stalls_drop_even_before_any_improvement():
+  """The stall counter starts at 0 and the best at -inf ('max') / +inf."""
+  # A diverged first evaluation (inf or nan loss) is no improvement: with
+  # patience 2 the second such evaluation drops, not the first.
+  schedule = optimization.PlateauDecay(0.5, factor=0.1, patience=2,
+                                       metric='loss', mode='min')
+  history = [schedule.report({'loss': v})
+             for v in (math.inf, math.nan, 1e30, 1e30, 1e30)]
+  # Any finite loss beats the initial best, however large.
+  assert history == [False, True, False, False, True]
+  assert float(schedule(0)) == pytest.approx(0.5 * 0.01)
+  # 'max': any finite metric beats the initial best, however low.
+  schedule = optimization.PlateauDecay(0.5, factor=0.1, patience=1,
+                                       metric='acc')
+  history = [schedule.report({'acc': v}) for v in (-1e30, -1e30)]
+  assert history == [False, True]
+
+
+def test_min_mode_compares_the_decrease_itself_with_min_delta():
+  """A loss must fall by more than min_delta, not by more than min_delta/2."""
+  schedule = optimization.PlateauDecay(0.2, factor=0.3, patience=1,
+                                       metric='loss', mode='min',
+                                       min_delta=0.1)
+  # 2.0 -> 1.93 falls by 0.07 <= 0.1: a stall; 1.93 -> 1.78 by 0.15.
+  history = [schedule.report({'loss': v}) for v in (2.0, 1.93, 1.78, 1.7)]
+  assert history == [False, True, False, True]
+
+
+def test_max_drops_zero_never_drops():
+  """max_drops 0 is valid (a constant rate); a negative one is refused."""
+  schedule = optimization.PlateauDecay(0.5, patience=1, metric='acc',
+                                       max_drops=0)
+  history = [schedule.report({'acc': 0.3}) for _ in range(4)]
+  assert history == [False] * 4
+  assert float(schedule(0)) == pytest.approx(0.5)
+  with pytest.raises(ValueError, match='max_drops'):
+    optimization.PlateauDecay(0.5, max_drops=-1)
+
+
+@pytest.mark.parametrize('kwargs,name', [
+    (dict(learning_rate=0.0), 'learning_rate'),
+    (dict(learning_rate=0.1, factor=0.0), 'factor'),
+    (dict(learning_rate=0.1, factor=1.0), 'factor'),
+    (dict(learning_rate=0.1, patience=0), 'patience')])
+def test_refuses_boundary_arguments(kwargs, name):
+  """Protects the open limits: rate > 0, factor in (0, 1), patience >= 1."""
+  with pytest.raises(ValueError, match=f'`{name}` must be'):
+    optimization.PlateauDecay(**kwargs)
+
+
+def test_build_defaults_are_the_cpd_fine_tuning_rate_at_goyal_scaling():
+  """The defaults: CPD's lr 1e-2 per 256 clips (Goyal et al.), /10 drops."""
+  # CPD 4.2: "SGD lr 1e-2"; Appendix A: "divided by 10"; linear scaling of
+  # Goyal et al. 2017 from a batch of 256: a batch of 512 starts at 0.02.
+  lr = optimization.build_plateau_learning_rate(
+      global_batch_size=512, steps_per_epoch=5, total_steps=50)
+  assert float(lr(0)) == pytest.approx(0.01 * 512 / 256, rel=1e-6)
+  # The default metric is the clip-averaged video top-1, higher is better,
+  # and the patience is the class's own default.
+  plain = optimization.PlateauDecay(0.02)
+  values = (0.5, 0.6, 0.6, 0.6, 0.6, 0.6, 0.7, 0.4, 0.4, 0.4)
+  history = [lr.report({'video/top_1': v}) for v in values]
+  assert history == [plain.report({'video/top_1': v}) for v in values]
+  assert any(history)
+  assert float(lr(0)) == pytest.approx(0.02 * 0.1 ** history.count(True),
+                                       rel=1e-6)
+
+
+def test_build_accepts_batches_of_one_and_refuses_zero():
+  """Protects the batch-size checks of the builder: 1 valid, 0 refused."""
+  kwargs = dict(base_learning_rate=0.1, steps_per_epoch=5, total_steps=50)
+  lr = optimization.build_plateau_learning_rate(
+      global_batch_size=1, base_batch_size=1, **kwargs)
+  assert float(lr(0)) == pytest.approx(0.1, rel=1e-6)
+  lr = optimization.build_plateau_learning_rate(
+      global_batch_size=1, base_batch_size=2, **kwargs)
+  assert float(lr(0)) == pytest.approx(0.05, rel=1e-6)
+  for global_batch_size, base_batch_size in ((0, 8), (8, 0), (0, 0)):
+    with pytest.raises(ValueError, match='`global_batch_size` and'):
+      optimization.build_plateau_learning_rate(
+          global_batch_size=global_batch_size,
+          base_batch_size=base_batch_size, **kwargs)
 
 
 def test_trainer_reports_every_evaluation_and_resume_keeps_drops(
