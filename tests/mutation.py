@@ -53,11 +53,17 @@ TARGETS: Dict[str, Target] = {
         'spl/data_parameters.py', ('tests/test_data_parameters.py',),
         select='not spl_main and not resume and not mirrored'),
     'metrics': Target('spl/metrics.py', ('tests/test_metrics.py',)),
-    # The distributed CPD tests (whole steps on several replicas, seconds
-    # each) are left out: the float64 references of the two files below
-    # cover the same functions.
+    # The NCE maths against float64 references; the train step (whose
+    # replica scaling only multi-replica runs can show) on its own with the
+    # distributed tests, seconds per mutant.
     'nce': Target('cpd/nce.py', ('tests/test_cpd_nce.py',
-                                 'tests/test_cpd_objectives.py')),
+                                 'tests/test_cpd_objectives.py'),
+                  functions=('*CrossModalNCE*', '*SelfInstanceNCE*',
+                             '*NormalisationConstant*', '*x_nce_*',
+                             '*x_estimate_z*', '*x__*')),
+    'cpd_step': Target('cpd/nce.py', ('tests/test_cpd_distributed.py',
+                                      'tests/test_cpd_objectives.py'),
+                       functions=('*x_cpd_train_step*',)),
     'memory_bank': Target('cpd/memory_bank.py',
                           ('tests/test_cpd_nce.py',
                            'tests/test_cpd_objectives.py')),

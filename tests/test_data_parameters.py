@@ -397,6 +397,14 @@ def test_non_finite_gradients_skip_the_update():
     (dict(num_instances=4, joint_instance_sigma=0.01),
      '`joint_instance_sigma`'),
     (dict(learn_instance=False, init_sigma=30.0), '`init_sigma`'),
+    # Each error names its own argument (backticks included).
+    (dict(num_instances=0), '`num_instances`'),
+    (dict(num_instances=4, class_learning_rate=-1.0),
+     '`class_learning_rate`'),
+    (dict(num_instances=4, class_weight_decay=-1.0), '`class_weight_decay`'),
+    (dict(num_instances=4, instance_weight_decay=-1.0),
+     '`instance_weight_decay`'),
+    (dict(num_instances=4, min_sigma=0.5, max_sigma=0.25), '`max_sigma`'),
 ])
 def test_arguments_are_validated(kwargs, match):
   with pytest.raises(ValueError, match=match):
@@ -412,6 +420,195 @@ def test_missing_clip_index_and_unbuilt_tables_are_named():
   with pytest.raises(tf.errors.InvalidArgumentError, match='num_instances'):
     dp(tf.constant([0]), tf.zeros([1, NUM_CLASSES]),
        features=_features([NUM_INSTANCES]))
+
+
+
+@pytest.mark.parametrize('kwargs,class_sigma,instance_sigma', [
+    # Joint: the class term's start (init_sigma - joint_instance_sigma)
+    # exactly on the floor, then exactly on the ceiling.
+    (dict(init_sigma=0.75, joint_instance_sigma=0.5), 0.25, 0.5),
+    (dict(init_sigma=4.5, joint_instance_sigma=0.5), 4.0, 0.5),
+    # One kind: init_sigma exactly on the ceiling, then on the floor.
+    (dict(learn_instance=False, init_sigma=4.0), 4.0, None),
+    (dict(learn_class=False, init_sigma=0.25), None, 0.25),
+])
+def test_sigma_on_the_clamp_bounds_is_a_valid_start(kwargs, class_sigma,
+                                                    instance_sigma):
+  """The ranges are closed, [min_sigma, max_sigma], as their errors say."""
+  # Dyadic values: the subtraction above is exact.
+  dp = _built(min_sigma=0.25, max_sigma=4.0, **kwargs)
+  for table, sigma in ((dp.class_log_sigma, class_sigma),
+                       (dp.instance_log_sigma, instance_sigma)):
+    if sigma is None:
+      assert table is None
+    else:
+      np.testing.assert_allclose(np.exp(table.numpy()), sigma, rtol=1e-6)
+  np.testing.assert_allclose(dp.sigma([0, 2], [1, 8]).numpy(),
+                             [kwargs['init_sigma']] * 2, rtol=1e-6)
+
+
+def test_tables_of_one_row_are_valid_and_empty_ones_refused():
+  """One class / one clip is a real table; zero or no width is an error."""
+  dp = data_parameters.DataParameters(num_instances=1)
+  dp.build(num_classes=1)
+  assert dp.class_log_sigma.shape == [1]
+  assert dp.instance_log_sigma.shape == [1]
+  np.testing.assert_allclose(dp.sigma([0, 0], [0, 0]).numpy(), [1.0, 1.0],
+                             rtol=1e-6)
+  for num_classes in (0, None):
+    with pytest.raises(ValueError, match='`num_classes` must be > 0'):
+      data_parameters.DataParameters(num_instances=4).build(
+          num_classes=num_classes)
+
+
+def test_build_again_keeps_the_tables_and_refuses_another_width():
+  """The trainer may build twice: same width is a no-op, another an error."""
+  dp = _built()
+  tables = dp.trainable_variables + [dp.class_momentum, dp.instance_momentum]
+  dp.class_log_sigma.assign([0.1, 0.2, 0.3])
+  dp.build(num_classes=NUM_CLASSES)
+  again = dp.trainable_variables + [dp.class_momentum, dp.instance_momentum]
+  assert all(a is b for a, b in zip(again, tables))
+  np.testing.assert_allclose(dp.class_log_sigma.numpy(), [0.1, 0.2, 0.3])
+  with pytest.raises(ValueError, match=f'built for {NUM_CLASSES} classes'):
+    dp.build(num_classes=NUM_CLASSES + 1)
+
+
+@pytest.mark.parametrize('learn_class', [True, False])
+def test_one_kind_learned_creates_nothing_for_the_other(learn_class):
+  """No table, no momentum and no `num_instances` for the unlearned kind."""
+  kwargs = dict(learn_class=learn_class, learn_instance=not learn_class,
+                init_sigma=2.0)
+  if not learn_class:
+    kwargs['num_instances'] = NUM_INSTANCES
+  # A class-only run needs no `num_instances` (and no clip/index feature).
+  dp = data_parameters.DataParameters(**kwargs)
+  assert dp.init_sigma == 2.0
+  dp.build(num_classes=NUM_CLASSES)
+  learned = ('class_log_sigma', 'class_momentum')
+  other = ('instance_log_sigma', 'instance_momentum')
+  if not learn_class:
+    learned, other = other, learned
+    assert dp.num_instances == NUM_INSTANCES
+  else:
+    assert dp.num_instances is None
+  assert all(isinstance(getattr(dp, a), tf.Variable) for a in learned)
+  assert all(getattr(dp, a) is None for a in other)
+  labels, logits = [0, 2], np.array([[1.0, -0.5, 2.0], [0.3, 0.0, -1.2]],
+                                    np.float32)
+  features = None if learn_class else _features([4, 9])
+  np.testing.assert_allclose(
+      dp(tf.constant(labels), tf.constant(logits), features=features).numpy(),
+      _np_loss(np.array(labels), logits, np.full(2, 2.0)), rtol=1e-5)
+
+
+def test_momentum_tables_are_not_trainable():
+  """Only the log-temperatures are trainable, also as a parent module sees.
+
+  A trainable momentum table would be collected (and optimised, decayed or
+  watched by a tape) by anything gathering trainable variables the usual
+  way, i.e. walking the module tree rather than calling our property.
+  """
+  for learn_class, learn_instance in ((True, True), (True, False),
+                                      (False, True)):
+    dp = _built(learn_class=learn_class, learn_instance=learn_instance)
+    momenta = [v for v in (dp.class_momentum, dp.instance_momentum)
+               if v is not None]
+    assert momenta and not any(v.trainable for v in momenta)
+    assert all(v.trainable for v in dp.trainable_variables)
+    parent = tf.Module()
+    parent.loss = dp
+    assert ({id(v) for v in parent.trainable_variables} ==
+            {id(v) for v in dp.trainable_variables})
+    assert len(parent.variables) == 2 * len(dp.trainable_variables)
+
+
+# apple/ml-data-parameters' code defaults (argparse of main_cifar.py and
+# main_imagenet.py: --lr_class_param 0.1, --lr_inst_param 0.1,
+# --wd_class_param 0, --wd_inst_param 0; utils.py: SparseSGD momentum 0.9).
+REFERENCE_DEFAULTS = dict(class_learning_rate=0.1, instance_learning_rate=0.1,
+                          class_weight_decay=0.0, instance_weight_decay=0.0,
+                          momentum=0.9)
+
+
+def test_default_hyperparameters_are_the_reference_code_defaults():
+  """Left unset, steps follow the reference run with its own defaults."""
+  dp = data_parameters.DataParameters(num_instances=SIM_INSTANCES)
+  dp.build(num_classes=SIM_CLASSES)
+  reference = _Reference(SIM_CLASSES, SIM_INSTANCES, True, True,
+                         JOINT_CLASS_INIT, JOINT_INSTANCE_INIT,
+                         REFERENCE_DEFAULTS)
+  rng = np.random.default_rng(6)
+  for labels, index in STEPS[:2]:
+    logits = (rng.normal(size=(len(labels), SIM_CLASSES)) * 3).astype(
+        np.float32)
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_mean(dp(tf.constant(labels), tf.constant(logits),
+                               features=_features(index)))
+    dp.apply_gradients(tape.gradient(loss, dp.trainable_variables))
+    np.testing.assert_allclose(loss.numpy(),
+                               reference.step(labels, logits, index),
+                               rtol=1e-5)
+    # (Instance rows pushed below the 1/20 floor they start on stay there.)
+    for k, (value, momentum) in _tables(dp).items():
+      np.testing.assert_allclose(value, reference.p[k], rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(momentum, reference.buf[k], rtol=1e-5,
+                                 atol=1e-6)
+
+
+def test_weight_decay_outside_replica_context_counts_one_replica():
+  """Under `strategy.scope()` (no replica context) G is this batch's size."""
+  strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
+  with strategy.scope():
+    dp = _built(class_weight_decay=0.03, instance_weight_decay=0.2)
+    class_ls = np.array([0.4, -0.7, 1.1], np.float32)
+    inst_ls = np.linspace(-1.5, 1.0, NUM_INSTANCES).astype(np.float32)
+    dp.class_log_sigma.assign(class_ls)
+    dp.instance_log_sigma.assign(inst_ls)
+    labels, index = np.array([0, 2, 2]), np.array([3, 9, 0])
+    logits = np.array([[1.0, -0.5, 2.0], [0.3, 0.0, -1.2], [2.0, 1.0, 0.0]],
+                      np.float32)
+    assert tf.distribute.get_replica_context() is None
+    got = dp(tf.constant(labels), tf.constant(logits),
+             features=_features(index)).numpy()
+  c, i = class_ls[labels].astype(np.float64), inst_ls[index].astype(np.float64)
+  want = (_np_loss(labels, logits, np.exp(c) + np.exp(i)) +
+          0.5 * len(labels) * (0.03 * c**2 + 0.2 * i**2))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_zero_weight_decay_is_off_not_zero_times_the_penalty():
+  """Like the reference (`wd > 0`), 0 drops the term: no 0 * inf = NaN.
+
+  Each example has one log-temperature at -3e19: its square overflows
+  float32 while its exp is 0 and the other term keeps sigma finite.
+  """
+  dp = _built()
+  dp.class_log_sigma.assign([-3e19, 0.0, 0.0])
+  inst_ls = np.zeros(NUM_INSTANCES, np.float32)
+  inst_ls[5] = -3e19
+  dp.instance_log_sigma.assign(inst_ls)
+  labels, index = np.array([0, 1]), np.array([2, 5])
+  logits = np.array([[1.0, -0.5, 2.0], [0.3, 0.0, -1.2]], np.float32)
+  got = dp(tf.constant(labels), tf.constant(logits),
+           features=_features(index)).numpy()
+  np.testing.assert_allclose(got, _np_loss(labels, logits, np.ones(2)),
+                             rtol=1e-5)
+
+
+def test_clip_index_outside_the_table_fails_naming_the_problem():
+  """Both in-graph checks fire with their own message."""
+  dp = _built()
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=r'\bdata parameters: negative clip/index\b'):
+    dp(tf.constant([0, 1]), tf.zeros([2, NUM_CLASSES]),
+       features=_features([2, -1]))
+  with pytest.raises(
+      tf.errors.InvalidArgumentError,
+      match=r'\bdata parameters: a clip/index is >= `num_instances` '
+            r'\(NUM_TRAIN_EXAMPLES too small for these records\)'):
+    dp(tf.constant([0, 1]), tf.zeros([2, NUM_CLASSES]),
+       features=_features([NUM_INSTANCES - 1, NUM_INSTANCES]))
 
 
 # ---- In the trainer ----

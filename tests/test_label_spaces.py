@@ -1,7 +1,12 @@
 """SPL label spaces against a brute-force reference, plus their invariants."""
 
+import hashlib
 import itertools
 import json
+import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -515,3 +520,459 @@ def test_scr_plot_marks_every_way_of_sizing():
     label_space_plots.scr_curve_png(curve, 2, scr_by_count=by_count[:-1])
   with pytest.raises(ValueError, match='`chosen_k`'):
     label_space_plots.scr_curve_png(curve, 4.5, chosen_scr=1.0)
+
+
+# ---- Input checks and boundaries (mutation testing found them open) ----
+
+
+def test_confusion_matrix_label_checks_at_their_boundaries():
+  """A label outside [0, N) must be refused, not counted in another cell."""
+  # N = 1 is a valid (if trivial) class list; N = 0 is not.
+  assert ls.confusion_matrix([0, 0], [0, 0], 1).tolist() == [[2]]
+  with pytest.raises(ValueError, match='`num_classes` must be >= 1'):
+    ls.confusion_matrix([], [], 0)
+  # 0 and N - 1 are labels; -1 and N are not, in either argument (teacher
+  # N with weak 0 would otherwise land silently in cell (1, 0)).
+  assert ls.confusion_matrix([0, 2], [2, 0], 3).tolist() == [
+      [0, 0, 1], [0, 0, 0], [1, 0, 0]]
+  for weak, teacher, name in (([-1], [2], 'weak'), ([3], [0], 'weak'),
+                              ([1], [-1], 'teacher'), ([0], [3], 'teacher')):
+    with pytest.raises(ValueError, match=f'`{name}` labels must be in'):
+      ls.confusion_matrix(weak, teacher, 3)
+  # Labels of any shape ([B, 1] batches) are flattened.
+  c = ls.confusion_matrix(np.array([[0], [1], [1]]), np.array([[1], [1], [0]]),
+                          2)
+  assert c.tolist() == [[0, 1], [1, 1]]
+  # Compact label dtypes: w * N + t must not overflow uint8 (19 * 20 > 255).
+  weak = np.array([19, 19, 0, 13], np.uint8)
+  teacher = np.array([19, 2, 0, 12], np.uint8)
+  c = ls.confusion_matrix(weak, teacher, 20)
+  expected = np.zeros((20, 20), np.int64)
+  for w, t in zip(weak.tolist(), teacher.tolist()):
+    expected[w, t] += 1
+  np.testing.assert_array_equal(c, expected)
+
+
+def test_confusion_argument_checks():
+  """Only non-empty square integer matrices of counts >= 0 are confusions."""
+  for bad in (np.ones(4, np.int64), np.ones((2, 2, 2), np.int64),
+              np.zeros((0, 0), np.int64), np.ones((2, 3), np.int64)):
+    with pytest.raises(ValueError, match='non-empty square'):
+      ls.noise_ratio(bad)
+  with pytest.raises(ValueError, match='integer counts'):
+    ls.noise_ratio(np.ones((2, 2)))
+  with pytest.raises(ValueError, match='>= 0'):
+    ls.scr(np.array([[1, -1], [0, 1]]), [0])
+  # Unsigned counts rank like signed ones (negating them would wrap around
+  # and put the empty cells first).
+  c = np.array([[0, 0, 3], [1, 2, 0], [0, 5, 0]])
+  for dtype in (np.uint8, np.uint32, np.uint64, np.int32):
+    assert ls.off_diagonal_ranking(c.astype(dtype)).tolist() == [7, 2, 3, 1, 5,
+                                                                 6]
+    np.testing.assert_array_equal(
+        ls.variant_table('spl_d', c.astype(dtype), 2),
+        ls.variant_table('spl_d', c, 2))
+
+
+def test_scr_counts_each_cell_once_and_is_zero_without_clips():
+  """SCR is a ratio of clips: a cell listed twice is still covered once."""
+  c = np.array([[3, 1], [2, 4]], np.int64)
+  assert ls.scr(c, [0, 0, 3, 3]) == 7 / 10
+  assert ls.scr(c, iter([1])) == 1 / 10
+  assert ls.scr(c, []) == 0.0
+  assert ls.scr(np.zeros((2, 2), np.int64), [0, 1, 2, 3]) == 0.0
+  assert ls.scr_by_num_classes(np.zeros((2, 2), np.int64)) == [0.0] * 3
+  assert ls.scr_curve(np.zeros((2, 2), np.int64)) == [0.0, 0.0]
+
+
+def test_k_and_num_classes_must_be_plain_integers():
+  """bool / float K or class count is refused; numpy integers are fine."""
+  c = np.ones((3, 3), np.int64)
+  for bad in (True, False, 2.0, '2', None):
+    with pytest.raises(ValueError, match='`k` must be an integer'):
+      ls.num_output_classes('spl_m', 3, bad)
+  for bad in (True, 4.0):
+    with pytest.raises(ValueError, match='`k` must be an integer'):
+      ls.check_sizing('spl_d', 3, k=bad)
+    with pytest.raises(ValueError, match='`num_classes` must be an integer'):
+      ls.check_sizing('spl_d', 3, num_classes=bad)
+  assert ls.check_sizing('spl_m', 3, k=np.int64(2)) == 'k'
+  assert ls.check_sizing('spl_m', 3, num_classes=np.int32(9)) == 'num_classes'
+  assert ls.selected_cells(c, np.int64(1)).tolist() == [0, 4, 8]
+  for k in (0, 4, -1):
+    with pytest.raises(ValueError, match=r'`k` must be in \[1, N=3\]'):
+      ls.check_sizing('spl_m', 3, k=k)
+  assert ls.check_sizing('spl_m', 3, k=1) == 'k'
+  assert ls.check_sizing('spl_m', 3, k=3) == 'k'
+  assert ls.check_sizing('spl_m', 3, num_classes=9) == 'num_classes'
+
+
+def test_check_sizing_refusals():
+  """Each variant takes exactly the sizing arguments it can use."""
+  with pytest.raises(ValueError, match='`variant` must be one of'):
+    ls.check_sizing('spl_x', 3)
+  for kw in (dict(k=1), dict(target_scr=0.5), dict(num_classes=3)):
+    for variant in ('spl', 'spl_b', 'weak', 'teacher', 'agreement'):
+      with pytest.raises(ValueError, match='only apply'):
+        ls.check_sizing(variant, 3, **kw)
+  for variant in ls.K_VARIANTS:
+    with pytest.raises(ValueError, match='exactly one'):
+      ls.check_sizing(variant, 3)
+  for bad in (0.0, -0.1, 1.01):
+    with pytest.raises(ValueError, match='`target_scr` must be in'):
+      ls.check_sizing('spl_m', 3, target_scr=bad)
+    with pytest.raises(ValueError, match='`target_scr` must be in'):
+      ls.k_for_scr(np.ones((3, 3), np.int64), bad)
+  assert ls.check_sizing('spl_d', 3, target_scr=1.0) == 'scr'
+  assert ls.check_sizing('spl_d', 3, target_scr=1e-9) == 'scr'
+
+
+def test_variant_table_sizing_arguments():
+  """K variants need a size, given as K or as a class count; others none."""
+  c = np.array([[4, 1, 0], [2, 5, 3], [0, 1, 6]], np.int64)
+  for variant in ls.K_VARIANTS:
+    with pytest.raises(ValueError, match='`k` is required'):
+      ls.variant_table(variant, c)
+    np.testing.assert_array_equal(ls.variant_table(variant, c, 2),
+                                  ls.variant_table(variant, c, num_classes=6))
+  for variant in ('spl', 'spl_b', 'weak', 'teacher', 'agreement'):
+    with pytest.raises(ValueError, match='`num_classes` only applies'):
+      ls.variant_table(variant, c, num_classes=3)
+    with pytest.raises(ValueError, match='`k` only applies'):
+      ls.variant_table(variant, c, 1)
+  with pytest.raises(ValueError, match='`variant` must be one of'):
+    ls.variant_table('nope', c)
+
+
+def test_num_output_classes():
+  """The documented size of every variant over N classes."""
+  for n in (1, 3, 4):
+    assert ls.num_output_classes('spl', n) == n * n
+    assert ls.num_output_classes('spl_b', n) == 2 * n
+    for variant in ('weak', 'teacher', 'agreement'):
+      assert ls.num_output_classes(variant, n) == n
+    for k in range(1, n + 1):
+      for variant in ls.K_VARIANTS:
+        assert ls.num_output_classes(variant, n, k) == k * n
+  with pytest.raises(ValueError, match=r'`k` must be in \[1, N=3\]'):
+    ls.num_output_classes('spl_m', 3, 4)
+  with pytest.raises(ValueError, match=r'`k` must be in \[1, N=3\]'):
+    ls.num_output_classes('spl_d', 3, 0)
+  with pytest.raises(ValueError, match='`variant` must be one of'):
+    ls.num_output_classes('spl_x', 3)
+
+
+# ---- Class names and the per-class entries of the document ----
+
+
+def test_class_names_of_every_variant():
+  """One name per class id: its own cell, its row's diagonal, or the input."""
+  c = np.array([[5, 2, 0], [1, 3, 4], [0, 0, 6]], np.int64)
+  names = ['a', 'b', 'c']
+
+  def cell(w, t):
+    return f'weak: {names[w]} / teacher: {names[t]}'
+
+  assert ls.class_names('spl', ls.variant_table('spl', c), names) == [
+      cell(w, t) for w in range(3) for t in range(3)]
+  for variant in ('weak', 'teacher', 'agreement'):
+    assert ls.class_names(variant, ls.variant_table(variant, c),
+                          names) == names
+  assert ls.class_names('spl_b', ls.variant_table('spl_b', c), names) == [
+      f'weak: {x} / teacher {y}' for x in names for y in ('agrees',
+                                                          'disagrees')]
+  # K = 2 keeps the off-diagonal cells 5 (b, c), 1 (a, b), 3 (b, a): classes
+  # in cell order 0, 1, 3, 4, 5, 8; the merged (SPL-M) or dropped (SPL-D)
+  # cells name nothing, even (b, a) before its row's diagonal.
+  expected = [cell(0, 0), cell(0, 1), cell(1, 0), cell(1, 1), cell(1, 2),
+              cell(2, 2)]
+  for variant in ls.K_VARIANTS:
+    table = ls.variant_table(variant, c, 2)
+    assert ls.class_names(variant, table, names) == expected
+
+
+def test_in_diagonal_flags_every_class_holding_a_diagonal_cell():
+  """`in_diagonal` is whether a class holds some (w, w) cell, for every w."""
+  c = np.array([[5, 2, 0, 1], [1, 3, 4, 0], [0, 0, 6, 2], [3, 0, 0, 1]])
+  names = ['a', 'b', 'c', 'd']
+  for variant, kw in (('spl', {}), ('spl_m', dict(k=2)), ('spl_d', dict(k=2)),
+                      ('spl_b', {}), ('agreement', {}), ('teacher', {})):
+    space = ls.make_label_space(variant, c, names, **kw)
+    flags = [x['in_diagonal'] for x in space['classes']]
+    assert flags == [any(w == t for w, t in x['cells'])
+                     for x in space['classes']]
+    assert sum(flags) == 4
+    # Every class's cells are exactly the table entries holding its id.
+    for x in space['classes']:
+      assert x['cells'] == [[names[w], names[t]] for w in range(4)
+                            for t in range(4)
+                            if space['table'][w][t] == x['index']]
+  spl = ls.make_label_space('spl', c, names)
+  assert [x['index'] for x in spl['classes'] if x['in_diagonal']] == [
+      0, 5, 10, 15]
+
+
+def test_names_must_be_unique_and_become_strings():
+  """Duplicate names are refused; non-str names are stored as str."""
+  c = np.ones((3, 3), np.int64)
+  with pytest.raises(ValueError, match='`names` must be unique'):
+    ls.make_label_space('spl', c, ['a', 'b', 'a'])
+  space = ls.make_label_space('weak', c, [7, 8, 9])
+  assert space['input_classes'] == ['7', '8', '9']
+  assert [x['name'] for x in space['classes']] == ['7', '8', '9']
+  assert ls.parse_label_space(ls.label_space_json(space)) == space
+
+
+# ---- The id, the JSON text, validation and loading ----
+
+
+def _doc_matrix():
+  return np.array([[5, 2, 0], [1, 3, 4], [0, 0, 6]], np.int64)
+
+
+def test_label_space_id_is_the_documented_hash():
+  """Pins the id's recipe: records and files written earlier carry it.
+
+  The id is `<variant>-` + the first 12 hex digits of the SHA-256 of the
+  canonical JSON (sorted keys, no spaces, UTF-8, not ASCII-escaped) of the
+  format version, variant, K, input class names, output class names and
+  table. Renaming a hashed key or changing the encoding would orphan every
+  relabelled record on disk.
+  """
+  names = ['café', 'ölçek', 'b']  # non-ASCII: hashed as UTF-8
+  c = _doc_matrix()
+  for variant, kw in (('spl', {}), ('spl_m', dict(k=2)),
+                      ('spl_d', dict(num_classes=5)), ('weak', {})):
+    space = ls.make_label_space(variant, c, names, **kw)
+    key = {'format_version': 1, 'variant': variant, 'k': space['k'],
+           'input_classes': names,
+           'classes': [x['name'] for x in space['classes']],
+           'table': space['table']}
+    text = json.dumps(key, sort_keys=True, separators=(',', ':'),
+                      ensure_ascii=False)
+    digest = hashlib.sha256(text.encode('utf-8')).hexdigest()
+    assert space['id'] == f'{variant}-{digest[:12]}'
+    assert ls.label_space_id(space) == space['id']
+    # numpy tables (before `tolist`) hash like their JSON lists.
+    assert ls.label_space_id(dict(space, table=np.asarray(
+        space['table']))) == space['id']
+
+
+def test_label_space_id_covers_exactly_the_mapping():
+  """Any field defining the mapping changes the id; statistics do not."""
+  c = _doc_matrix()
+  space = ls.make_label_space('spl_m', c, ['a', 'b', 'c'], k=2)
+  ident = ls.label_space_id(space)
+  table = [row[:] for row in space['table']]
+  table[0][2] = table[0][1]
+  renamed = [dict(x) for x in space['classes']]
+  renamed[1]['name'] = 'other'
+  for changed in (dict(format_version=2), dict(variant='spl_d'), dict(k=3),
+                  dict(k=2.0 + 1e-9), dict(input_classes=['a', 'b', 'd']),
+                  dict(classes=renamed), dict(table=table)):
+    assert ls.label_space_id(dict(space, **changed)) != ident, changed
+  assert ls.label_space_id(dict(space, variant='spl_d')).startswith('spl_d-')
+  for same in (dict(num_clips=1), dict(scr=0.1), dict(noise_ratio=0.9),
+               dict(num_dropped_clips=7), dict(target_scr=0.5),
+               dict(sized_by='scr'), dict(num_classes=5), dict(id='x'),
+               dict(num_input_classes=9),
+               dict(classes=[dict(x, num_clips=0, cells=[], in_diagonal=False)
+                             for x in space['classes']])):
+    assert ls.label_space_id(dict(space, **same)) == ident, same
+
+
+def test_label_space_json_is_canonical():
+  """Same document, same bytes: key order does not matter; names readable."""
+  space = ls.make_label_space('spl_b', _doc_matrix(), ['café', 'b', 'c'])
+  text = ls.label_space_json(space)
+  reordered = dict(reversed(list(space.items())))
+  assert ls.label_space_json(reordered) == text
+  assert text.endswith('}\n') and 'café' in text
+  assert json.loads(text) == space
+  # One key per line, indented.
+  assert '\n "classes": [' in text and '\n "variant": "spl_b"' in text
+
+
+def _with_id(space, **changes):
+  """`space` edited and its id recomputed: only the edit is wrong."""
+  out = dict(space, **changes)
+  out['id'] = ls.label_space_id(out)
+  return out
+
+
+def test_validate_label_space_refuses_every_inconsistency():
+  """Each consistency check fires alone, even when the id matches."""
+  space = ls.make_label_space('spl_d', _doc_matrix(), ['a', 'b', 'c'], k=2)
+  ls.validate_label_space(space)
+  for key in ('format_version', 'id', 'variant', 'num_input_classes',
+              'num_classes', 'k', 'input_classes', 'classes', 'table'):
+    with pytest.raises(ValueError, match=f"missing keys \\['{key}'\\]"):
+      ls.validate_label_space({k: v for k, v in space.items() if k != key})
+  # Optional keys (statistics, `sized_by` of older files) may be missing.
+  optional = {k: v for k, v in space.items()
+              if k in ('format_version', 'id', 'variant', 'num_input_classes',
+                       'num_classes', 'k', 'input_classes', 'classes',
+                       'table')}
+  ls.validate_label_space(optional)
+  with pytest.raises(ValueError, match='format_version must be 1'):
+    ls.validate_label_space(_with_id(space, format_version=2))
+  with pytest.raises(ValueError, match='table must be 3x3'):
+    ls.validate_label_space(_with_id(space, table=space['table'][:2]))
+  with pytest.raises(ValueError, match='table must be 2x2'):
+    ls.validate_label_space(_with_id(space, num_input_classes=2))
+  with pytest.raises(ValueError, match='lists 5 classes, num_classes is 6'):
+    ls.validate_label_space(_with_id(space, classes=space['classes'][:5]))
+  for bad in (-2, 6):
+    table = [row[:] for row in space['table']]
+    table[2][0] = bad
+    with pytest.raises(ValueError, match=r'values must be in \[-1, 6\)'):
+      ls.validate_label_space(_with_id(space, table=table))
+  # -1 (drop) and num_classes - 1 are in range.
+  table = [row[:] for row in space['table']]
+  table[2][0], table[0][0] = DROP, 5
+  ls.validate_label_space(_with_id(space, table=table))
+  for sized_by in (None,) + ls.SIZED_BY:
+    ls.validate_label_space(_with_id(space, sized_by=sized_by))
+  for bad in ('K', '', 0):
+    with pytest.raises(ValueError, match='sized_by must be one of'):
+      ls.validate_label_space(_with_id(space, sized_by=bad))
+  with pytest.raises(ValueError, match='does not match its content'):
+    ls.validate_label_space(dict(space, k=3))
+
+
+def test_parse_label_space_names_its_source():
+  """Errors say which file is bad; valid text gives the document back."""
+  space = ls.make_label_space('agreement', _doc_matrix(), ['a', 'b', 'c'])
+  assert ls.parse_label_space(ls.label_space_json(space), 'x.json') == space
+  with pytest.raises(ValueError, match=r'^gs://b/label_space\.json: not valid '
+                     'JSON'):
+    ls.parse_label_space('{"id": ', source='gs://b/label_space.json')
+  with pytest.raises(ValueError, match=r'^<string>: not valid JSON'):
+    ls.parse_label_space('nope')
+  with pytest.raises(ValueError, match=r'^f\.json: label space is missing'):
+    ls.parse_label_space('{}', source='f.json')
+  with pytest.raises(ValueError, match=r'^<string>: label space id'):
+    ls.parse_label_space(ls.label_space_json(dict(space, variant='weak')))
+
+
+def test_load_label_space_reads_utf8(tmp_path):
+  """The file is UTF-8 whatever the locale; errors name the path."""
+  space = ls.make_label_space('weak', _doc_matrix(), ['café', 'b', 'c'])
+  path = tmp_path / 'label_space.json'
+  path.write_bytes(ls.label_space_json(space).encode('utf-8'))
+  assert ls.load_label_space(str(path)) == space
+  # Under a non-UTF-8 locale (here ASCII) too.
+  env = dict(os.environ, LC_ALL='C', PYTHONUTF8='0', PYTHONCOERCECLOCALE='0')
+  code = ('import sys; from tfrecords_tools import label_spaces; '
+          'space = label_spaces.load_label_space(sys.argv[1]); '
+          'assert space["input_classes"][0] == "caf\\xe9", space')
+  subprocess.run([sys.executable, '-c', code, str(path)], env=env, check=True,
+                 cwd=os.path.dirname(os.path.dirname(os.path.abspath(
+                     __file__))), capture_output=True)
+  path.write_bytes(b'[')
+  with pytest.raises(ValueError,
+                     match='^' + re.escape(str(path)) + ': not valid JSON'):
+    ls.load_label_space(str(path))
+
+
+def test_check_label_space_ids_counts_and_names_foreign_ids():
+  """Returns how many records were checked; names each foreign id."""
+  space = ls.make_label_space('spl', _doc_matrix(), ['a', 'b', 'c'])
+  ident = space['id']
+  assert ls.check_label_space_ids(space, iter([ident] * 3 +
+                                              [ident.encode()])) == 4
+  assert ls.check_label_space_ids(space, []) == 0
+  with pytest.raises(ValueError) as e:
+    ls.check_label_space_ids(space, [b'spl-1', ident, 'spl-1', '', None,
+                                     'spl-0', b'\xff'])
+  message = str(e.value)
+  assert message.startswith(f'6 of 7 records have a label space id other '
+                            f'than {ident!r}: ')
+  assert message.endswith(
+      "'spl-0' x1, 'spl-1' x2, '\ufffd' x1, <none: record not relabelled> x2")
+
+
+def test_label_space_sized_by_of_older_files():
+  """Files without `sized_by`: fixed variants None, K variants k or scr."""
+  c = _doc_matrix()
+  for variant in ('spl', 'spl_b', 'weak', 'teacher', 'agreement'):
+    space = ls.make_label_space(variant, c, ['a', 'b', 'c'])
+    assert ls.label_space_sized_by(space) is None
+    del space['sized_by']
+    assert ls.label_space_sized_by(space) is None
+  space = ls.make_label_space('spl_d', c, ['a', 'b', 'c'], num_classes=4)
+  assert ls.label_space_sized_by(space) == 'num_classes'
+  del space['sized_by']
+  assert ls.label_space_sized_by(space) == 'k'
+  assert ls.label_space_sized_by(dict(space, target_scr=0.5)) == 'scr'
+
+
+def test_check_expected_label_space_boundaries():
+  """Tolerances and argument checks at their edges."""
+  c = np.array([[9, 3, 0, 1], [2, 8, 4, 0], [0, 1, 7, 5], [3, 0, 2, 6]])
+  names = ['a', 'b', 'c', 'd']
+  space = ls.make_label_space('spl_m', c, names, k=2)
+  check = ls.check_expected_label_space
+  # An SCR exactly at the tolerance passes; exactly equal with zero
+  # tolerance passes.
+  check(space, source='s', scr=space['scr'], scr_tolerance=0.0)
+  check(space, source='s', scr=1.0, scr_tolerance=1.0 - space['scr'])
+  with pytest.raises(ValueError, match='`scr` is'):
+    check(space, source='s', scr=1.0, scr_tolerance=0.99 - space['scr'])
+  with pytest.raises(ValueError, match='`scr` is'):
+    check(space, source='s', scr=space['scr'] - 1e-6, scr_tolerance=0.0)
+  # K is compared up to round-off relative to its size.
+  check(dict(space, k=1000.0), source='s', k=1000.0 + 5e-7)
+  check(dict(space, k=2.5), source='s', k=2.5 + 2e-9)
+  with pytest.raises(ValueError, match='`k` is 1000.0, expected'):
+    check(dict(space, k=1000.0), source='s', k=1000.0 + 5e-6)
+  with pytest.raises(ValueError, match='`k` is 2.5, expected'):
+    check(dict(space, k=2.5), source='s', k=2.5 + 5e-9)
+  # A space without a `k` (or a stored null) never matches an expected K.
+  with pytest.raises(ValueError, match='`k` is None'):
+    check({k: v for k, v in space.items() if k != 'k'}, source='s', k=2)
+  # A space without an SCR: the expected one cannot be checked.
+  with pytest.raises(ValueError, match=r'`scr` is None \(sized by k\)'):
+    check({k: v for k, v in space.items() if k != 'scr'}, source='s',
+          scr=0.5)
+  spl = ls.make_label_space('spl', c, names)
+  with pytest.raises(ValueError, match=r'`scr` is 1.0 \(spl has a fixed '
+                     r'size\), expected 0.5 \+- 0.005'):
+    check(spl, source='s', scr=0.5)
+  # Argument checks: integers >= 1, K > 0, SCR in (0, 1], tolerance >= 0.
+  check(space, source='s', num_classes=np.int64(8), k=np.int64(2), scr=None,
+        scr_tolerance=0)
+  for bad in (True, 8.0, -8):
+    with pytest.raises(ValueError, match='`num_classes` must be an integer'):
+      check(space, source='s', num_classes=bad)
+  with pytest.raises(ValueError, match='`num_classes` is 8, expected 1'):
+    check(space, source='s', num_classes=1)
+  for bad in (0, -1):
+    with pytest.raises(ValueError, match='`k` must be > 0'):
+      check(space, source='s', k=bad)
+  # K <= 1 (a fraction of N classes cannot happen, but 1 can) is compared
+  # with the absolute tolerance 1e-9.
+  check(dict(space, k=1), source='s', k=1)
+  check(dict(space, k=0.5), source='s', k=0.5 + 0.9e-9)
+  with pytest.raises(ValueError, match='`k` is 1, expected'):
+    check(dict(space, k=1), source='s', k=1 + 1.5e-9)
+  for bad in (0.0, 1.5):
+    with pytest.raises(ValueError, match='`scr` must be in'):
+      check(space, source='s', scr=bad)
+  with pytest.raises(ValueError, match='`scr_tolerance` must be >= 0'):
+    check(spl, source='s', scr=1.0, scr_tolerance=-1e-12)
+  check(spl, source='s', scr=1.0, variant='spl', num_classes=16)
+  with pytest.raises(ValueError, match='`variant` must be one of'):
+    check(space, source='s', variant='SPL_M')
+  with pytest.raises(ValueError, match=r"^s: label space 'spl_m-.*`variant` "
+                     r"is 'spl_m', expected 'spl_d'; `num_classes` is 8, "
+                     r"expected 12$"):
+    check(space, source='s', variant='spl_d', num_classes=12)
+
+
+def test_relabel_lookup_is_the_table():
+  """The lookup is the document's table as int64 [N, N]."""
+  space = ls.make_label_space('spl_d', _doc_matrix(), ['a', 'b', 'c'], k=1)
+  lookup = ls.relabel_lookup(space)
+  assert lookup.dtype == np.int64 and lookup.shape == (3, 3)
+  assert lookup.tolist() == space['table']
