@@ -272,8 +272,11 @@ def test_three_crops_are_start_centre_end_of_the_long_side(tmp_path):
 
 
 # Frames resized by exactly 1/2 (short side 36 -> min_resize 18) to a long
-# side of 25 (odd slack 9 for a crop of 16) or 26 (even slack 10).
-@pytest.mark.parametrize('height,width', [(36, 50), (50, 36), (36, 52)])
+# side of 25 (odd slack 9 for a crop of 16) or 26 (even slack 10). A square
+# frame has no long side: its three crops run along x, as in SlowFast's
+# uniform_crop (along y only if height > width).
+@pytest.mark.parametrize('height,width', [(36, 50), (50, 36), (36, 52),
+                                          (36, 36)])
 def test_eval_crops_are_placed_as_the_docstring_says(height, width):
   first = tf.constant(testing.encode_jpeg(np.zeros((height, width, 3),
                                                    np.uint8)))
@@ -288,12 +291,79 @@ def test_eval_crops_are_placed_as_the_docstring_says(height, width):
   window, size, ys, xs = (t.numpy().tolist() for t in ip._eval_window(
       first, 16, 3, opts))
   along = [0, max(cy, cx), max(rh, rw) - 16]
-  if width > height:
+  if width >= height:
     assert window == [2 * cy, 0, 32, width] and size == [16, rw]
     assert ys == [0, 0, 0] and xs == along
   else:
     assert window == [0, 2 * cx, height, 32] and size == [rh, 16]
     assert ys == along and xs == [0, 0, 0]
+
+
+def _train_windows(height, width, crop_size, num_seeds, **kwargs):
+  """`_train_window` of a height x width frame for seeds 0..num_seeds - 1."""
+  first = tf.constant(testing.encode_jpeg(np.zeros((height, width, 3),
+                                                   np.uint8)))
+  opts = ip._make_options(crop_size, kwargs)
+  return np.array([ip._train_window(
+      first, crop_size, opts, tf.constant([seed, 5], tf.int64)).numpy()
+                   for seed in range(num_seeds)])
+
+
+def test_train_window_offsets_cover_every_legal_position():
+  # Short side 8 resized to exactly 8: the window is the 4-pixel crop, at
+  # y in [0, 8 - 4] and x in [0, 11 - 4], uniformly and independently.
+  got = _train_windows(8, 11, 4, 600, scale_jitter=(8, 8), window_quantum=1)
+  assert (got[:, 2:] == 4).all(), got[:, 2:]
+  ys, xs = got[:, 0], got[:, 1]
+  assert set(zip(ys.tolist(), xs.tolist())) == {
+      (y, x) for y in range(5) for x in range(8)}
+  # Each offset drawn about its share: a draw over a range one too long
+  # (clamped to the last offset) piles the excess onto the last one.
+  for offsets, num in ((ys, 5), (xs, 8)):
+    counts = np.bincount(offsets, minlength=num)
+    assert len(counts) == num, counts
+    assert counts.min() >= 0.6 * 600 / num, counts
+    assert counts.max() <= 1.4 * 600 / num, counts
+
+
+def test_train_window_size_spans_the_scale_jitter_range():
+  # Short side 15 resized to a size uniform in [5, 6]: the 4-pixel crop is a
+  # window of 4 * 15 / size in [10, 12] source pixels, rounded.
+  got = _train_windows(15, 18, 4, 600, scale_jitter=(5, 6), window_quantum=1)
+  sizes = got[:, 2]
+  assert (got[:, 3] == sizes).all()
+  assert set(sizes.tolist()) == {10, 11, 12}, np.bincount(sizes)
+  # P(round(60 / s) = n) for s uniform in [5, 6] (float64 reference).
+  for n in (10, 11, 12):
+    s_lo, s_hi = max(5.0, 60.0 / (n + 0.5)), min(6.0, 60.0 / (n - 0.5))
+    share = np.mean(sizes == n)
+    assert abs(share - (s_hi - s_lo)) < 0.07, (n, share, s_hi - s_lo)
+  # The position does not depend on the size: for every size each legal
+  # offset shows up.
+  for n in (10, 11, 12):
+    pick = got[sizes == n]
+    assert set(pick[:, 0].tolist()) == set(range(15 - n + 1)), n
+    assert set(pick[:, 1].tolist()) == set(range(18 - n + 1)), n
+
+
+@pytest.mark.parametrize('quantum,expected', [
+    (1, {8, 9, 10, 11, 12, 13}), (2, {8, 10, 12}), (4, {8, 12})])
+def test_train_window_size_is_rounded_to_the_window_quantum(quantum,
+                                                            expected):
+  # Window 4 * 16 / s for s uniform in [5, 8]: [8, 12.8] source pixels,
+  # rounded to a multiple of the quantum (1: to whole pixels).
+  got = _train_windows(16, 20, 4, 300, scale_jitter=(5, 8),
+                       window_quantum=quantum)
+  assert set(got[:, 2].tolist()) == expected, np.bincount(got[:, 2])
+
+
+def test_train_window_is_at_least_one_pixel():
+  # Short side 6 resized to [40, 60]: a crop of 4 is 0.4 - 0.6 source pixels,
+  # which rounds to 0 or 1; the window is one pixel, anywhere in the frame.
+  got = _train_windows(6, 9, 4, 200, scale_jitter=(40, 60), window_quantum=1)
+  assert (got[:, 2:] == 1).all(), got[:, 2:]
+  assert set(got[:, 0].tolist()) == set(range(6))
+  assert set(got[:, 1].tolist()) == set(range(9))
 
 
 def test_augmentation_is_the_same_for_every_frame_of_a_clip(tmp_path):
