@@ -689,6 +689,8 @@ def test_class_names_of_every_variant():
   for variant in ls.K_VARIANTS:
     table = ls.variant_table(variant, c, 2)
     assert ls.class_names(variant, table, names) == expected
+  # No classes, no names.
+  assert ls.class_names('spl', np.zeros((0, 0), np.int64), []) == []
 
 
 def test_in_diagonal_flags_every_class_holding_a_diagonal_cell():
@@ -953,6 +955,8 @@ def test_check_expected_label_space_boundaries():
   # K <= 1 (a fraction of N classes cannot happen, but 1 can) is compared
   # with the absolute tolerance 1e-9.
   check(dict(space, k=1), source='s', k=1)
+  # Exactly the tolerance apart (1e-9, exact in binary here) still matches.
+  check(dict(space, k=2e-9), source='s', k=1e-9)
   check(dict(space, k=0.5), source='s', k=0.5 + 0.9e-9)
   with pytest.raises(ValueError, match='`k` is 1, expected'):
     check(dict(space, k=1), source='s', k=1 + 1.5e-9)
@@ -976,3 +980,6 @@ def test_relabel_lookup_is_the_table():
   lookup = ls.relabel_lookup(space)
   assert lookup.dtype == np.int64 and lookup.shape == (3, 3)
   assert lookup.tolist() == space['table']
+  # int64 whatever the table was built as (lookups index with it).
+  narrow = dict(space, table=np.asarray(space['table'], np.int8))
+  assert ls.relabel_lookup(narrow).dtype == np.int64
