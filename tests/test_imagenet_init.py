@@ -30,6 +30,7 @@ from spl.models import factory
 from spl.models import inflation
 from tfrecords_tools import schema
 from tfrecords_tools import testing
+from tests import distribute_utils
 from tests import test_inflation
 
 SIZE = 32
@@ -328,7 +329,7 @@ def test_inflation_of_a_mirrored_model(keras_h5, logical_cpus):
   # Under MirroredStrategy every replica's copy (also of the batch norms'
   # ON_READ moving statistics) gets the inflated values.
   keras_model, path = keras_h5
-  strategy = tf.distribute.MirroredStrategy(logical_cpus[:2])
+  strategy = distribute_utils.mirrored_strategy(logical_cpus[:2])
   with strategy.scope():
     model = factory.build_classifier(
         'slowonly_r50', num_classes=3,

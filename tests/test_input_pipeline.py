@@ -15,6 +15,7 @@ import tensorflow as tf
 from spl import input_pipeline as ip
 from tfrecords_tools import schema
 from tfrecords_tools import testing
+from tests import distribute_utils
 
 MEAN = np.array(ip.IMAGENET_MEAN, np.float32)
 STD = np.array(ip.IMAGENET_STD, np.float32)
@@ -658,7 +659,7 @@ def test_mirrored_strategy_replica_batches_disjoint_and_cover(
   d = str(tmp_path)
   testing.write_fake_clip_records(d, num_clips=11, num_shards=3, num_frames=4)
   pattern = os.path.join(d, schema.shard_pattern())
-  strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+  strategy = distribute_utils.mirrored_strategy(['/cpu:0', '/cpu:1'])
 
   def dataset_fn(ctx):
     return ip.make_dataset(pattern, is_training=is_training, batch_size=2,
