@@ -17,7 +17,7 @@ runner passes itself (features, labels, `num_classes`, `input_shape`,
 import gin
 
 from cpd import curriculum as cpd_curriculum
-from cpd import evaluate
+from cpd import protocols
 from cpd import knn
 from cpd import linear_probe
 from cpd import nce as cpd_nce
@@ -46,13 +46,13 @@ hf_text_encoder = gin.external_configurable(cpd_trainer.hf_text_encoder,
                                             name='hf_text_encoder')
 
 
-# ---- Evaluation protocols (cpd/evaluate.py) ----
+# ---- Evaluation protocols (cpd/protocols.py; CLI cpd/evaluate.py) ----
 
-run_protocol = gin.external_configurable(evaluate.run_protocol,
+run_protocol = gin.external_configurable(protocols.run_protocol,
                                          name='run_protocol')
-build_video_model = gin.external_configurable(evaluate.build_video_model,
+build_video_model = gin.external_configurable(protocols.build_video_model,
                                               name='build_video_model')
-build_text_fn = gin.external_configurable(evaluate.build_text_fn,
+build_text_fn = gin.external_configurable(protocols.build_text_fn,
                                           name='build_text_fn')
 knn_classify = gin.external_configurable(knn.knn_classify,
                                          name='knn_classify')

@@ -1,6 +1,6 @@
 r"""CPD on synthetic web videos with titles, on a laptop, in minutes.
 
-  python -m spl.demo --cpd --output_dir=/tmp/weakvideo_cpd_demo
+  python -m cpd.demo --output_dir=/tmp/weakvideo_cpd_demo [--size=tiny]
 
 generate synthetic videos (titles = class words + noise words, emoji,
 hashtags) -> write clip records (Beam) -> pre-train CPD on the web clips'
@@ -25,6 +25,9 @@ import os
 import time
 from typing import Dict, List, Sequence
 
+from absl import app
+from absl import flags
+from absl import logging as absl_logging
 import numpy as np
 
 from spl import demo as spl_demo
@@ -256,3 +259,24 @@ def _write_report(output_dir, rows, result, summaries, size, text_encoder):
       '```', table, '```', '']
   with open(os.path.join(output_dir, 'cpd_report.md'), 'w') as f:
     f.write('\n'.join(report) + '\n')
+
+
+def _define_flags():
+  flags.DEFINE_string('output_dir', '/tmp/weakvideo_cpd_demo',
+                      'Demo workspace.')
+  flags.DEFINE_enum('size', 'small', list(SIZES), 'Demo size.')
+  flags.DEFINE_integer('seed', 0, 'Seed of the synthetic data.')
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  flag_values = flags.FLAGS
+  run_cpd_demo(flag_values.output_dir, SIZES[flag_values.size],
+               seed=flag_values.seed)
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)

@@ -405,18 +405,11 @@ def _define_flags():
   flags.DEFINE_string('output_dir', '/tmp/weakvideo_demo', 'Demo workspace.')
   flags.DEFINE_enum('size', 'small', list(SIZES), 'Demo size.')
   flags.DEFINE_integer('seed', 0, 'Seed of the synthetic data.')
-  flags.DEFINE_bool('cpd', False, 'Run the CPD demo instead (cpd/demo.py): '
-                    'pre-train on titles, report retrieval and kNN.')
 
 
 def main(argv: Sequence[str]) -> int:
   del argv
   absl_logging.set_verbosity(absl_logging.ERROR)
-  if FLAGS.cpd:
-    from cpd import demo as cpd_demo  # pylint: disable=g-import-not-at-top
-    cpd_demo.run_cpd_demo(FLAGS.output_dir, cpd_demo.SIZES[FLAGS.size],
-                          seed=FLAGS.seed)
-    return 0
   run_demo(FLAGS.output_dir, SIZES[FLAGS.size], seed=FLAGS.seed)
   return 0
 

@@ -1,4 +1,4 @@
-"""The CPD demo end to end at its CI size (`python -m spl.demo --cpd`)."""
+"""The CPD demo end to end at its CI size (`python -m cpd.demo`)."""
 
 import json
 import os

@@ -20,7 +20,7 @@ import tensorflow as tf
 import tf_keras
 
 from cpd import configurables
-from cpd import evaluate
+from cpd import protocols
 from cpd import features
 from official.vision.modeling import classification_model
 from official.vision.modeling.backbones import resnet as mg_resnet
@@ -150,7 +150,7 @@ def test_keras_file_gives_model_garden_resnet50_with_its_weights(keras_h5):
   # Garden's (v1.5) ResNet-50 holding the converted weights, frame by frame,
   # on a moving clip (not Keras's own network: strides and stem grid differ).
   keras_model, path = keras_h5
-  model = evaluate.build_video_model(
+  model = protocols.build_video_model(
       'slowonly_r50', input_shape=(NUM_FRAMES, SIZE, SIZE, 3),
       imagenet_checkpoint=path)
   assert model.head is None and model.backbone.name == 'slowonly_r50'
@@ -189,7 +189,7 @@ def test_keras_file_gives_model_garden_resnet50_with_its_weights(keras_h5):
 
 def test_bad_imagenet_settings_are_refused(resnet34, keras_h5, tmp_path):
   _, path = keras_h5
-  build = functools.partial(evaluate.build_video_model,
+  build = functools.partial(protocols.build_video_model,
                             input_shape=(NUM_FRAMES, SIZE, SIZE, 3))
   with pytest.raises(ValueError, match='`checkpoint`.*or `imagenet_checkpoint`'
                      '.*not both'):
@@ -211,10 +211,10 @@ def test_bad_imagenet_settings_are_refused(resnet34, keras_h5, tmp_path):
 
 
 def test_cpd_models_keep_their_head(tmp_path):
-  model = evaluate.build_video_model('tiny3d',
+  model = protocols.build_video_model('tiny3d',
                                      input_shape=(NUM_FRAMES, SIZE, SIZE, 3))
   assert model.head is not None and model.output_shape == (None, 256)
-  model = evaluate.build_video_model(
+  model = protocols.build_video_model(
       'tiny3d', input_shape=(NUM_FRAMES, SIZE, SIZE, 3), embedding_dim=8)
   assert model.output_shape == (None, 8)
 

@@ -6,7 +6,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import tf_keras
 
-from spl.models import factory
+from spl.models import backbones
 from spl.models import heads
 
 
@@ -37,7 +37,7 @@ class VideoClassifier(tf_keras.Model):
                **kwargs):
     """Builds the classifier; see `factory.build_classifier` for arguments."""
     backbone_kwargs = dict(backbone_kwargs or {})
-    backbone = factory.build_backbone(
+    backbone = backbones.build_backbone(
         backbone_name, input_shape=input_shape, **backbone_kwargs)
     head = heads.ClassificationHead(
         num_classes,
