@@ -37,6 +37,7 @@ import tf_keras
 from cpd import zero_shot
 from spl import input_pipeline
 from spl import metrics
+from tfrecords_tools import file_patterns
 from tfrecords_tools import schema
 
 FEATURES_PREFIX = 'features'
@@ -233,9 +234,7 @@ def extract_features(embed_fn, strategy: tf.distribute.Strategy,
   Returns:
     The paths written by this call (skipped shards excluded).
   """
-  files = sorted(tf.io.gfile.glob(file_pattern))
-  if not files:
-    raise ValueError(f'`file_pattern` {file_pattern!r} matches no file')
+  files = file_patterns.match(file_pattern)
   if num_workers <= 0 or not 0 <= worker_index < num_workers:
     raise ValueError(f'`worker_index` must be in [0, `num_workers`='
                      f'{num_workers}), got {worker_index}')

@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfrecords_tools import file_patterns
 from tfrecords_tools import records as records_lib
 from tfrecords_tools import schema
 
@@ -100,9 +101,7 @@ def select_clip_keys(file_pattern: str, fraction: float, *, seed: int = 0,
   Returns:
     Sorted list of `clip/key` strings.
   """
-  files = sorted(tf.io.gfile.glob(file_pattern))
-  if not files:
-    raise ValueError(f'`file_pattern` {file_pattern!r} matches no file')
+  files = file_patterns.match(file_pattern)
   keys, labels, _ = _read_keys_and_labels(files, label_key)
   mask = per_class_subset_mask(labels, fraction, seed=seed, keys=keys)
   return sorted(k for k, m in zip(keys, mask) if m)
@@ -131,9 +130,7 @@ def write_subset_records(file_pattern: str, output_dir: str, fraction: float,
   """
   if num_shards <= 0:
     raise ValueError(f'`num_shards` must be > 0, got {num_shards}')
-  files = sorted(tf.io.gfile.glob(file_pattern))
-  if not files:
-    raise ValueError(f'`file_pattern` {file_pattern!r} matches no file')
+  files = file_patterns.match(file_pattern)
   keys, labels, where = _read_keys_and_labels(files, label_key)
   mask = per_class_subset_mask(labels, fraction, seed=seed, keys=keys)
   selected = sorted((keys[i], where[i]) for i in np.flatnonzero(mask))

@@ -25,6 +25,7 @@ from cpd import text_encoders
 from cpd import zero_shot
 from spl import input_pipeline
 from spl.models import factory
+from tfrecords_tools import file_patterns
 from tfrecords_tools import records
 from tfrecords_tools import schema
 
@@ -267,9 +268,7 @@ def run_protocol(protocol: str, output_dir: str, *,
     make = functools.partial(dataset_fn, is_training=False,
                              batch_size=eval_batch_size, repeat=False,
                              drop_remainder=False)
-    first = sorted(tf.io.gfile.glob(files))
-    if not first:
-      raise ValueError(f'`files` {files!r} matches no file')
+    first = file_patterns.match(files, '`files`')
     shape = make(first[0]).element_spec[input_pipeline.VIDEO].shape
     with strategy.scope():
       model = video_model_fn(input_shape=tuple(shape[2:]))
@@ -298,7 +297,7 @@ def run_protocol(protocol: str, output_dir: str, *,
       if not files:
         raise ValueError('zero_shot needs `class_names_file` or `files`')
       class_names_file = os.path.join(
-          os.path.dirname(sorted(tf.io.gfile.glob(files))[0]),
+          os.path.dirname(file_patterns.match(files, '`files`')[0]),
           schema.LABEL_MAP_FILENAME)
     names = _class_names(class_names_file)
     class_emb = zero_shot.embed_texts(

@@ -28,6 +28,7 @@ import posixpath
 import uuid
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from tfrecords_tools import file_patterns
 from tfrecords_tools import schema
 from tfrecords_tools import tfrecord_io
 
@@ -261,14 +262,11 @@ def rewrite_titles_file(path: str, output: str, transform: Transform
 
 
 def list_shards(pattern: str) -> List[str]:
-  """Sorted files matching `pattern`; ValueError naming it if none."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  """Sorted files matching `pattern` (`file_patterns` syntax); ValueError
+  naming it if none."""
   if not pattern:
     raise ValueError('`records` must be a file pattern of clip records')
-  shards = sorted(tf.io.gfile.glob(pattern))
-  if not shards:
-    raise ValueError(f'`records` pattern {pattern!r} matches no file')
-  return shards
+  return file_patterns.match(pattern, '`records` pattern')
 
 
 def _contexts(shards: Sequence[str]):

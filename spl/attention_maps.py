@@ -48,8 +48,9 @@ import tf_keras
 from spl import configurables
 from spl import gradcam
 from spl import input_pipeline
-from tfrecords_tools import label_spaces
 from spl import train_lib
+from tfrecords_tools import file_patterns
+from tfrecords_tools import label_spaces
 from tfrecords_tools import records
 from tfrecords_tools import schema
 
@@ -212,9 +213,7 @@ def select_records(file_pattern: str, *, clip_keys: Sequence[str] = (),
   """
   if not file_pattern:
     raise ValueError('--records must be set')
-  files = sorted(tf.io.gfile.glob(file_pattern))
-  if not files:
-    raise ValueError(f'--records {file_pattern!r} matches no file')
+  files = file_patterns.match(file_pattern, '--records')
   keys = [k.strip() for k in clip_keys if k.strip()]
   if bool(keys) == (num_clips is not None):
     raise ValueError('exactly one of --clip_keys and --num_clips must be set')

@@ -156,6 +156,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from tfrecords_tools import file_patterns
 from tfrecords_tools import schema
 
 # ---- Output feature names ----
@@ -294,19 +295,7 @@ def _count_skip(text: str) -> None:
 
 
 def _list_files(file_pattern: str) -> List[str]:
-  if not isinstance(file_pattern, str) or not file_pattern.strip():
-    raise ValueError(
-        f'`file_pattern` must be a non-empty glob, got {file_pattern!r}')
-  files = []
-  for pattern in file_pattern.split(','):
-    pattern = pattern.strip()
-    if not pattern:
-      continue
-    matched = sorted(tf.io.gfile.glob(pattern))
-    if not matched:
-      raise ValueError(f'`file_pattern` {pattern!r} matches no file')
-    files.extend(matched)
-  return sorted(set(files))
+  return file_patterns.match(file_pattern, '`file_pattern`')
 
 
 def _make_options(crop_size: int,

@@ -42,6 +42,7 @@ from spl import losses
 from spl import metrics
 from spl import optimization
 from spl.models import inflation
+from tfrecords_tools import file_patterns
 from tfrecords_tools import records
 from tfrecords_tools import schema
 from tfrecords_tools import tfrecord_io
@@ -96,10 +97,7 @@ def _check_positive(**kwargs):
 def _files(file_pattern: Optional[str], what: str) -> List[str]:
   if not file_pattern:
     raise ValueError(f'`{what}` must be set for this mode')
-  files = sorted(tf.io.gfile.glob(file_pattern))
-  if not files:
-    raise ValueError(f'`{what}` {file_pattern!r} matches no file')
-  return files
+  return file_patterns.match(file_pattern, f'`{what}`')
 
 
 def check_label_range(file_pattern: str, num_classes: int) -> None:
@@ -870,12 +868,14 @@ def run(*,
 
   # ---- Everything that can be wrong is checked before any step ----
   if training:
+    _files(train_file_pattern, 'train_file_pattern')
     check_label_range(train_file_pattern, num_classes)
     if train_steps is None and (train_epochs is None or
                                 num_train_examples is None):
       raise ValueError('training needs `train_epochs` and '
                        '`num_train_examples`, or `train_steps`')
   if evaluating:
+    _files(eval_file_pattern, 'eval_file_pattern')
     check_label_range(eval_file_pattern, num_classes)
   if space is not None:
     patterns = ([train_file_pattern] if training else []) + (

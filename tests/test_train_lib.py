@@ -751,3 +751,24 @@ def test_eval_batch_not_divisible_by_replicas_is_refused(trained, data,
     _run(mode='predict', model_dir=model_dir, predict_file_pattern=data,
          strategy=_mirrored(logical_cpus[:2]), eval_global_batch_size=3,
          pad_eval_batches=True)
+
+
+def test_comma_separated_file_patterns_train_and_evaluate(tmp_path):
+  # One pattern syntax everywhere (tfrecords_tools.file_patterns): the
+  # trainer's pre-flight checks once globbed the whole string and refused
+  # TRAIN_FILES='a/*,b/*', which the input pipeline accepts.
+  first = _colour_clips(str(tmp_path / 'a'), 4, seed=0)
+  second = _colour_clips(str(tmp_path / 'b'), 5, seed=1)
+  pattern = ','.join([first, second])
+  model_dir = str(tmp_path / 'm')
+  # 9 clips, 1 epoch at batch 4 with the remainder dropped: 2 steps.
+  result = _run(mode='train_and_eval', model_dir=model_dir,
+                train_file_pattern=pattern, eval_file_pattern=pattern,
+                num_train_examples=9, train_steps=None, train_epochs=1,
+                steps_per_loop=1, checkpoint_every_steps=100)
+  assert _checkpoint_steps(model_dir) == [2]
+  assert result['eval']['num_clips'] == 9
+  with pytest.raises(ValueError, match=r"`train_file_pattern` '.*/c/\S*' "
+                     'matches no files'):
+    _run(mode='train', model_dir=str(tmp_path / 'm2'),
+         train_file_pattern=f'{first},{tmp_path}/c/clips-*')

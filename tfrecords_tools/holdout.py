@@ -85,6 +85,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from tfrecords_tools import beam_utils
 from tfrecords_tools import clip_proto
+from tfrecords_tools import file_patterns
 from tfrecords_tools import schema
 from tfrecords_tools import tfrecord_io
 
@@ -672,11 +673,7 @@ def build_pipeline(pipeline: beam.Pipeline, *, shards: Sequence[str],
 
 
 def _match_shards(pattern: str) -> List[str]:
-  result = FileSystems.match([pattern])[0]
-  paths = sorted(m.path for m in result.metadata_list)
-  if not paths:
-    raise ValueError(f'`--records` pattern {pattern!r} matches no files')
-  return paths
+  return file_patterns.match_beam(pattern, '`--records` pattern')
 
 
 def _dirname(path: str) -> str:

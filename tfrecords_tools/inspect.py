@@ -22,6 +22,7 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from tfrecords_tools import file_patterns
 from tfrecords_tools import records
 from tfrecords_tools import schema
 
@@ -43,9 +44,10 @@ def inspect_records(pattern: str, *, max_problems: int = 50,
     A dict with counts, histograms, `problems` (strings naming file and
     record) and `samples` (a few clips' frames for the contact sheet).
   """
-  files = sorted(tf.io.gfile.glob(pattern))
-  if not files:
-    raise FileNotFoundError(f'no files match {pattern!r}')
+  try:
+    files = file_patterns.match(pattern, 'pattern')
+  except file_patterns.NoMatchingFilesError as e:
+    raise FileNotFoundError(f'no files match {pattern!r} ({e})') from e
   label_map_path = os.path.join(os.path.dirname(files[0]),
                                 schema.LABEL_MAP_FILENAME)
   class_names = (records.read_label_map(label_map_path)
@@ -192,7 +194,7 @@ def main(argv: Sequence[str]) -> int:
     print(f'inspect: error: {e}', file=sys.stderr)
     return 1
   sheet = FLAGS.contact_sheet or os.path.join(
-      os.path.dirname(sorted(tf.io.gfile.glob(argv[1]))[0]),
+      os.path.dirname(file_patterns.match(argv[1], 'pattern')[0]),
       'contact_sheet.png')
   if report['samples']:
     write_contact_sheet(report['samples'], sheet)

@@ -68,6 +68,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 import numpy as np
 import tensorflow as tf
 
+from tfrecords_tools import file_patterns
 from tfrecords_tools import label_spaces
 from tfrecords_tools import records
 from tfrecords_tools import schema
@@ -586,11 +587,7 @@ def _finish_element(element, pass1, output_dir: str, num_shards: int) -> None:
 
 
 def _match_shards(pattern: str, what: str) -> List[str]:
-  result = FileSystems.match([pattern])[0]
-  paths = sorted(m.path for m in result.metadata_list)
-  if not paths:
-    raise ValueError(f'`{what}` pattern {pattern!r} matches no files')
-  return paths
+  return file_patterns.match_beam(pattern, f'`{what}` pattern')
 
 
 def build_pipeline(pipeline: beam.Pipeline, *, shards: Sequence[str],

