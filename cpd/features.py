@@ -37,6 +37,7 @@ import tf_keras
 from cpd import zero_shot
 from spl import input_pipeline
 from spl import metrics
+from tfrecords_tools import atomic_files
 from tfrecords_tools import file_patterns
 from tfrecords_tools import schema
 
@@ -188,10 +189,7 @@ def read_shard_context(path: str, label_key: str = schema.LABEL_INDEX_KEY
 def _write_npz_atomic(path: str, arrays: Mapping[str, np.ndarray]) -> None:
   buffer = io.BytesIO()
   np.savez(buffer, **arrays)
-  tmp = path + '.tmp-partial'
-  with tf.io.gfile.GFile(tmp, 'wb') as f:
-    f.write(buffer.getvalue())
-  tf.io.gfile.rename(tmp, path, overwrite=True)
+  atomic_files.write(path, buffer.getvalue())
 
 
 def _read_npz(path: str) -> Dict[str, np.ndarray]:

@@ -16,12 +16,14 @@ copied along.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from tfrecords_tools import atomic_files
 from tfrecords_tools import file_patterns
 from tfrecords_tools import records as records_lib
 from tfrecords_tools import schema
@@ -138,20 +140,17 @@ def write_subset_records(file_pattern: str, output_dir: str, fraction: float,
   tf.io.gfile.makedirs(output_dir)
   paths = [os.path.join(output_dir, schema.shard_name(i, num_shards))
            for i in range(num_shards)]
-  tmp_paths = [p + '.tmp-partial' for p in paths]
   records: List[Optional[bytes]] = [None] * len(selected)
   for f, path in enumerate(files):
     for r, serialized in enumerate(tf.data.TFRecordDataset(path)):
       n = wanted.get((f, r))
       if n is not None:
         records[n] = serialized.numpy()
-  writers = [tf.io.TFRecordWriter(p) for p in tmp_paths]
-  for n, serialized in enumerate(records):
-    writers[n % num_shards].write(serialized)
-  for w in writers:
-    w.close()
-  for tmp, path in zip(tmp_paths, paths):
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+  with contextlib.ExitStack() as stack:
+    writers = [stack.enter_context(tf.io.TFRecordWriter(
+        stack.enter_context(atomic_files.replacing(p)))) for p in paths]
+    for n, serialized in enumerate(records):
+      writers[n % num_shards].write(serialized)
   label_maps = sorted({os.path.join(os.path.dirname(f),
                                     schema.LABEL_MAP_FILENAME) for f in files})
   for lm in label_maps:

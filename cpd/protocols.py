@@ -9,7 +9,6 @@ CPD checkpoint's encoders. Gin-free: `cpd/configurables.py` registers them.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from typing import Any, Callable, Dict, Optional, Sequence
 

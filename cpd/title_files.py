@@ -25,9 +25,9 @@ import io
 import json
 import os
 import posixpath
-import uuid
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from tfrecords_tools import atomic_files
 from tfrecords_tools import file_patterns
 from tfrecords_tools import schema
 from tfrecords_tools import tfrecord_io
@@ -188,14 +188,8 @@ def _transform_unique(titles: Sequence[str], transform: Transform
 
 
 def _write_atomic(path: str, text: str) -> None:
-  tmp = f'{path}.tmp-{uuid.uuid4().hex[:8]}'
-  try:
-    with open(tmp, 'w', encoding='utf-8', newline='') as f:
-      f.write(text)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  # Beam's file system: the titles paths run without TensorFlow.
+  atomic_files.write(path, text, atomic_files.BEAM)
 
 
 def check_output_file(path: str, output: str) -> None:
@@ -356,8 +350,7 @@ def rewrite_record_titles(pattern: str, output_dir: str,
   records = 0
   for path in shards:
     out = posixpath.join(output_dir, posixpath.basename(path))
-    tmp = f'{out}.tmp-{uuid.uuid4().hex[:8]}'
-    try:
+    with atomic_files.replacing(out, unique=True) as tmp:
       with tf.io.gfile.GFile(path, 'rb') as fin, \
           tf.io.gfile.GFile(tmp, 'wb') as fout:
         fout.write(b'')  # GFile creates the file on the first write only.
@@ -369,10 +362,6 @@ def rewrite_record_titles(pattern: str, output_dir: str,
           tfrecord_io.write_record_parts(fout, [tfrecord_io.context_field(
               context.SerializeToString(deterministic=True))] + list(rest))
           records += 1
-      tf.io.gfile.rename(tmp, out, overwrite=True)
-    finally:
-      if tf.io.gfile.exists(tmp):
-        tf.io.gfile.remove(tmp)
   if records != len(captions):
     raise ValueError(f'`records` {pattern!r}: pass 1 read {len(captions)} '
                      f'records, pass 2 {records} (files changed during the '

@@ -36,6 +36,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from spl import input_pipeline
+from tfrecords_tools import atomic_files
 
 POOL_LAYER = 'global_pool'
 _DPI = 80
@@ -304,10 +305,7 @@ def write_png_atomic(path: str, png: bytes) -> None:
   """Writes `png` to `path` via a temporary name, so `path` is never partial."""
   if not png.startswith(b'\x89PNG'):
     raise ValueError(f'refusing to write non-PNG bytes to {path!r}')
-  tmp = f'{path}.tmp-partial'
-  with tf.io.gfile.GFile(tmp, 'wb') as f:
-    f.write(png)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
+  atomic_files.write(path, png)
 
 
 def write_strip(path: str, frames, heat, *, title: str = '',

@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from spl import configurables
 from spl import train_lib
+from tfrecords_tools import atomic_files
 
 STRATEGIES = ('one_device', 'mirrored', 'multi_worker_mirrored', 'tpu')
 CONFIG_FILENAME = 'config.gin'
@@ -101,10 +102,7 @@ def run(gin_files: Sequence[str], gin_bindings: Sequence[str], *,
       # eval / predict runs reuse a training model dir: keep its config.gin.
       name = (CONFIG_FILENAME if mode in ('train', 'train_and_eval') else
               f'config_{mode}.gin')
-      tmp = os.path.join(model_dir, name + '.tmp-partial')
-      with tf.io.gfile.GFile(tmp, 'w') as f:
-        f.write(config)
-      tf.io.gfile.rename(tmp, os.path.join(model_dir, name), overwrite=True)
+      atomic_files.write(os.path.join(model_dir, name), config)
 
   # `job.fn` in the gin files picks the trainer: SPL's `run` or `cpd_run`.
   return configurables.job()(mode=mode, model_dir=model_dir,

@@ -37,6 +37,7 @@ import tensorflow as tf
 import tf_keras
 
 from spl import input_pipeline
+from tfrecords_tools import atomic_files
 from tfrecords_tools import label_spaces
 from spl import losses
 from spl import metrics
@@ -533,8 +534,8 @@ def predict(model: tf_keras.Model,
     if num_workers == 1:
       ds = strategy.experimental_distribute_dataset(ds)
     seen = set()
-    tmp = out + '.tmp-partial'
-    with tf.io.TFRecordWriter(tmp) as writer:
+    with atomic_files.replacing(out) as tmp, \
+        tf.io.TFRecordWriter(tmp) as writer:
       for inputs in ds:
         idx, classes, scores, valid = (t.numpy() for t in step(inputs))
         valid = valid.astype(bool)
@@ -550,13 +551,11 @@ def predict(model: tf_keras.Model,
               clip_index=c, clip_key=keys[c], num_classes=num_classes,
               top_k_index=[int(x) for x in cls],
               top_k_score=[float(x) for x in sc]).SerializeToString())
-    missing = sorted(set(keys) - seen)
-    if missing:
-      tf.io.gfile.remove(tmp)
-      raise RuntimeError(f'predict: {len(missing)} clips of {path!r} got no '
-                         f'prediction (first: {missing[:5]}); the input '
-                         'pipeline skipped records')
-    tf.io.gfile.rename(tmp, out, overwrite=True)
+      missing = sorted(set(keys) - seen)
+      if missing:
+        raise RuntimeError(f'predict: {len(missing)} clips of {path!r} got '
+                           f'no prediction (first: {missing[:5]}); the input '
+                           'pipeline skipped records')
     written.append(out)
     logging.info('predict: wrote %d clips to %s', len(seen), out)
   return written

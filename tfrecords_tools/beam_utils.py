@@ -8,6 +8,7 @@ from typing import Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from tfrecords_tools import atomic_files
 from tfrecords_tools import schema
 
 
@@ -110,10 +111,7 @@ def delete_tree(path: str) -> None:
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
   """Writes `path` via a temporary name, so `path` is never partial."""
-  tmp = f'{path}.tmp-partial'
-  with create(tmp) as f:
-    f.write(data)
-  rename(tmp, path)
+  atomic_files.write(path, data, atomic_files.BEAM)
 
 
 def write_json_atomic(path: str, obj) -> None:

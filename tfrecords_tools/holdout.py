@@ -83,6 +83,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from tfrecords_tools import atomic_files
 from tfrecords_tools import beam_utils
 from tfrecords_tools import clip_proto
 from tfrecords_tools import file_patterns
@@ -416,13 +417,6 @@ class _Plan(beam.DoFn):
 # ---- Pass 2: rewrite one shard ----
 
 
-def _tmp_name(path: str) -> str:
-  directory, name = posixpath.split(path) if '://' in path else os.path.split(
-      path)
-  # Hidden and suffixed: never matched by the shard glob of a reader.
-  return beam_utils.join(directory, f'.{name}.tmp-{uuid.uuid4().hex}')
-
-
 def rewrite_shard(in_path: str, out_path: str, part_path: str,
                   plan: Mapping[str, Any]) -> Tuple[Dict[str, Any], List]:
   """Writes a shard's training clips; appends its pairs to `part_path`.
@@ -445,10 +439,10 @@ def rewrite_shard(in_path: str, out_path: str, part_path: str,
            'dropped': 0, 'bytes_in': 0, 'bytes_out': 0}
   pieces = []
   seen = set()
-  tmp = _tmp_name(out_path)
   part, part_bytes = None, 0
   try:
-    with beam_utils.open_file(in_path) as fin, beam_utils.create(tmp) as fout:
+    with atomic_files.replacing(out_path, atomic_files.BEAM) as tmp, \
+        beam_utils.open_file(in_path) as fin, beam_utils.create(tmp) as fout:
       for i, (context, rest, length) in enumerate(
           tfrecord_io.read_split_records(fin, in_path)):
         stats['bytes_in'] += length + 16
@@ -476,19 +470,15 @@ def rewrite_shard(in_path: str, out_path: str, part_path: str,
           stats['val'] += 1
         else:
           stats['dropped'] += 1
-    if len(seen) != expected:
-      raise HoldoutError(f'{in_path}: pass 1 saw {expected} clips, pass 2 '
-                         f'read {len(seen)} (file changed during the job?)')
+      if len(seen) != expected:
+        raise HoldoutError(f'{in_path}: pass 1 saw {expected} clips, pass 2 '
+                           f'read {len(seen)} (file changed during the job?)')
+      if part is not None:
+        part.close()
+        part = None
+  finally:
     if part is not None:
       part.close()
-      part = None
-    beam_utils.rename(tmp, out_path)
-  except BaseException:
-    if part is not None:
-      part.close()
-    if beam_utils.exists(tmp):
-      FileSystems.delete([tmp])
-    raise
   logging.info('holdout pass 2: %s: %d training, %d validation, %d dropped '
                'clips, %.1f MB (%.1f s)', stats['shard'], stats['train'],
                stats['val'], stats['dropped'], stats['bytes_in'] / 1e6,
@@ -524,10 +514,10 @@ class _WriteValShard(beam.DoFn):
     shard, pieces = element
     items = sorted(p for p in pieces if p is not None)
     path = beam_utils.join(self._val_dir, schema.shard_name(shard, self._num))
-    tmp = _tmp_name(path)
     src, src_path = None, None
     try:
-      with beam_utils.create(tmp) as out:
+      with atomic_files.replacing(path, atomic_files.BEAM) as tmp, \
+          beam_utils.create(tmp) as out:
         for _, part_path, offset in items:
           if part_path != src_path:
             if src is not None:
@@ -536,11 +526,6 @@ class _WriteValShard(beam.DoFn):
           src.seek(offset)
           tfrecord_io.write_record(
               out, next(tfrecord_io.read_records(src, part_path)))
-      beam_utils.rename(tmp, path)
-    except BaseException:
-      if beam_utils.exists(tmp):
-        FileSystems.delete([tmp])
-      raise
     finally:
       if src is not None:
         src.close()

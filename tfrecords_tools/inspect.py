@@ -22,6 +22,7 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from tfrecords_tools import atomic_files
 from tfrecords_tools import file_patterns
 from tfrecords_tools import records
 from tfrecords_tools import schema
@@ -150,10 +151,11 @@ def write_contact_sheet(samples, path: str, frames_per_clip: int = 6) -> None:
         ax.set_ylabel(f'{label}\n{key}', fontsize=7)
       ax.set_title(f'frame {t}', fontsize=7)
   fig.tight_layout()
-  tmp = path + '.tmp-partial.png'
-  fig.savefig(tmp, dpi=80)
-  plt.close(fig)
-  os.replace(tmp, path)
+  try:
+    with atomic_files.replacing(path) as tmp:
+      fig.savefig(tmp, dpi=80, format='png')
+  finally:
+    plt.close(fig)
 
 
 def format_report(report: Dict) -> str:

@@ -11,6 +11,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import tensorflow as tf
 
+from tfrecords_tools import atomic_files
 from tfrecords_tools import clip_proto
 from tfrecords_tools import schema
 
@@ -174,10 +175,7 @@ def parse_prediction_example(serialized: bytes) -> Dict[str, Any]:
 
 def write_json_atomic(path: str, obj: Any) -> None:
   """Writes JSON to `path` via a temporary name, so `path` is never partial."""
-  tmp = f'{path}.tmp-partial'
-  with tf.io.gfile.GFile(tmp, 'w') as f:
-    f.write(schema.json_text(obj))
-  tf.io.gfile.rename(tmp, path, overwrite=True)
+  atomic_files.write(path, schema.json_text(obj))
 
 
 def write_label_map(path: str, class_names: Sequence[str]) -> None:

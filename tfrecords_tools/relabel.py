@@ -56,7 +56,6 @@ import os
 import posixpath
 import sys
 import time
-import uuid
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import apache_beam as beam
@@ -68,6 +67,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 import numpy as np
 import tensorflow as tf
 
+from tfrecords_tools import atomic_files
 from tfrecords_tools import file_patterns
 from tfrecords_tools import label_spaces
 from tfrecords_tools import records
@@ -105,17 +105,7 @@ def _join(directory: str, name: str) -> str:
 
 
 def _write_bytes_atomic(path: str, data: bytes) -> None:
-  tmp = _tmp_name(path)
-  with FileSystems.create(tmp, compression_type=_UNCOMPRESSED) as f:
-    f.write(data)
-  FileSystems.rename([tmp], [path])
-
-
-def _tmp_name(path: str) -> str:
-  directory, name = posixpath.split(path) if '://' in path else os.path.split(
-      path)
-  # Hidden and suffixed: never matched by the shard glob of a reader.
-  return _join(directory, f'.{name}.tmp-{uuid.uuid4().hex}')
+  atomic_files.write(path, data, atomic_files.BEAM)
 
 
 def _mkdirs(path: str) -> None:
@@ -405,8 +395,7 @@ def rewrite_shard(in_path: str, out_path: str,
   stats = {'shard': posixpath.basename(out_path), 'input': 0, 'written': 0,
            'dropped': 0, 'bytes_in': 0, 'bytes_out': 0}
   seen = set()
-  tmp = _tmp_name(out_path)
-  try:
+  with atomic_files.replacing(out_path, atomic_files.BEAM) as tmp:
     with FileSystems.open(in_path, compression_type=_UNCOMPRESSED) as fin, \
         FileSystems.create(tmp, compression_type=_UNCOMPRESSED) as fout:
       for i, (ctx_payload, rest, length) in enumerate(
@@ -448,15 +437,10 @@ def rewrite_shard(in_path: str, out_path: str,
     if len(seen) != len(teachers):
       raise RelabelError(f'{in_path}: pass 1 saw {len(teachers)} clips, pass 2 '
                          f'read {len(seen)}')
-    FileSystems.rename([tmp], [out_path])
-  except BaseException:
-    if FileSystems.exists(tmp):
-      FileSystems.delete([tmp])
-    raise
-  if stats['input'] != stats['written'] + stats['dropped']:
-    raise RelabelError(f'{in_path}: {stats["input"]} clips in, '
-                       f'{stats["written"]} written + {stats["dropped"]} '
-                       f'dropped')
+    if stats['input'] != stats['written'] + stats['dropped']:
+      raise RelabelError(f'{in_path}: {stats["input"]} clips in, '
+                         f'{stats["written"]} written + {stats["dropped"]} '
+                         f'dropped')
   stats['class_counts'] = class_counts
   return stats
 

@@ -57,6 +57,7 @@ from absl import app
 from absl import flags
 import apache_beam as beam
 
+from tfrecords_tools import atomic_files
 from tfrecords_tools import beam_utils
 from tfrecords_tools import clip_proto
 from tfrecords_tools import manifest as manifest_lib
@@ -398,12 +399,15 @@ class WriteShardFn(beam.DoFn):
                    key=lambda x: x[0])
     path = beam_utils.join(c.output_dir,
                            schema.shard_name(shard, c.num_shards))
-    tmp = path + '.tmp-partial'
     stats = {'shard': shard, 'clips': 0, 'frames': 0, 'bytes': 0,
              'clips_per_class': collections.Counter(), 'videos': set()}
     src, src_path = None, None
+    # One writer per shard in a run: a fixed temporary name, which a rerun
+    # overwrites when a killed run left it.
     try:
-      with beam_utils.create(tmp) as out:
+      with atomic_files.replacing(path, atomic_files.BEAM,
+                                  unique=False) as tmp, \
+          beam_utils.create(tmp) as out:
         for clip_index, p in items:
           entry = p.entry
           if p.path != src_path:
@@ -430,7 +434,6 @@ class WriteShardFn(beam.DoFn):
     finally:
       if src is not None:
         src.close()
-    beam_utils.rename(tmp, path)
     stats['clips_per_class'] = dict(stats['clips_per_class'])
     stats['videos'] = sorted(stats['videos'])
     yield stats
