@@ -142,6 +142,7 @@ def run_cpd_demo(output_dir: str, size: CpdDemoSize = SIZES['small'], *,
   from cpd import trainer  # pylint: disable=g-import-not-at-top
   from spl import input_pipeline  # pylint: disable=g-import-not-at-top
   from spl import main as spl_main  # pylint: disable=g-import-not-at-top
+  from spl import strategies  # pylint: disable=g-import-not-at-top
 
   os.makedirs(output_dir, exist_ok=True)
   ws = lambda *p: os.path.join(output_dir, *p)  # pylint: disable=unnecessary-lambda-assignment
@@ -186,7 +187,7 @@ def run_cpd_demo(output_dir: str, size: CpdDemoSize = SIZES['small'], *,
               f'({size.steps} steps, text encoder: {text_encoder})')
   model_dir = ws('models', 'cpd')
   gin.clear_config()
-  strategy = spl_main.build_strategy('one_device')
+  strategy = strategies.build_strategy('one_device')
   try:
     result = spl_main.run([run_file], bindings, model_dir=model_dir,
                           mode='train_and_eval', strategy=strategy)

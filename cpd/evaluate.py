@@ -45,10 +45,10 @@ from typing import Any, Dict
 from absl import app
 from absl import flags
 import gin
-import tensorflow as tf
 
 from cpd import configurables
 from cpd import protocols
+from spl import strategies
 
 
 def format_table(result: Dict[str, Any]) -> str:
@@ -79,10 +79,7 @@ def _main(argv):
       [], list(configurables.DEFAULT_BINDINGS), finalize_config=False)
   gin.parse_config_files_and_bindings(f.gin_file, f.gin_bindings,
                                       finalize_config=True)
-  gpus = tf.config.list_logical_devices('GPU')
-  strategy = (tf.distribute.MirroredStrategy() if f.strategy == 'mirrored'
-              else tf.distribute.OneDeviceStrategy(
-                  gpus[0].name if gpus else '/cpu:0'))
+  strategy = strategies.build_strategy(f.strategy)
   kwargs = {}
   for name in ('files', 'train_features', 'test_features'):
     if getattr(f, name):

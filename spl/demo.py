@@ -107,9 +107,10 @@ def _trainer_run(gin_files: Sequence[str], bindings: Sequence[str], *,
                  model_dir: str, mode: str) -> Dict:
   import gin  # pylint: disable=g-import-not-at-top
   from spl import main as spl_main  # pylint: disable=g-import-not-at-top
+  from spl import strategies  # pylint: disable=g-import-not-at-top
   gin.clear_config()
   try:
-    strategy = spl_main.build_strategy('one_device')
+    strategy = strategies.build_strategy('one_device')
     result = spl_main.run(gin_files, bindings, model_dir=model_dir, mode=mode,
                           strategy=strategy)
   finally:

@@ -9,8 +9,8 @@ fine-tunes and evaluates, all driven by gin files (`gin_configs/`):
     --model_dir=/tmp/teacher --mode=train_and_eval --strategy=mirrored
 
 This module is the only one with flags and, with `spl/configurables.py`, the
-only one that touches gin. It builds the distribution strategy and nothing
-else distributed; `spl.train_lib.run` does the rest under its scope.
+only one that touches gin. It builds the distribution strategy
+(`spl.strategies`) and nothing else distributed; `spl.train_lib.run` does the rest under its scope.
 Multi-worker runs read the cluster from TF_CONFIG; `--tpu` names the TPU.
 """
 
@@ -24,10 +24,12 @@ import gin
 import tensorflow as tf
 
 from spl import configurables
+from spl import strategies
 from spl import train_lib
 from tfrecords_tools import atomic_files
 
-STRATEGIES = ('one_device', 'mirrored', 'multi_worker_mirrored', 'tpu')
+STRATEGIES = strategies.STRATEGIES
+build_strategy = strategies.build_strategy
 CONFIG_FILENAME = 'config.gin'
 # Gin `include` paths are relative to the repository root.
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,24 +64,6 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> None:
   except (ValueError, SyntaxError, KeyError, IOError) as e:
     raise ValueError(f'bad gin config (files {list(gin_files)}, bindings '
                      f'{list(gin_bindings)}): {e}') from e
-
-
-def build_strategy(name: str, tpu: str = None) -> tf.distribute.Strategy:
-  """The only distributed object the entry point makes."""
-  if name not in STRATEGIES:
-    raise ValueError(f'`strategy` must be one of {STRATEGIES}, got {name!r}')
-  if name == 'one_device':
-    gpus = tf.config.list_logical_devices('GPU')
-    return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else
-                                           '/cpu:0')
-  if name == 'mirrored':
-    return tf.distribute.MirroredStrategy()
-  if name == 'multi_worker_mirrored':
-    return tf.distribute.MultiWorkerMirroredStrategy()
-  resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or '')
-  tf.config.experimental_connect_to_cluster(resolver)
-  tf.tpu.experimental.initialize_tpu_system(resolver)
-  return tf.distribute.TPUStrategy(resolver)
 
 
 def run(gin_files: Sequence[str], gin_bindings: Sequence[str], *,
