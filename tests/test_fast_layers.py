@@ -274,3 +274,66 @@ def test_flat_batch_norm_built_directly_and_on_other_ranks():
     plain = tf_keras.layers.BatchNormalization()
     np.testing.assert_allclose(direct(x, training=True).numpy(),
                                plain(x, training=True).numpy(), atol=1e-5)
+
+
+# ---- The switch and the private API it relies on ----
+
+
+def test_the_private_tf_keras_api_the_rewrites_rely_on_is_there():
+  # Fails by name when a tf_keras upgrade moves what the subclasses override.
+  problems = fast_layers.check_private_api()
+  assert not problems, 'tf_keras changed under spl.models.fast_layers: ' + (
+      '; '.join(problems))
+
+
+def test_a_changed_private_api_is_named(monkeypatch):
+  monkeypatch.setattr(tf_keras.layers.Conv3D, 'convolution_op', None)
+  assert fast_layers.check_private_api() == [fast_layers.PRIVATE_API[2]]
+  monkeypatch.undo()
+  monkeypatch.setattr(tf_keras.layers.BatchNormalization, '_fused_batch_norm',
+                      None)
+  assert fast_layers.check_private_api() == [fast_layers.PRIVATE_API[0]]
+
+
+def _converted(mode, **kwargs):
+  net = models.build_backbone('tiny3d', input_shape=(2, 8, 8, 3),
+                              fast_layers=mode, **kwargs)
+  return sum(isinstance(l, (fast_layers.PointwiseConv3D,
+                            fast_layers.FlatBatchNormalization))
+             for l in net.submodules)
+
+
+def test_switch_on_off_and_auto_by_device(monkeypatch):
+  assert _converted('on') > 0
+  assert _converted('off') == 0
+  # 'auto': measured on CPU only, so not where an accelerator is present.
+  monkeypatch.setattr(fast_layers, 'accelerators_present', lambda: False)
+  assert _converted('auto') == _converted('on')
+  monkeypatch.setattr(fast_layers, 'accelerators_present', lambda: True)
+  assert _converted('auto') == 0
+  assert _converted('on') > 0
+  with pytest.raises(ValueError, match="`fast_layers` must be one of"):
+    _converted('fast')
+  with pytest.raises(ValueError, match="`fast_layers` must be one of"):
+    models.build_backbone('r2d50', input_shape=(32, 32, 3),
+                          fast_layers='yes')
+
+
+def test_a_changed_api_turns_auto_off_and_on_into_an_error(monkeypatch,
+                                                           caplog):
+  monkeypatch.setattr(fast_layers, 'accelerators_present', lambda: False)
+  monkeypatch.setattr(fast_layers, '_API_PROBLEMS',
+                      [fast_layers.PRIVATE_API[1]])
+  assert _converted('auto') == 0
+  assert '_data_format' in caplog.text
+  with pytest.raises(RuntimeError, match='BatchNormalization._data_format'):
+    _converted('on')
+
+
+def test_classifier_config_keeps_the_switch():
+  model = factory.build_classifier('tiny3d', num_classes=3,
+                                   input_shape=(2, 8, 8, 3), fast_layers='off')
+  rebuilt = type(model).from_config(model.get_config())
+  for m in (model, rebuilt):
+    assert not any(isinstance(l, fast_layers.PointwiseConv3D)
+                   for l in m.submodules)

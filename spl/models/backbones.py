@@ -52,10 +52,12 @@ exactly the ImageNet network (CPD Table 4; `spl.models.inflation`). A name, not
 a keyword: 'slowonly_r34' and its checkpoints stay as they are, and an
 overlay that swaps the backbone (tiny.gin) drops the choice with the name.
 
-In every 3D backbone the 1x1x1 convolutions (bottleneck, shortcut and gate
-convolutions) are computed as matrix products and batch norms on the 4D view
-of their input (`fast_layers`: the same layers, variables and checkpoints;
-together ~15% faster R3D-50 CPU training steps).
+In every 3D backbone built where no GPU or TPU is present (`fast_layers`
+'auto'; 'on' / 'off' force it) the 1x1x1 convolutions (bottleneck, shortcut
+and gate convolutions) are computed as matrix products and batch norms on the
+4D view of their input (`spl.models.fast_layers`: the same layers, variables
+and checkpoints; together ~15% faster R3D-50 CPU training steps, measured on
+CPU only).
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ import tf_keras
 
 from official.vision.modeling.backbones import resnet as mg_resnet
 from official.vision.modeling.backbones import resnet_3d as mg_resnet_3d
-from spl.models import fast_layers
+from spl.models import fast_layers as fast_layers_lib
 from spl.models import resnet3d_basic
 from spl.models import resnet3d_g
 from spl.models import tiny3d
@@ -135,13 +137,16 @@ def _pooled(name: str, net: tf_keras.Model, input_shape, endpoint: str,
 
 
 def build_backbone(name: str, *, input_shape: Sequence[Optional[int]],
-                   **kwargs) -> tf_keras.Model:
+                   fast_layers: str = 'auto', **kwargs) -> tf_keras.Model:
   """Builds a backbone that outputs pooled features.
 
   Args:
     name: One of `BACKBONES`.
     input_shape: (T, H, W, 3) for 3D backbones, (H, W, 3) for 'r2d50'; T, H, W
       may be None.
+    fast_layers: 'auto' (default: the CPU-measured rewrites of
+      `spl.models.fast_layers` when no GPU or TPU is present), 'on' or 'off';
+      3D backbones only. Variables and checkpoints are the same either way.
     **kwargs: Backbone options: `norm_momentum` (default 0.99) and
       `norm_epsilon` (default 1e-3) for every backbone; 'tiny3d' also takes
       `filters` (default (8, 16)); 'r3d50_g' and 'r3d50_mg' take
@@ -163,7 +168,10 @@ def build_backbone(name: str, *, input_shape: Sequence[Optional[int]],
   shape = _check_input_shape(name, input_shape)
   net = _build(name, shape, kwargs)
   if name != 'r2d50':
-    fast_layers.use_fast_layers(net)
+    fast_layers_lib.maybe_use_fast_layers(net, fast_layers)
+  elif fast_layers not in fast_layers_lib.MODES:
+    raise ValueError(f'`fast_layers` must be one of {fast_layers_lib.MODES}, '
+                     f'got {fast_layers!r}')
   return net
 
 

@@ -27,14 +27,34 @@ B*T*H*W values, exactly what it does on the [B*T, H, W, C] view; TF's fused
 kernel is ~1.5x faster on the 4D view on CPU (forward + backward, R3D-50
 shapes: 11.3 vs 16.7 ms); in the benchmark's training loop the ratio to Model
 Garden went from ~1.08 (matmuls alone) to ~1.16.
+
+**The switch** (`MODES`, the backbones' `fast_layers` argument): 'auto', the
+default, converts only where the rewrites were measured to help, i.e. when the
+process sees no GPU and no TPU (nothing was measured on accelerators, where
+cuDNN and XLA choose their own layouts); 'on' and 'off' force it. Both
+rewrites rely on private parts of `tf_keras` (`PRIVATE_API`); when
+`check_private_api` finds one missing or changed, 'auto' leaves the layers as
+they are (with a warning) and 'on' raises, naming it.
 """
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, List
 
+from absl import logging
 import tensorflow as tf
 import tf_keras
+
+MODES = ('auto', 'on', 'off')
+# What the subclasses rely on beyond tf_keras's public API.
+PRIVATE_API = (
+    'BatchNormalization._fused_batch_norm (the method FlatBatchNormalization '
+    'overrides; the parent must call it for fused batch norms)',
+    "BatchNormalization._data_format (a fused channels-last 5D batch norm "
+    "holds 'NDHWC')",
+    'Conv3D.convolution_op (the method PointwiseConv3D overrides; the parent '
+    'must call it)',
+)
 
 
 @tf_keras.utils.register_keras_serializable(package='spl')
@@ -137,3 +157,73 @@ def use_fast_layers(model: tf_keras.layers.Layer) -> Dict[str, int]:
       continue
     counts[type(layer).__name__] += 1
   return counts
+
+
+def check_private_api() -> List[str]:
+  """The entries of `PRIVATE_API` this tf_keras no longer provides (empty
+  when the rewrites are safe); builds two tiny layers to check behaviour."""
+  problems = []
+  bn_class = tf_keras.layers.BatchNormalization
+  if not callable(getattr(bn_class, '_fused_batch_norm', None)):
+    problems.append(PRIVATE_API[0])
+  if not callable(getattr(tf_keras.layers.Conv3D, 'convolution_op', None)):
+    problems.append(PRIVATE_API[2])
+  if problems:
+    return problems
+  calls = []
+
+  class _SpyNorm(bn_class):
+
+    def _fused_batch_norm(self, *args, **kwargs):
+      calls.append('bn')
+      return super()._fused_batch_norm(*args, **kwargs)
+
+  class _SpyConv(tf_keras.layers.Conv3D):
+
+    def convolution_op(self, *args, **kwargs):
+      calls.append('conv')
+      return super().convolution_op(*args, **kwargs)
+
+  x = tf.zeros([1, 1, 1, 1, 2])
+  norm = _SpyNorm()
+  norm(x, training=True)
+  if 'bn' not in calls:
+    problems.append(PRIVATE_API[0])
+  if getattr(norm, '_data_format', None) != 'NDHWC':
+    problems.append(PRIVATE_API[1])
+  _SpyConv(1, 1)(x)
+  if 'conv' not in calls:
+    problems.append(PRIVATE_API[2])
+  return problems
+
+
+def accelerators_present() -> bool:
+  return bool(tf.config.list_logical_devices('GPU') or
+              tf.config.list_logical_devices('TPU'))
+
+
+_API_PROBLEMS = None
+
+
+def maybe_use_fast_layers(model: tf_keras.layers.Layer,
+                          mode: str = 'auto') -> Dict[str, int]:
+  """`use_fast_layers` as `mode` (see the module docstring) says.
+
+  Returns:
+    How many layers were converted, by new class name (empty when none).
+  """
+  global _API_PROBLEMS
+  if mode not in MODES:
+    raise ValueError(f'`fast_layers` must be one of {MODES}, got {mode!r}')
+  if mode == 'off' or (mode == 'auto' and accelerators_present()):
+    return {}
+  if _API_PROBLEMS is None:
+    _API_PROBLEMS = check_private_api()
+  if _API_PROBLEMS:
+    message = ('spl.models.fast_layers: this tf_keras lacks what the '
+               'rewrites rely on: ' + '; '.join(_API_PROBLEMS))
+    if mode == 'on':
+      raise RuntimeError(message)
+    logging.warning('%s; the layers stay as they are', message)
+    return {}
+  return use_fast_layers(model)
