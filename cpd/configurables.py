@@ -17,10 +17,10 @@ runner passes itself (features, labels, `num_classes`, `input_shape`,
 import gin
 
 from cpd import curriculum as cpd_curriculum
-from cpd import protocols
 from cpd import knn
 from cpd import linear_probe
 from cpd import nce as cpd_nce
+from cpd import protocols
 from cpd import trainer as cpd_trainer
 from spl import configurables as spl_configurables
 

@@ -11,12 +11,14 @@ of frames with the heat map of the chosen class overlaid, and
 `attention_maps.json` listing each clip, its PNG, the class explained, its
 probability and the model's top-1 class.
 
-* Model: `--model_dir` restores its latest checkpoint and, unless
-  `--gin_file` is given, rebuilds the model from the `config.gin` that
-  `spl.main` wrote there; `--checkpoint` (a prefix or a directory) needs
-  `--gin_file`. The gin files build the classifier as training did
-  (`run.model_fn`, `run.num_classes`) and give the clip shape
-  (`make_dataset.num_frames` / `stride` / `crop_size`, eval scope first).
+* Model: `--model_dir` restores its latest checkpoint and rebuilds the
+  classifier from the `model.json` the trainer wrote there (its Keras config:
+  what was trained, whatever the gin files say today); the clip shape and
+  normalisation come from the `config.gin` `spl.main` wrote there unless
+  `--gin_file` is given (`make_dataset.num_frames` / `stride` / `crop_size`,
+  eval scope first). Without a `model.json` (`--checkpoint`, a prefix or a
+  directory, or a run older than it) the gin files build the classifier
+  (`run.model_fn`, `run.num_classes`); `--checkpoint` needs `--gin_file`.
 * Clips: `--clip_keys` (comma-separated `clip/key`s) or the first
   `--num_clips` records of `--records` (sorted shard order). Each is
   preprocessed exactly like one evaluation view (`spl.input_pipeline`: middle
@@ -49,6 +51,7 @@ from spl import configurables
 from spl import gradcam
 from spl import input_pipeline
 from spl import train_lib
+from spl.models import factory
 from tfrecords_tools import file_patterns
 from tfrecords_tools import label_spaces
 from tfrecords_tools import records
@@ -313,13 +316,22 @@ def run(*, output_dir: str, records_pattern: str,
   if not gin_files and model_dir:
     gin_files = [os.path.join(model_dir, CONFIG_FILENAME)]
   config = parse_config(gin_files, gin_bindings)
+  trained = None
+  model_config = (os.path.join(model_dir, factory.MODEL_CONFIG_FILENAME)
+                  if model_dir and not checkpoint else None)
+  if model_config and tf.io.gfile.exists(model_config):
+    trained = factory.classifier_from_config_file(model_config)
+    config['num_classes'] = trained.get_config()['num_classes']
+    source = f'the trained model ({model_config}) has '
+  else:
+    source = 'the gin config sets run.num_classes='
   names = load_class_names(label_space) if label_space else None
   num_classes = config['num_classes']
   if names is not None:
     if num_classes is not None and num_classes != len(names):
       raise ValueError(
-          f'--label_space {label_space!r} has {len(names)} classes but the '
-          f'gin config sets run.num_classes={num_classes}')
+          f'--label_space {label_space!r} has {len(names)} classes but '
+          f'{source}{num_classes}')
     num_classes = len(names)
   if num_classes is None:
     raise ValueError('the number of classes is unknown: give --label_space '
@@ -335,7 +347,8 @@ def run(*, output_dir: str, records_pattern: str,
   # ---- Model ----
   input_shape = (config['num_frames'], config['crop_size'],
                  config['crop_size'], 3)
-  model = config['model_fn'](num_classes=num_classes, input_shape=input_shape)
+  model = trained or config['model_fn'](num_classes=num_classes,
+                                        input_shape=input_shape)
   model(tf.zeros((1,) + input_shape), training=False)  # Creates variables.
   restore_model(model, path)
   logging.info('restored %s', path)

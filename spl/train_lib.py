@@ -37,13 +37,15 @@ import tensorflow as tf
 import tf_keras
 
 from spl import input_pipeline
-from tfrecords_tools import atomic_files
-from tfrecords_tools import label_spaces
 from spl import losses
 from spl import metrics
 from spl import optimization
+from spl.models import classifier
+from spl.models import factory
 from spl.models import inflation
+from tfrecords_tools import atomic_files
 from tfrecords_tools import file_patterns
+from tfrecords_tools import label_spaces
 from tfrecords_tools import records
 from tfrecords_tools import schema
 from tfrecords_tools import tfrecord_io
@@ -964,6 +966,9 @@ def run(*,
       if hasattr(loss_fn, 'trainable_variables'):
         items['loss'] = loss_fn
       checkpoint = tf.train.Checkpoint(**items)
+    if chief and training and isinstance(model, classifier.VideoClassifier):
+      factory.write_model_config(
+          os.path.join(model_dir, factory.MODEL_CONFIG_FILENAME), model)
 
     # Restore: the run's own checkpoint first (resume), else the backbone.
     latest = tf.train.latest_checkpoint(model_dir)

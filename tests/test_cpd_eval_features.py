@@ -11,8 +11,8 @@ from cpd import features
 from cpd import heads
 from spl import input_pipeline
 from spl.models import factory
-from tfrecords_tools import testing
 from tests import distribute_utils
+from tfrecords_tools import testing
 
 NUM_CLIPS, NUM_CLIPS_PER_RECORD, NUM_CROPS = 10, 2, 3
 

@@ -20,8 +20,8 @@ import tensorflow as tf
 import tf_keras
 
 from cpd import configurables
-from cpd import protocols
 from cpd import features
+from cpd import protocols
 from official.vision.modeling import classification_model
 from official.vision.modeling.backbones import resnet as mg_resnet
 from spl import input_pipeline
@@ -29,10 +29,10 @@ from spl import main
 from spl import train_lib
 from spl.models import factory
 from spl.models import inflation
-from tfrecords_tools import schema
-from tfrecords_tools import testing
 from tests import test_imagenet_init
 from tests import test_inflation
+from tfrecords_tools import schema
+from tfrecords_tools import testing
 
 SIZE = 32
 NUM_FRAMES = 4

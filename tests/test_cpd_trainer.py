@@ -20,9 +20,9 @@ from cpd import trainer as cpd_trainer
 from spl import input_pipeline
 from spl import main
 from spl import train_lib
+from tests import distribute_utils
 from tfrecords_tools import schema
 from tfrecords_tools import testing
-from tests import distribute_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = os.path.join(ROOT, 'gin_configs', 'runs')

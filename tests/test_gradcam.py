@@ -19,8 +19,8 @@ import tf_keras
 
 from spl import attention_maps
 from spl import gradcam
-from tfrecords_tools import label_spaces
 from spl.models import factory
+from tfrecords_tools import label_spaces
 from tfrecords_tools import records
 from tfrecords_tools import schema
 from tfrecords_tools import testing
@@ -370,3 +370,33 @@ def test_command_line(run_dir, tmp_path):
                        cwd=_REPO, capture_output=True, text=True, timeout=300,
                        check=False)
   assert bad.returncode != 0 and '--class_index must be in [0, 4)' in bad.stderr
+
+
+def test_the_trained_model_config_wins_over_todays_gin(run_dir, tmp_path):
+  # A run trained with a linear projection: its model.json rebuilds that
+  # architecture, though config.gin (as _GIN) builds none; without the
+  # model.json the same run is refused as another architecture.
+  model_dir = tmp_path / 'model'
+  model_dir.mkdir()
+  (model_dir / attention_maps.CONFIG_FILENAME).write_text(_GIN)
+  model = factory.build_classifier('tiny3d', num_classes=4,
+                                   input_shape=(None, 32, 32, 3),
+                                   dropout_rate=0.0, projection='linear',
+                                   projection_dim=8)
+  model(tf.zeros((1, 4, 32, 32, 3)))
+  tf.train.Checkpoint(model=model, backbone=model.backbone).save(
+      str(model_dir / 'ckpt'))
+  with pytest.raises(ValueError, match='cannot restore the model'):
+    _run(run_dir, num_clips=1, model_dir=str(model_dir),
+         output_dir=str(tmp_path / 'refused'))
+  factory.write_model_config(
+      str(model_dir / factory.MODEL_CONFIG_FILENAME), model)
+  written = _run(run_dir, num_clips=2, model_dir=str(model_dir),
+                 output_dir=str(tmp_path / 'out'))
+  assert len(written) == 2
+  map_path = tmp_path / schema.LABEL_MAP_FILENAME
+  records.write_label_map(str(map_path), _NAMES)
+  with pytest.raises(ValueError, match=r'2 classes but the trained model '
+                     r'\(.*model.json\) has 4'):
+    _run(run_dir, num_clips=1, model_dir=str(model_dir),
+         label_space=str(map_path))

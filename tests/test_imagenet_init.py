@@ -28,10 +28,10 @@ from spl import main
 from spl import train_lib
 from spl.models import factory
 from spl.models import inflation
-from tfrecords_tools import schema
-from tfrecords_tools import testing
 from tests import distribute_utils
 from tests import test_inflation
+from tfrecords_tools import schema
+from tfrecords_tools import testing
 
 SIZE = 32
 NUM_FRAMES = 4

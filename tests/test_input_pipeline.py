@@ -13,9 +13,9 @@ import pytest
 import tensorflow as tf
 
 from spl import input_pipeline as ip
+from tests import distribute_utils
 from tfrecords_tools import schema
 from tfrecords_tools import testing
-from tests import distribute_utils
 
 MEAN = np.array(ip.IMAGENET_MEAN, np.float32)
 STD = np.array(ip.IMAGENET_STD, np.float32)

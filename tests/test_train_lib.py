@@ -19,10 +19,10 @@ from spl import losses
 from spl import optimization
 from spl import train_lib
 from spl.models import factory
+from tests import distribute_utils
 from tfrecords_tools import records
 from tfrecords_tools import schema
 from tfrecords_tools import testing
-from tests import distribute_utils
 
 NUM_CLASSES = 3
 TINY_DATA = dict(num_frames=4, stride=1, crop_size=32, num_test_clips=2,
@@ -772,3 +772,21 @@ def test_comma_separated_file_patterns_train_and_evaluate(tmp_path):
                      'matches no files'):
     _run(mode='train', model_dir=str(tmp_path / 'm2'),
          train_file_pattern=f'{first},{tmp_path}/c/clips-*')
+
+
+def test_training_writes_the_model_config_that_rebuilds_the_run(trained,
+                                                                tmp_path):
+  model_dir, _ = trained
+  path = os.path.join(model_dir, factory.MODEL_CONFIG_FILENAME)
+  model = factory.classifier_from_config_file(path)
+  assert model.get_config()['num_classes'] == NUM_CLASSES
+  assert model.get_config()['backbone_name'] == 'tiny3d'
+  model(tf.zeros((1, 4, 32, 32, 3)))
+  status = tf.train.Checkpoint(model=model).read(
+      tf.train.latest_checkpoint(model_dir))
+  status.assert_existing_objects_matched()
+  path = str(tmp_path / factory.MODEL_CONFIG_FILENAME)
+  with open(path, 'w') as f:
+    f.write('{"class_name": "Nothing"')
+  with pytest.raises(ValueError, match='cannot rebuild a model from'):
+    factory.classifier_from_config_file(path)

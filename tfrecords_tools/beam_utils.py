@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -14,23 +14,27 @@ from tfrecords_tools import schema
 
 def make_pipeline(runner: str = 'DirectRunner', direct_num_workers: int = 1,
                   extra_args: Sequence[str] = (),
-                  running_mode: str = 'multi_processing') -> beam.Pipeline:
+                  running_mode: Optional[str] = 'multi_processing'
+                  ) -> beam.Pipeline:
   """A pipeline on `runner`; any other Beam option passes through.
 
+  The one recipe of every Beam job here (writer, relabeller, holdout).
   `DirectRunner` means Beam's in-process FnApiRunner, with
   `direct_num_workers` parallel workers in `running_mode` when > 1 (a
-  `--direct_running_mode=...` in `extra_args` wins). Beam 2.77's
-  DirectRunner would first try to download the Prism runner binary from
-  GitHub, which fails (and stalls) without network, so we go to the
-  FnApiRunner directly.
+  `--direct_running_mode=...` in `extra_args` wins; None leaves Beam's
+  default). Beam 2.77's DirectRunner would first try to download the Prism
+  runner binary from GitHub, which fails (and stalls) without network, so we
+  go to the FnApiRunner directly, handing it the pipeline options so that
+  its workers see them as the DirectRunner's would.
 
   Args:
     runner: Beam runner name (DirectRunner, DataflowRunner, FlinkRunner, ...).
     direct_num_workers: parallel workers for the DirectRunner.
     extra_args: further Beam pipeline options, e.g. `--project=...`.
-    running_mode: `multi_processing` (a Python process per worker) or
+    running_mode: `multi_processing` (a Python process per worker),
       `multi_threading` (threads of this process; enough when the heavy
-      work runs in child processes of its own, as the writer's decoding).
+      work runs in child processes of its own, as the writer's decoding) or
+      None (Beam's default).
   """
   if direct_num_workers < 1:
     raise ValueError(
@@ -39,13 +43,24 @@ def make_pipeline(runner: str = 'DirectRunner', direct_num_workers: int = 1,
   logging.getLogger('apache_beam.typehints').setLevel(logging.WARNING)
   args = list(extra_args)
   if runner in ('DirectRunner', 'direct'):
-    from apache_beam.runners.portability.fn_api_runner import fn_runner  # pylint: disable=g-import-not-at-top
+    # pylint: disable=g-import-not-at-top
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability import portable_runner
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    # pylint: enable=g-import-not-at-top
     args += [f'--direct_num_workers={direct_num_workers}']
-    if direct_num_workers > 1 and not any(
+    if running_mode and direct_num_workers > 1 and not any(
         a.startswith('--direct_running_mode') for a in args):
       args += [f'--direct_running_mode={running_mode}']
-    return beam.Pipeline(runner=fn_runner.FnApiRunner(),
-                         options=PipelineOptions(args))
+    options = PipelineOptions(args)
+    encoded = portable_runner.JobServiceHandle.encode_pipeline_options(
+        options.get_all_options())
+    return beam.Pipeline(
+        runner=fn_runner.FnApiRunner(
+            provision_info=fn_runner.ExtendedProvisionInfo(
+                beam_provision_api_pb2.ProvisionInfo(
+                    pipeline_options=encoded))),
+        options=options)
   return beam.Pipeline(options=PipelineOptions(args + [f'--runner={runner}']))
 
 
@@ -88,7 +103,8 @@ def makedirs(path: str) -> None:
   try:
     _fs().mkdirs(path)
   except IOError:
-    pass  # Exists already.
+    if not _fs().exists(path):
+      raise
 
 
 def rename(src: str, dst: str) -> None:

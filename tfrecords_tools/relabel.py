@@ -59,15 +59,13 @@ import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import Metrics
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
 import numpy as np
 import tensorflow as tf
 
 from tfrecords_tools import atomic_files
+from tfrecords_tools import beam_utils
 from tfrecords_tools import file_patterns
 from tfrecords_tools import label_spaces
 from tfrecords_tools import records
@@ -82,7 +80,6 @@ SCR_CURVE_PNG = 'scr_vs_k.png'
 # How many problem messages the error report lists (all are counted).
 _MAX_ERROR_MESSAGES = 20
 
-_UNCOMPRESSED = CompressionTypes.UNCOMPRESSED
 
 # Beam metrics namespace of the per-phase wall times (microseconds).
 _TIMING = 'relabel_timing'
@@ -95,26 +92,6 @@ class RelabelError(RuntimeError):
 def _record_time(phase: str, seconds: float) -> None:
   """Adds a phase's wall time to the job's metrics (main thread only)."""
   Metrics.distribution(_TIMING, phase).update(int(seconds * 1e6))
-
-
-# ---- File helpers (Beam FileSystems: local, GCS, ... alike) ----
-
-
-def _join(directory: str, name: str) -> str:
-  return FileSystems.join(directory, name)
-
-
-def _write_bytes_atomic(path: str, data: bytes) -> None:
-  atomic_files.write(path, data, atomic_files.BEAM)
-
-
-def _mkdirs(path: str) -> None:
-  if not FileSystems.exists(path):
-    try:
-      FileSystems.mkdirs(path)
-    except IOError:
-      if not FileSystems.exists(path):
-        raise
 
 
 # ---- Context access ----
@@ -174,7 +151,7 @@ def read_shard_contexts(path: str) -> Iterable[Any]:
   start = time.perf_counter()
   buckets: Dict[int, List[Tuple[int, str, int]]] = {}
   try:
-    with FileSystems.open(path, compression_type=_UNCOMPRESSED) as f:
+    with beam_utils.open_file(path) as f:
       for i, payload in enumerate(tfrecord_io.read_contexts(f, path)):
         where = f'{path} record {i}'
         try:
@@ -203,7 +180,7 @@ def read_prediction_file(path: str) -> Iterable[Any]:
   start = time.perf_counter()
   buckets: Dict[int, List[Tuple[int, str, int, int, float]]] = {}
   try:
-    with FileSystems.open(path, compression_type=_UNCOMPRESSED) as f:
+    with beam_utils.open_file(path) as f:
       for i, serialized in enumerate(tfrecord_io.read_records(f, path)):
         try:
           p = records.parse_prediction_example(serialized)
@@ -396,8 +373,7 @@ def rewrite_shard(in_path: str, out_path: str,
            'dropped': 0, 'bytes_in': 0, 'bytes_out': 0}
   seen = set()
   with atomic_files.replacing(out_path, atomic_files.BEAM) as tmp:
-    with FileSystems.open(in_path, compression_type=_UNCOMPRESSED) as fin, \
-        FileSystems.create(tmp, compression_type=_UNCOMPRESSED) as fout:
+    with beam_utils.open_file(in_path) as fin, beam_utils.create(tmp) as fout:
       for i, (ctx_payload, rest, length) in enumerate(
           tfrecord_io.read_split_records(fin, in_path)):
         stats['input'] += 1
@@ -486,7 +462,7 @@ class _RewriteShard(beam.DoFn):
       return
     start = time.perf_counter()
     teachers = {idx: (teacher, score) for idx, _, teacher, score in clips}
-    dest = _join(self._output_dir, posixpath.basename(path))
+    dest = beam_utils.join(self._output_dir, posixpath.basename(path))
     stats = rewrite_shard(path, dest, teachers, space)
     _record_time('pass2_rewrite', time.perf_counter() - start)
     yield stats
@@ -506,7 +482,7 @@ def _finish(shard_stats: List[Dict[str, Any]], pass1: Mapping[str, Any],
   stats: Dict[str, Any] = {'errors': errors}
   if errors['count']:
     stats['status'] = 'failed'
-    records.write_json_atomic(_join(output_dir, STATS_FILENAME), stats)
+    records.write_json_atomic(beam_utils.join(output_dir, STATS_FILENAME), stats)
     return
   shard_stats = sorted(shard_stats, key=lambda s: s['shard'])
   totals = {k: sum(s[k] for s in shard_stats)
@@ -548,16 +524,16 @@ def _finish(shard_stats: List[Dict[str, Any]], pass1: Mapping[str, Any],
   })
   start = time.perf_counter()
   for name, png in sorted(render_plots(space, confusion).items()):
-    _write_bytes_atomic(_join(output_dir, name), png)
+    beam_utils.write_bytes_atomic(beam_utils.join(output_dir, name), png)
   _record_time('finish_plots', time.perf_counter() - start)
   # Name -> class id; ids are the label space's (N*w + t for spl), so the
   # names need not sort in id order.
   records.write_json_atomic(
-      _join(output_dir, schema.LABEL_MAP_FILENAME),
+      beam_utils.join(output_dir, schema.LABEL_MAP_FILENAME),
       {c['name']: c['index'] for c in space['classes']})
-  records.write_json_atomic(_join(output_dir, STATS_FILENAME), stats)
+  records.write_json_atomic(beam_utils.join(output_dir, STATS_FILENAME), stats)
   # Last: its presence says the output directory is complete.
-  records.write_json_atomic(_join(output_dir, schema.LABEL_SPACE_FILENAME),
+  records.write_json_atomic(beam_utils.join(output_dir, schema.LABEL_SPACE_FILENAME),
                             space)
 
 
@@ -635,28 +611,6 @@ def _phase_seconds(result: Any) -> Dict[str, float]:
           if m.committed is not None}
 
 
-def _make_runner(runner: str, options: PipelineOptions) -> Any:
-  """The runner object; `DirectRunner` means Beam's local FnApiRunner.
-
-  Beam 2.77's DirectRunner first tries the Prism runner, which downloads a
-  binary from GitHub (no network here, and none wanted at run time), then
-  falls back to the FnApiRunner. Going to the FnApiRunner directly gives the
-  same engine (it honours `--direct_num_workers` and
-  `--direct_running_mode`) without the download attempt.
-  """
-  if runner not in ('DirectRunner', 'direct'):
-    return None
-  # pylint: disable=g-import-not-at-top
-  from apache_beam.portability.api import beam_provision_api_pb2
-  from apache_beam.runners.portability import portable_runner
-  from apache_beam.runners.portability.fn_api_runner import fn_runner
-  # pylint: enable=g-import-not-at-top
-  encoded = portable_runner.JobServiceHandle.encode_pipeline_options(
-      options.get_all_options())
-  return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
-      beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
-
-
 def relabel(*, records_pattern: str, predictions_pattern: str, variant: str,
             output_dir: str, k: Optional[int] = None,
             target_scr: Optional[float] = None,
@@ -724,16 +678,15 @@ def relabel(*, records_pattern: str, predictions_pattern: str, variant: str,
       output_dir) == os.path.realpath(input_dir):
     raise ValueError(f'`output_dir` {output_dir!r} is the input directory: '
                      f'the job would overwrite the shards it reads')
-  names = records.read_label_map(_join(input_dir, schema.LABEL_MAP_FILENAME))
+  names = records.read_label_map(beam_utils.join(input_dir, schema.LABEL_MAP_FILENAME))
   # K and the class count need N: checked here, before anything is written.
   label_spaces.check_sizing(variant, len(names), k=k, target_scr=target_scr,
                             num_classes=num_classes)
-  _mkdirs(output_dir)
+  beam_utils.makedirs(output_dir)
   prepared = time.perf_counter()
-  options = PipelineOptions(list(beam_args) + [
-      f'--runner={runner}', f'--direct_num_workers={direct_num_workers}'])
-  pipeline = beam.Pipeline(runner=_make_runner(runner, options),
-                           options=options)
+  # Beam's default running mode unless `beam_args` names one.
+  pipeline = beam_utils.make_pipeline(runner, direct_num_workers, beam_args,
+                                      running_mode=None)
   build_pipeline(pipeline, shards=shards, prediction_files=prediction_files,
                  names=names, variant=variant, k=k, target_scr=target_scr,
                  num_classes=num_classes, output_dir=output_dir,
@@ -746,8 +699,7 @@ def relabel(*, records_pattern: str, predictions_pattern: str, variant: str,
   timing = {'prepare': prepared - start, 'construct': built - prepared,
             'run': done - built}
   timing.update(_phase_seconds(result))
-  with FileSystems.open(_join(output_dir, STATS_FILENAME),
-                        compression_type=_UNCOMPRESSED) as f:
+  with beam_utils.open_file(beam_utils.join(output_dir, STATS_FILENAME)) as f:
     stats = json.loads(f.read().decode('utf-8'))
   timing['total'] = time.perf_counter() - start
   logging.info('relabel timing (s): %s', ', '.join(

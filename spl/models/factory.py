@@ -8,18 +8,25 @@ backbone tables are re-exported here for callers that want a bare backbone.
 
 from __future__ import annotations
 
+import json
 from typing import Optional, Sequence
 
+import tensorflow as tf
 import tf_keras
 
 from spl.models import backbones
 from spl.models import classifier
+from tfrecords_tools import atomic_files
 
 BACKBONES = backbones.BACKBONES
 R3D50_G_TEMPORAL_KERNELS = backbones.R3D50_G_TEMPORAL_KERNELS
 R3D50_MG_TEMPORAL_KERNELS = backbones.R3D50_MG_TEMPORAL_KERNELS
 SLOWONLY_R50_TEMPORAL_KERNELS = backbones.SLOWONLY_R50_TEMPORAL_KERNELS
 build_backbone = backbones.build_backbone
+# What the trainer writes next to its checkpoints: the classifier's Keras
+# config, so evaluation and Grad-CAM rebuild what was trained, not what the
+# gin files say today.
+MODEL_CONFIG_FILENAME = 'model.json'
 
 
 def build_classifier(backbone: str,
@@ -58,3 +65,27 @@ def build_classifier(backbone: str,
       projection_dim=projection_dim,
       projection=projection,
       backbone_kwargs=backbone_kwargs)
+
+
+def write_model_config(path: str, model: tf_keras.Model) -> None:
+  """Writes `model`'s Keras config (a `VideoClassifier`'s) to `path`."""
+  if not isinstance(model, classifier.VideoClassifier):
+    raise TypeError(f'only a VideoClassifier has a model config; got '
+                    f'{type(model).__name__}')
+  atomic_files.write(path, json.dumps(
+      tf_keras.saving.serialize_keras_object(model), indent=1,
+      sort_keys=True) + '\n')
+
+
+def classifier_from_config_file(path: str) -> classifier.VideoClassifier:
+  """The (unweighted) classifier `write_model_config` described."""
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      config = json.load(f)
+    model = tf_keras.saving.deserialize_keras_object(config)
+  except (ValueError, TypeError, KeyError, tf.errors.OpError) as e:
+    raise ValueError(f'cannot rebuild a model from {path!r}: {e}') from e
+  if not isinstance(model, classifier.VideoClassifier):
+    raise ValueError(f'{path!r} describes a {type(model).__name__}, not a '
+                     f'VideoClassifier')
+  return model
