@@ -39,15 +39,14 @@ protocols themselves are library calls in `cpd/protocols.py`.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Dict
 
 from absl import app
 from absl import flags
-import gin
 
 from cpd import configurables
 from cpd import protocols
+from spl import job
 from spl import strategies
 
 
@@ -71,14 +70,10 @@ def _main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  gin.add_config_file_search_path(root)
   # Defaults first, so that the experiment files (and then the command line)
   # override them (e.g. the paper's 8 frames at stride 4 of eval_common.gin).
-  gin.parse_config_files_and_bindings(
-      [], list(configurables.DEFAULT_BINDINGS), finalize_config=False)
-  gin.parse_config_files_and_bindings(f.gin_file, f.gin_bindings,
-                                      finalize_config=True)
+  job.parse_gin(f.gin_file, f.gin_bindings,
+                defaults=configurables.DEFAULT_BINDINGS, finalize=True)
   strategy = strategies.build_strategy(f.strategy)
   kwargs = {}
   for name in ('files', 'train_features', 'test_features'):
@@ -87,6 +82,7 @@ def _main(argv):
   result = configurables.run_protocol(
       protocol=f.protocol, output_dir=f.output_dir, strategy=strategy,
       **kwargs)
+  job.write_operative_config(f.output_dir, f'config_{f.protocol}.gin')
   print(f'CPD {f.protocol}: {json.dumps({"output_dir": f.output_dir})}')
   print(format_table(result))
 

@@ -50,6 +50,7 @@ import tf_keras
 from spl import configurables
 from spl import gradcam
 from spl import input_pipeline
+from spl import job
 from spl import train_lib
 from spl.models import factory
 from tfrecords_tools import file_patterns
@@ -58,9 +59,10 @@ from tfrecords_tools import records
 from tfrecords_tools import schema
 
 INDEX_FILENAME = 'attention_maps.json'
+# The gin config the maps were made with, next to them.
+CONFIG_OUT_FILENAME = 'config_attention_maps.gin'
 CONFIG_FILENAME = 'config.gin'  # What `spl.main` writes into a model dir.
 # Gin `include` paths are relative to the repository root.
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Scopes the clip shape is looked up in: evaluation is what a map explains.
 _DATASET_SCOPES = ('eval/', '', 'train/')
 # `make_dataset` arguments that shape the evaluation view, besides the clip.
@@ -135,19 +137,9 @@ def parse_config(gin_files: Sequence[str],
   if not gin_files:
     raise ValueError('--gin_file must be set (or --model_dir holding '
                      f'{CONFIG_FILENAME})')
-  for path in gin_files:
-    if not (tf.io.gfile.exists(path) or
-            tf.io.gfile.exists(os.path.join(_REPO_ROOT, path))):
-      raise ValueError(f'--gin_file {path!r} does not exist')
-  gin.clear_config()
-  gin.add_config_file_search_path(_REPO_ROOT)
-  try:
-    # Not finalised: run files leave data macros %gin.REQUIRED, which only
-    # matter to the trainer.
-    gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings))
-  except (ValueError, SyntaxError, KeyError, IOError) as e:
-    raise ValueError(f'bad gin config (files {list(gin_files)}, bindings '
-                     f'{list(gin_bindings)}): {e}') from e
+  # Not finalised: run files leave data macros %gin.REQUIRED, which only
+  # matter to the trainer.
+  job.parse_gin(gin_files, gin_bindings, finalize=False, clear=True)
   defaults = inspect.signature(input_pipeline.make_dataset).parameters
   config = {
       'model_fn': _query('run.model_fn', configurables.build_classifier),
@@ -403,6 +395,7 @@ def run(*, output_dir: str, records_pattern: str,
     })
     logging.info('clip %d/%d %s -> %s', i + 1, len(selected),
                  view['clip_key'], png)
+  job.write_operative_config(output_dir, CONFIG_OUT_FILENAME, operative=False)
   records.write_json_atomic(os.path.join(output_dir, INDEX_FILENAME), {
       'checkpoint': path, 'records': records_pattern, 'clips': results})
   return results

@@ -14,7 +14,6 @@ only one that touches gin. It builds the distribution strategy
 Multi-worker runs read the cluster from TF_CONFIG; `--tpu` names the TPU.
 """
 
-import os
 from typing import Sequence
 
 from absl import app
@@ -24,15 +23,13 @@ import gin
 import tensorflow as tf
 
 from spl import configurables
+from spl import job
 from spl import strategies
 from spl import train_lib
-from tfrecords_tools import atomic_files
 
 STRATEGIES = strategies.STRATEGIES
 build_strategy = strategies.build_strategy
 CONFIG_FILENAME = 'config.gin'
-# Gin `include` paths are relative to the repository root.
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string('gin_file', [], 'Gin files, applied in order.')
@@ -46,24 +43,12 @@ flags.DEFINE_string('tpu', None, 'TPU name or address for --strategy=tpu.')
 
 
 def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> None:
-  """Parses gin files then bindings; raises ValueError naming the problem.
+  """Parses gin files then bindings, finalised (`spl.job.parse_gin`).
 
   Gin checks, while parsing, that every configurable and parameter exists, so
   a typo fails here and not after an hour of training.
   """
-  gin.add_config_file_search_path(_REPO_ROOT)
-  for path in gin_files:
-    if not (tf.io.gfile.exists(path) or
-            tf.io.gfile.exists(os.path.join(_REPO_ROOT, path))):
-      raise ValueError(f'--gin_file {path!r} does not exist')
-  try:
-    # Finalizing runs gin's checks for unsatisfied %gin.REQUIRED and unknown
-    # references now, before anything is built.
-    gin.parse_config_files_and_bindings(
-        list(gin_files), list(gin_bindings), finalize_config=True)
-  except (ValueError, SyntaxError, KeyError, IOError) as e:
-    raise ValueError(f'bad gin config (files {list(gin_files)}, bindings '
-                     f'{list(gin_bindings)}): {e}') from e
+  job.parse_gin(gin_files, gin_bindings, finalize=True)
 
 
 def run(gin_files: Sequence[str], gin_bindings: Sequence[str], *,
@@ -79,14 +64,12 @@ def run(gin_files: Sequence[str], gin_bindings: Sequence[str], *,
   def write_config():
     # Called once datasets, model, loss and optimizer exist, so the operative
     # config lists every parameter the run actually used.
-    config = gin.operative_config_str()
-    logging.info('operative gin config:\n%s', config)
+    logging.info('operative gin config:\n%s', gin.operative_config_str())
     if chief:
-      tf.io.gfile.makedirs(model_dir)
       # eval / predict runs reuse a training model dir: keep its config.gin.
-      name = (CONFIG_FILENAME if mode in ('train', 'train_and_eval') else
-              f'config_{mode}.gin')
-      atomic_files.write(os.path.join(model_dir, name), config)
+      job.write_operative_config(
+          model_dir, CONFIG_FILENAME if mode in ('train', 'train_and_eval')
+          else f'config_{mode}.gin')
 
   # `job.fn` in the gin files picks the trainer: SPL's `run` or `cpd_run`.
   return configurables.job()(mode=mode, model_dir=model_dir,
