@@ -829,3 +829,87 @@ def test_yiq_hue_turns_like_tf_image_adjust_hue_for_small_deltas():
     assert np.median(cos) > 0.6, (delta, np.median(cos))
     ratio = np.linalg.norm(ours) / np.linalg.norm(theirs)
     assert 0.8 < ratio < 1.3, (delta, ratio)
+
+
+# ---- Sampling edge cases (mutation survivors of the clip-sampling code) ----
+
+
+@pytest.mark.parametrize('is_training,num_clips', [
+    (True, 1), (False, 1), (False, 2), (False, 3)])
+def test_window_that_fills_the_clip_starts_at_frame_zero(is_training,
+                                                         num_clips):
+  """Slack 0 (n = L): frame 0 is the only legal start, for every view.
+
+  Protects the `max(n - L, 0)` bounds of the start draw and of the evenly
+  spaced starts: a range one frame too long would start some windows at
+  frame 1 and wrap their last frame around to frame 0.
+  """
+  # 3 frames at stride 2 span L = 5 frames: [0, 2, 4] is the only window.
+  seeds = range(40) if is_training else [None]
+  for seed in seeds:
+    got = ip._frame_indices(
+        tf.constant(5), num_frames=3, stride=2, is_training=is_training,
+        num_clips=num_clips,
+        seed=None if seed is None else tf.constant([seed, 1], tf.int64))
+    assert got.numpy().tolist() == [0, 2, 4] * num_clips, seed
+
+
+@pytest.mark.parametrize('height,width,num_crops,expected', [
+    # Every source pixel becomes a 10 x 10 block of the 10x resized frame.
+    (3, 3, 1, [1, 1, 1, 1]),  # centre crop: resized rows/cols 10..19
+    (3, 3, 3, [1, 0, 1, 3]),  # crops at x = 0, 10, 20: all columns
+    (3, 5, 1, [1, 2, 1, 1]),  # centre of 50 columns: 20..29
+    (3, 5, 3, [1, 0, 1, 5]),
+    (5, 3, 1, [2, 1, 1, 1]),
+    (5, 3, 3, [0, 1, 5, 1]),  # portrait: the crops run along y
+])
+def test_eval_window_of_an_upscaled_frame_is_the_covering_pixels(
+    height, width, num_crops, expected):
+  """A crop inside one source row / column decodes only that row / column.
+
+  Protects the minimum window size in `_eval_window` (`max(y1, y0 + 1)`): a
+  two-pixel minimum would decode a source pixel too many and squeeze it into
+  the crop, shifting and shrinking the picture.
+  """
+  first = tf.constant(testing.encode_jpeg(np.zeros((height, width, 3),
+                                                   np.uint8)))
+  # Short side 3 resized to 30: scale exactly 10; crops of 10 pixels.
+  opts = ip._make_options(10, dict(min_resize=30))
+  window, size, _, _ = (t.numpy().tolist() for t in ip._eval_window(
+      first, 10, num_crops, opts))
+  assert window == expected
+  # The union of the crops is the window, resized.
+  assert size == [10 * expected[2], 10 * expected[3]]
+
+
+def test_train_window_position_is_independent_of_the_flip(tmp_path):
+  """The crop position and the left-right flip are independent draws.
+
+  Protects the seed streams of the crop offsets: drawing them from the
+  flip's stream would flip exactly the crops in the upper half of the frame.
+  """
+  # 16 x 16 frames, red = blue = 12 + 13 * row, green = 12 + 13 * column, so
+  # a window's mean tells where it is. Scale fixed at 1: the window is the
+  # 8 x 8 crop, at y, x in [0, 8].
+  rows, cols = np.mgrid[:16, :16].astype(np.float32)
+  frame = np.stack([12 + 13 * rows, 12 + 13 * cols, 12 + 13 * rows], -1)
+  records = [testing.make_fake_clip(
+      c, num_frames=1, height=16, width=16,
+      frames=[testing.encode_jpeg(frame.astype(np.uint8))]) for c in range(8)]
+  path = write(str(tmp_path / 'ramps.tfrecord'), records)
+  ds = ip.make_dataset(path, is_training=True, batch_size=32, num_frames=1,
+                       crop_size=8, scale_jitter=(16, 16), seed=4,
+                       deterministic=True, device_finishing=True, **NO_COLOUR)
+  out = take_all(ds.take(4))  # 128 clips
+  assert (out[ip.VIDEO_FINISH][:, :2] == 8).all()  # window size, rows cols
+  flips = out[ip.VIDEO_FINISH][:, 2]
+  # The decoded window, not yet flipped (device finishing flips it later).
+  means = out[ip.VIDEO].astype(np.float32).mean((1, 2, 3))  # [B, 3]
+  ys = np.round((means[:, 0] - 12) / 13 - 3.5).astype(int)
+  xs = np.round((means[:, 1] - 12) / 13 - 3.5).astype(int)
+  assert set(ys.tolist()) == set(range(9)) == set(xs.tolist())
+  assert 0.3 < flips.mean() < 0.7, flips.mean()
+  # About half the crops flipped in each half of the frame, along y and x.
+  for offsets in (ys, xs):
+    for half in (offsets < 4, offsets > 4):
+      assert 0.25 < flips[half].mean() < 0.75, (offsets, flips)
