@@ -80,3 +80,72 @@ def test_video_batch_norm_statistics_move_in_a_step():
                      titles, tf.constant([1, 2, 5, 8]), 1)
   np.testing.assert_allclose(bn.moving_mean.numpy(),
                              0.5 * clips.numpy().mean(axis=0), rtol=1e-5)
+
+
+# ---- The step's other contract terms (mutation survivors of cpd_train_step) --
+
+
+def _models(seed):
+  tf_keras.utils.set_random_seed(seed)
+  video_model = tf_keras.Sequential([
+      tf_keras.Input([IN]), tf_keras.layers.Dense(6), heads.VideoHead(D)])
+  text_encoder = tf_keras.Sequential([
+      tf_keras.Input([IN]), tf_keras.layers.Dense(6)])
+  text_head = tf_keras.Sequential([tf_keras.Input([6]), heads.VideoHead(D)])
+  return video_model, text_encoder, text_head
+
+
+def _step(stage=2, optimizers=None, lr=0.1, **kwargs):
+  """One step on fresh models, loss state and batch; returns (metrics,
+  weights before, weights after, the variables)."""
+  video_model, text_encoder, text_head = _models(0)
+  loss_module = nce.CrossModalNCE(N, D, num_negatives=3, bank_momentum=0.25)
+  curriculum = curriculum_lib.Curriculum()
+  if optimizers is None:
+    optimizers = {group: tf_keras.optimizers.SGD(lr)
+                  for group in curriculum.learning_rates(stage)}
+  variables = (video_model.trainable_variables +
+               text_encoder.trainable_variables +
+               text_head.trainable_variables)
+  before = [v.numpy().copy() for v in variables]
+  rng = np.random.default_rng(0)
+  metrics = nce.cpd_train_step(
+      loss_module, video_model, text_encoder, text_head, curriculum,
+      optimizers, tf.constant(rng.normal(size=(4, IN)), tf.float32),
+      tf.constant(rng.normal(size=(4, IN)), tf.float32),
+      tf.constant([0, 3, 7, 11]), stage, **kwargs)
+  return metrics, before, [v.numpy() for v in variables], variables
+
+
+def test_weight_decay_is_the_coupled_l2_term_and_off_by_default():
+  # SGD with coupled decay: w <- w - lr (g + wd w) for kernels, so the step
+  # with decay differs from the one without by exactly -lr wd w on every
+  # kernel and not at all on biases; leaving `weight_decay` out is no decay.
+  lr, wd = 0.1, 0.05
+  _, before, plain, variables = _step(lr=lr, weight_decay=0.0)
+  _, _, default, _ = _step(lr=lr)
+  _, _, decayed, _ = _step(lr=lr, weight_decay=wd)
+  kernels = 0
+  for v, w0, a, b, c in zip(variables, before, plain, default, decayed):
+    np.testing.assert_allclose(b, a, rtol=0, atol=0)
+    expected = -lr * wd * w0 if 'kernel' in v.name else np.zeros_like(w0)
+    kernels += 'kernel' in v.name
+    np.testing.assert_allclose(c - a, expected, rtol=1e-4, atol=1e-7,
+                               err_msg=v.name)
+  assert kernels == 4
+
+
+def test_a_missing_optimizer_group_is_refused():
+  with pytest.raises(ValueError, match=r"lacks groups \['text_encoder'\]"):
+    _step(stage=2, optimizers={'rest': tf_keras.optimizers.SGD(0.1)})
+
+
+def test_clipping_adds_the_norm_to_the_loss_metrics():
+  plain, _, _, _ = _step()
+  clipped, _, _, _ = _step(clip_norm=1e6)
+  assert set(clipped) == set(plain) | {'gradient_norm'}
+  assert 'nce/loss' in plain
+  for name in plain:
+    np.testing.assert_allclose(float(clipped[name]), float(plain[name]),
+                               rtol=1e-6)
+  assert float(clipped['gradient_norm']) > 0
