@@ -96,7 +96,7 @@ def test_initial_rows_are_the_murmur_hash_of_seed_row_and_column(seed):
   np.testing.assert_allclose(want.var(), 1.0 / dim, rtol=0.1)
 
 
-def test_defaults_are_the_papers_and_seed_zero():
+def test_defaults_are_the_papers_lemniscates_and_seed_zero():
   """256-d rows and m = 4096 per-sample draws (the CPD paper), bank
   momentum 0.5 (lemniscate's), seed 0."""
   bank = mb.MemoryBank(2)
