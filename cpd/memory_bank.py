@@ -274,7 +274,10 @@ class MemoryBank(tf.__internal__.tracking.Trackable):
     comm = comm or CrossReplica()
     all_indices = comm.all_gather(indices)
     local, owned = self._owned(comm, all_indices)
-    rows = self.gather_rows(local) * tf.cast(owned, tf.float32)[:, None]
+    # Select, not multiply: the scratch row may hold a non-finite foreign
+    # write (normalise(0)), and NaN * 0 is NaN.
+    rows = self.gather_rows(local)
+    rows = tf.where(owned[:, None], rows, tf.zeros_like(rows))
     # Exactly one replica contributes a non-zero row: the sum is exact.
     return comm.local_rows(comm.sum(rows), tf.shape(indices)[0])
 

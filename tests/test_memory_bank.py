@@ -231,6 +231,47 @@ def test_sharded_bank_over_two_replicas_matches_numpy(logical_cpus):
   assert int(sampler.step.numpy()) == 2
 
 
+def test_sharded_lookup_ignores_a_non_finite_scratch_row(logical_cpus):
+  """A foreign all-zero feature must not turn owned lookups into NaN.
+
+  Each replica writes the features of rows it does not own into its scratch
+  row; an all-zero feature normalises to NaN there (0 / 0). The lookup must
+  select the owner's row, not multiply the scratch row by zero (NaN * 0 is
+  NaN, and the sum across replicas spreads it to every replica).
+  """
+  strategy = distribute_utils.mirrored_strategy(logical_cpus[:2])
+  with strategy.scope():
+    bank = mb.MemoryBank(4, 2, mode='sharded', momentum=MU)
+  rows = np.array([[1, 0], [0, 1], [-1, 0], [0, -1]], np.float32)
+  bank.assign_all(rows)
+
+  @tf.function
+  def step(indices, features):
+    def replica_fn(i, f):
+      positives = bank.lookup(i)  # the CPD step's order: look up, then update
+      with tf.control_dependencies([positives]):
+        bank.update(i, f)
+      return positives
+    return strategy.run(replica_fn, args=(indices, features))
+
+  # Replica 0 updates row 0 with a zero feature (its own row: normalise(mu
+  # row) is the row); replica 1 updates row 2. Both write the other's feature
+  # into their scratch rows: replica 1's scratch row becomes NaN.
+  indices = np.array([0, 2], np.int32)
+  features = np.array([[0, 0], [1, 0]], np.float32)
+  step(*distribute_utils.split_global_batch(strategy, (indices, features)))
+  shards = [s.numpy() for s in bank.read_replicas()]
+  assert np.isnan(shards[1][-1]).all()  # the condition under test
+  expected = _momentum_update(rows.astype(np.float64), indices, features, MU)
+  np.testing.assert_allclose(bank.read_all().numpy(), expected, atol=1e-6)
+  # Lookups of rows 0 and 2 now meet replica 1's NaN scratch row.
+  positives = step(*distribute_utils.split_global_batch(
+      strategy, (indices, np.array([[1, 0], [-1, 0]], np.float32))))
+  looked_up = np.concatenate(
+      [p.numpy() for p in strategy.experimental_local_results(positives)])
+  np.testing.assert_allclose(looked_up, expected[indices], atol=1e-6)
+
+
 def test_replica_count_only_shards_a_sharded_bank(logical_cpus):
   """Replicated banks ignore the replica count; shards must all hold rows.
 
