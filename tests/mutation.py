@@ -78,7 +78,8 @@ TARGETS: Dict[str, Target] = {
     # match, the sharding, pass 2's rewrite. The side files and plots
     # (`_finish`) are left out: their mutants cost ~200 more Beam runs.
     'relabel_rewrite': Target(
-        'tfrecords_tools/relabel.py', ('tests/test_relabel.py',),
+        'tfrecords_tools/relabel.py', ('tests/test_relabel_units.py',
+                                       'tests/test_relabel.py'),
         functions=('*x_rewrite_shard*', '*_Pass1Fn*', '*_MatchClips*',
                    '*_ShardClips*')),
     'input_sampling': Target(
