@@ -38,7 +38,7 @@ read the same TFRecords of real JPEG frames, under the same
   `tf.function` `tf.while_loop` per `train()` call (exactly what
   `train_lib.run_experiment` does between summaries).
 * ours: `spl.input_pipeline.make_dataset` distributed with
-  `distribute_datasets_from_function` and `train_lib._Trainer.run_steps`, the
+  `distribute_datasets_from_function` and `train_lib.ClassificationTask.run_steps`, the
   loop `spl.main --mode=train` runs between progress lines (the per-loop
   checkpoint/summary work is left out on both sides).
 
@@ -248,7 +248,7 @@ def our_side(arch, strategy, pattern, batch, clip_shape, steps):
     model(tf.zeros((1,) + tuple(clip_shape)), training=False)
     optimizer = optimization.build_sgd(LEARNING_RATE, momentum=0.9)
     optimizer.build(model.trainable_variables)
-  trainer = train_lib._Trainer(  # pylint: disable=protected-access
+  trainer = train_lib.ClassificationTask(
       strategy=strategy, model=model, optimizer=optimizer,
       loss_fn=losses.softmax_cross_entropy, num_classes=NUM_CLASSES,
       global_batch_size=batch, steps_per_epoch=100,

@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from spl import input_pipeline
+from spl import loop
 from spl import losses
 from spl import optimization
 from spl import train_lib
@@ -106,8 +107,9 @@ def trainer_clips_per_second(backbone, shape, batch, steps):
         model_fn=functools.partial(factory.build_classifier, backbone),
         num_classes=NUM_CLASSES, global_batch_size=batch,
         dataset_fn=dataset_fn, train_file_pattern=dummy,
-        train_steps=2 * steps, steps_per_loop=steps,
-        checkpoint_every_steps=2 * steps,
+        train_steps=2 * steps,
+        loop=loop.LoopConfig(steps_per_loop=steps,
+                             checkpoint_every_steps=2 * steps),
         learning_rate_fn=functools.partial(
             optimization.build_learning_rate, base_learning_rate=0.01))
   return result['train']['clips_per_second']

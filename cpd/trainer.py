@@ -1,8 +1,9 @@
 """CPD pre-training: video and title encoders, memory banks, curriculum.
 
 `run_cpd` is the job behind `python -m spl.main` with a CPD gin file
-(`gin_configs/runs/cpd_pretrain.gin`). It shares the SPL trainer's habits and
-helpers (`spl.train_lib`: checks, checkpoint restore, metrics.json): the
+(`gin_configs/runs/cpd_pretrain.gin`). It runs in the loop SPL runs in
+(`spl.loop.Controller`: steps per loop, progress, summaries, checkpoints,
+resume, metrics.json) as `CpdTask`: the
 strategy comes from the entry point, everything is built under its scope, and
 the step is single-replica code (`cpd.nce.cpd_train_step`) run by
 `strategy.run`.
@@ -19,7 +20,7 @@ skips the batches already consumed, so it continues exactly like an
 uninterrupted run (costs a pass over the consumed data: meant
 for reproducibility checks, not for resuming week-long runs).
 
-Loop: a `tf.function` runs up to `steps_per_loop` steps; loops stop at
+Loop: a `tf.function` runs up to `loop.steps_per_loop` steps; loops stop at
 epoch boundaries, where validation retrieval runs (`train_and_eval`, every
 `validate_every_epochs`) and the curriculum may switch to stage 2 (one
 compiled loop per stage: the trained variable lists differ). A switch is
@@ -32,8 +33,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import time
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from absl import logging
@@ -49,6 +48,7 @@ from cpd import retrieval
 from cpd import text_cleaning
 from cpd import text_encoders
 from spl import input_pipeline
+from spl import loop as loop_lib
 from spl import metrics as spl_metrics
 from spl import optimization
 from spl import train_lib
@@ -227,8 +227,8 @@ def embed_pairs(models: CpdModels, strategy: tf.distribute.Strategy,
   Returns:
     Dict 'video' [N, d], 'text' [N, d], 'label' [N] (numpy).
   """
-  train_lib.check_positive(global_batch_size=global_batch_size)
-  train_lib.list_files(file_pattern, 'eval_file_pattern')
+  loop_lib.check_positive(global_batch_size=global_batch_size)
+  loop_lib.list_files(file_pattern, 'eval_file_pattern')
   train_lib.average_replica_statistics(models.video_model, models.text_encoder,
                                        models.text_head)
 
@@ -286,11 +286,24 @@ def validate(models: CpdModels, strategy, dataset_fn, file_pattern, *,
 # ---- Training ----
 
 
-class _Trainer:
-  """Compiled train loops (one per curriculum stage) of one run."""
+class CpdTask(loop_lib.Task):
+  """CPD's task for `spl.loop.Controller`: the pre-training step, the
+  validation retrieval and the curriculum at epoch ends.
+
+  `do_eval(step)` validates (None: the run never does); with `report_eval`
+  ('train_and_eval') every `validate_every_epochs` epochs and at the end,
+  otherwise only while the curriculum's saturation switch waits for it and
+  training goes on after it (not at the last step).
+  """
+  loops_end_at_epochs = True
 
   def __init__(self, *, strategy, models, loss_module, curriculum,
-               optimizers, num_rows, weight_decay, clip_norm):
+               optimizers, num_rows, weight_decay, clip_norm,
+               checkpoint=None, global_batch_size=None, steps_per_epoch=1,
+               total_steps=0, dataset_fn=None, train_file_pattern=None,
+               train_kwargs=None, clean_titles=True, deterministic=False,
+               do_eval=None, report_eval=True, validate_every_epochs=1,
+               retrieval_metric=None):
     self.strategy = strategy
     self.models = models
     self.loss_module = loss_module
@@ -299,6 +312,21 @@ class _Trainer:
     self.num_rows = num_rows
     self.weight_decay = weight_decay
     self.clip_norm = clip_norm
+    self.checkpoint = checkpoint
+    self.step_counter = optimizers[curriculum_lib.REST].iterations
+    self.global_batch_size = global_batch_size
+    self.steps_per_epoch = steps_per_epoch
+    self.total_steps = total_steps
+    self.dataset_fn = dataset_fn
+    self.train_file_pattern = train_file_pattern
+    self.train_kwargs = train_kwargs or {}
+    self.clean_titles = clean_titles
+    self.deterministic = deterministic
+    self.do_eval = do_eval
+    self.report_eval = report_eval
+    self.validate_every_epochs = validate_every_epochs
+    self.retrieval_metric = retrieval_metric
+    self.eval_result: Optional[Dict[str, Any]] = None
     self._loops = {}
 
   def _replica_step(self, inputs, stage):
@@ -324,7 +352,7 @@ class _Trainer:
               for k, v in per_replica.items()}
 
     @tf.function
-    def loop(iterator, num_steps):
+    def loop_fn(iterator, num_steps):
       # The first step gives the metric structure; the same traced step is
       # called again in the loop (no second copy of the graph).
       sums = one_step(iterator)
@@ -333,7 +361,7 @@ class _Trainer:
         sums = {k: sums[k] + step_metrics[k] for k in sums}
       return {k: v / tf.cast(num_steps, v.dtype) for k, v in sums.items()}
 
-    return loop
+    return loop_fn
 
   def run_steps(self, iterator, num_steps: int, stage: int):
     """Runs `num_steps` steps of `stage`; returns their mean metrics."""
@@ -341,6 +369,84 @@ class _Trainer:
       self._loops[stage] = self._make_loop(stage)
     result = self._loops[stage](iterator, tf.constant(num_steps, tf.int32))
     return {k: float(v) for k, v in result.items()}
+
+  # ---- The `loop.Task` interface ----
+
+  def train_iterator(self, step):
+    def make(ctx: tf.distribute.InputContext):
+      ds = self.dataset_fn(self.train_file_pattern, is_training=True,
+                           batch_size=ctx.get_per_replica_batch_size(
+                               self.global_batch_size),
+                           input_context=ctx, **self.train_kwargs)
+      if self.deterministic and step:
+        # Each pipeline feeds its replicas one batch each per step.
+        per_pipeline = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+        ds = ds.skip(step * per_pipeline)
+      return ds.map(lambda e: {
+          **input_pipeline.video_features(e),
+          input_pipeline.CLIP_INDEX: e[input_pipeline.CLIP_INDEX],
+          TITLES: _titles(e, self.clean_titles)})
+
+    return iter(self.strategy.distribute_datasets_from_function(make))
+
+  def train_steps(self, iterator, num_steps):
+    stage = self.curriculum.stage
+    rates = _set_learning_rates(self.optimizers, self.curriculum, stage)
+    step_metrics = self.run_steps(iterator, num_steps, stage)
+    loss_key = next((k for k in step_metrics if k.endswith('/loss') and
+                     k.count('/') == 1), None)
+    result = dict(step_metrics, stage=stage,
+                  loss=step_metrics[loss_key] if loss_key else float('nan'))
+    for name, rate in rates.items():
+      result[f'learning_rate/{name}'] = rate
+    self._loss_key = loss_key
+    return result
+
+  def progress(self, result):
+    return f'stage {result["stage"]}  ' + ' '.join(
+        f'{k}={v:.4g}' for k, v in sorted(result.items())
+        if '/' in k and k != self._loss_key and
+        not k.startswith('learning_rate/'))
+
+  def end_loop(self, step, checkpoint_due):
+    del checkpoint_due
+    curriculum = self.curriculum
+    epoch_end = step % self.steps_per_epoch == 0
+    period_end = epoch_end and (
+        step // self.steps_per_epoch) % self.validate_every_epochs == 0
+    # Without `report_eval`, only validations that can still switch the
+    # stage of a run that goes on.
+    validating = self.do_eval is not None and (
+        self.report_eval and (period_end or step == self.total_steps) or
+        period_end and curriculum.monitors_validation and
+        step < self.total_steps)
+    if validating:
+      self.eval_result = self.do_eval(step)
+    switched = False
+    if epoch_end:
+      monitored = curriculum.monitors_validation
+      metric = (self.eval_result[self.retrieval_metric] if validating
+                else None)
+      switched = curriculum.update(step // self.steps_per_epoch, metric)
+      if switched or (validating and monitored):
+        logging.info('curriculum at epoch %d (step %d)%s: %s',
+                     step // self.steps_per_epoch, step,
+                     '' if metric is None else
+                     f', {self.retrieval_metric}={metric:.4f}',
+                     curriculum.describe())
+    # A switch is saved at once, so that it survives a restart; the
+    # saturation count at every epoch end (as `run_cpd`'s docstring says).
+    return switched or epoch_end
+
+  def end_without_steps(self, step):
+    if self.report_eval and self.do_eval is not None:
+      self.eval_result = self.do_eval(step)
+
+  def summary(self):
+    summary = {'stage': self.curriculum.stage}
+    if self.eval_result is not None:
+      summary['eval'] = self.eval_result
+    return summary
 
 
 def _set_learning_rates(optimizers, curriculum, stage):
@@ -377,9 +483,7 @@ def run_cpd(*,
             retrieval_ks: Sequence[int] = (1, 5, 10),
             validate_every_epochs: int = 1,
             mixed_precision: Optional[str] = None,
-            steps_per_loop: int = 100,
-            checkpoint_every_steps: int = 1000,
-            max_checkpoints_to_keep: int = 5,
+            loop: Optional[loop_lib.LoopConfig] = None,
             deterministic: bool = False,
             seed: int = 0,
             setup_done: Optional[Callable[[], None]] = None
@@ -427,9 +531,8 @@ def run_cpd(*,
       also once at the end; in 'train' mode only for the curriculum). Each
       validation counts once for the curriculum's patience.
     mixed_precision: None or 'bfloat16' (NCE logits and banks stay float32).
-    steps_per_loop: steps per compiled loop (and progress line).
-    checkpoint_every_steps: checkpoint period (also at every epoch end).
-    max_checkpoints_to_keep: older checkpoints are deleted.
+    loop: steps per loop, checkpoint period (checkpoints are also saved at
+      every epoch end) and retention (`spl.loop.LoopConfig`, gin `loop.*`).
     deterministic: seeded weight initialisation (the process-wide seeds are
       set), reproducible input order and augmentation; a resumed run skips
       the batches already consumed (see module docstring).
@@ -451,14 +554,13 @@ def run_cpd(*,
   optimization.check_weight_decay_and_clip(weight_decay, clip_norm)
   if text_encoder_fn is None:
     raise ValueError('`text_encoder_fn` must be set')
-  train_lib.check_positive(num_train_examples=num_train_examples,
-                           global_batch_size=global_batch_size,
-                           embedding_dim=embedding_dim,
-                           text_hidden_dim=text_hidden_dim,
-                           steps_per_loop=steps_per_loop,
-                           validate_every_epochs=validate_every_epochs,
-                           checkpoint_every_steps=checkpoint_every_steps,
-                           max_checkpoints_to_keep=max_checkpoints_to_keep)
+  loop = loop or loop_lib.LoopConfig()
+  loop.check()
+  loop_lib.check_positive(num_train_examples=num_train_examples,
+                          global_batch_size=global_batch_size,
+                          embedding_dim=embedding_dim,
+                          text_hidden_dim=text_hidden_dim,
+                          validate_every_epochs=validate_every_epochs)
   num_replicas = strategy.num_replicas_in_sync
   if global_batch_size % num_replicas:
     raise ValueError(f'`global_batch_size`={global_batch_size} must be a '
@@ -470,12 +572,12 @@ def run_cpd(*,
   steps_per_epoch = max(1, num_train_examples // global_batch_size)
   total_steps = 0
   if training:
-    train_lib.list_files(train_file_pattern, 'train_file_pattern')
+    loop_lib.list_files(train_file_pattern, 'train_file_pattern')
     if train_steps is not None:
-      train_lib.check_positive(train_steps=train_steps)
+      loop_lib.check_positive(train_steps=train_steps)
       total_steps = int(train_steps)
     else:
-      train_lib.check_positive(train_epochs=train_epochs)
+      loop_lib.check_positive(train_epochs=train_epochs)
       total_steps = int(math.ceil(train_epochs * steps_per_epoch))
   with strategy.scope():
     curriculum = curriculum_fn()
@@ -492,23 +594,22 @@ def run_cpd(*,
         f'(cpd_curriculum.patience = None, cpd_curriculum.switch_epoch = 170 '
         f'for R34, 110 for R50)')
   if evaluating or curriculum_validates:
-    train_lib.list_files(eval_file_pattern, 'eval_file_pattern')
+    loop_lib.list_files(eval_file_pattern, 'eval_file_pattern')
   train_kwargs = dict(deterministic=True, seed=seed) if (
       deterministic) else {}
   if training:
     probe = dataset_fn(train_file_pattern, is_training=True, batch_size=1,
                        input_context=None, **train_kwargs)
-    clip_shape = train_lib.clip_shape(probe, 1)
+    clip_shape = input_pipeline.clip_shape(probe, 1)
   else:
     probe = eval_dataset_fn(
-        train_lib.list_files(eval_file_pattern, 'eval_file_pattern')[0],
+        loop_lib.list_files(eval_file_pattern, 'eval_file_pattern')[0],
         is_training=False, batch_size=1, input_context=None, repeat=False,
         drop_remainder=False)
-    clip_shape = train_lib.clip_shape(probe, 2)
+    clip_shape = input_pipeline.clip_shape(probe, 2)
   del probe
 
-  chief = train_lib.is_chief(strategy)
-  worker, _ = train_lib.worker_info(strategy)
+  chief = loop_lib.is_chief(strategy)
   if chief:
     tf.io.gfile.makedirs(model_dir)
   if deterministic:
@@ -539,12 +640,9 @@ def run_cpd(*,
           text_optimizer=optimizers[curriculum_lib.TEXT_ENCODER])
     step_counter = optimizers[curriculum_lib.REST].iterations
 
-    latest = tf.train.latest_checkpoint(model_dir)
-    if latest:
-      train_lib.restore_checkpoint(checkpoint, latest, 'the CPD run state',
-                                   partial=not training)
-      logging.info('restored %s', latest)
-    elif mode == 'eval':
+    latest = loop_lib.resume(checkpoint, model_dir, 'the CPD run state',
+                             training)
+    if not latest and mode == 'eval':
       raise ValueError(f'`model_dir` {model_dir!r} holds no checkpoint to '
                        'evaluate')
 
@@ -564,8 +662,8 @@ def run_cpd(*,
           for k, v in result.items():
             tf.summary.scalar(k, v)
         eval_writer.flush()
-        train_lib.write_json(os.path.join(model_dir, RETRIEVAL_FILENAME),
-                             dict(result, step=step))
+        loop_lib.write_json(os.path.join(model_dir, RETRIEVAL_FILENAME),
+                            dict(result, step=step))
       logging.info('validation retrieval at step %d: %s', step,
                    ' '.join(f'{k}={v:.4f}' for k, v in sorted(result.items())))
       return result
@@ -575,155 +673,31 @@ def run_cpd(*,
         setup_done()
       summary = {'eval': do_eval(int(step_counter.numpy())),
                  'checkpoint': latest}
-      if chief:
-        train_lib.write_json(os.path.join(model_dir,
-                                          train_lib.METRICS_FILENAME), summary)
+      loop_lib.write_metrics(model_dir, summary, chief)
       return summary
 
-    summary = _train(
+    step = int(step_counter.numpy())
+    if step == 0 and curriculum.update(0):
+      logging.info('curriculum: stage 2 from the start (switch epoch 0)')
+    logging.info('CPD training: %d bank rows, stage %d; curriculum: %s',
+                 num_train_examples, curriculum.stage, curriculum.describe())
+    task = CpdTask(
         strategy=strategy, models=models, loss_module=loss_module,
-        curriculum=curriculum, optimizers=optimizers, checkpoint=checkpoint,
-        step_counter=step_counter, model_dir=model_dir, chief=chief,
-        worker=worker, dataset_fn=dataset_fn, train_kwargs=train_kwargs,
-        train_file_pattern=train_file_pattern, clean_titles=clean_titles,
-        num_rows=num_train_examples, global_batch_size=global_batch_size,
-        steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-        steps_per_loop=steps_per_loop,
-        checkpoint_every_steps=checkpoint_every_steps,
-        max_checkpoints_to_keep=max_checkpoints_to_keep,
-        weight_decay=weight_decay, clip_norm=clip_norm,
-        deterministic=deterministic,
+        curriculum=curriculum, optimizers=optimizers,
+        num_rows=num_train_examples, weight_decay=weight_decay,
+        clip_norm=clip_norm, checkpoint=checkpoint,
+        global_batch_size=global_batch_size, steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps, dataset_fn=dataset_fn,
+        train_file_pattern=train_file_pattern, train_kwargs=train_kwargs,
+        clean_titles=clean_titles, deterministic=deterministic,
         do_eval=do_eval if evaluating or curriculum_validates else None,
-        report_eval=evaluating,
-        validate_every_epochs=validate_every_epochs,
-        retrieval_metric=f'mean_R@{max(retrieval_ks)}', setup_done=setup_done)
+        report_eval=evaluating, validate_every_epochs=validate_every_epochs,
+        retrieval_metric=f'mean_R@{max(retrieval_ks)}')
+    summary = loop_lib.Controller(
+        strategy=strategy, task=task, model_dir=model_dir, config=loop,
+        total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+        name='CPD training').train(setup_done)
+    summary['model'] = models
     return summary
   finally:
     tf_keras.mixed_precision.set_global_policy(previous_policy)
-
-
-def _train(*, strategy, models, loss_module, curriculum, optimizers,
-           checkpoint, step_counter, model_dir, chief, worker, dataset_fn,
-           train_kwargs, train_file_pattern, clean_titles, num_rows,
-           global_batch_size, steps_per_epoch, total_steps, steps_per_loop,
-           checkpoint_every_steps, max_checkpoints_to_keep, weight_decay,
-           clip_norm, deterministic, do_eval, validate_every_epochs,
-           retrieval_metric, setup_done, report_eval=True) -> Dict[str, Any]:
-  """The training loop of `run_cpd` (state already built and restored).
-
-  `do_eval(step)` validates (None: the run never does); with `report_eval`
-  ('train_and_eval') every `validate_every_epochs` epochs and at the end,
-  otherwise only while the curriculum's saturation switch waits for it and
-  training goes on after it (not at the last step).
-  """
-  trainer = _Trainer(strategy=strategy, models=models,
-                     loss_module=loss_module, curriculum=curriculum,
-                     optimizers=optimizers, num_rows=num_rows,
-                     weight_decay=weight_decay, clip_norm=clip_norm)
-  ckpt_dir = model_dir if chief else os.path.join(
-      model_dir, f'.worker_{worker}_scratch')
-  manager = tf.train.CheckpointManager(
-      checkpoint, ckpt_dir, max_to_keep=max_checkpoints_to_keep,
-      step_counter=step_counter)
-  step = int(step_counter.numpy())
-
-  def make(ctx: tf.distribute.InputContext):
-    ds = dataset_fn(train_file_pattern, is_training=True,
-                    batch_size=ctx.get_per_replica_batch_size(
-                        global_batch_size),
-                    input_context=ctx, **train_kwargs)
-    if deterministic and step:
-      # Each pipeline feeds its replicas one batch each per step.
-      per_pipeline = ctx.num_replicas_in_sync // ctx.num_input_pipelines
-      ds = ds.skip(step * per_pipeline)
-    return ds.map(lambda e: {
-        **input_pipeline.video_features(e),
-        input_pipeline.CLIP_INDEX: e[input_pipeline.CLIP_INDEX],
-        TITLES: _titles(e, clean_titles)})
-
-  iterator = iter(strategy.distribute_datasets_from_function(make))
-  writer = (tf.summary.create_file_writer(os.path.join(model_dir, 'train'))
-            if chief else tf.summary.create_noop_writer())
-  if step == 0 and curriculum.update(0):
-    logging.info('curriculum: stage 2 from the start (switch epoch 0)')
-  if setup_done:
-    setup_done()
-  logging.info('CPD training from step %d to %d (%d steps/epoch, %d bank '
-               'rows, global batch %d over %d replicas, stage %d)', step,
-               total_steps, steps_per_epoch, num_rows, global_batch_size,
-               strategy.num_replicas_in_sync, curriculum.stage)
-  logging.info('curriculum: %s', curriculum.describe())
-  train_result: Dict[str, Any] = {}
-  eval_result: Optional[Dict[str, Any]] = None
-  while step < total_steps:
-    stage = curriculum.stage
-    rates = _set_learning_rates(optimizers, curriculum, stage)
-    num = min(steps_per_loop, total_steps - step,
-              checkpoint_every_steps - step % checkpoint_every_steps,
-              steps_per_epoch - step % steps_per_epoch)
-    start = time.perf_counter()
-    step_metrics = trainer.run_steps(iterator, num, stage)
-    elapsed = time.perf_counter() - start
-    step = int(step_counter.numpy())
-    loss_key = next((k for k in step_metrics if k.endswith('/loss') and
-                     k.count('/') == 1), None)
-    loss = step_metrics[loss_key] if loss_key else float('nan')
-    if not math.isfinite(loss):
-      raise FloatingPointError(f'training loss is {loss} at step {step}')
-    train_result = dict(step_metrics, step=step, loss=loss, stage=stage,
-                        epoch=step / steps_per_epoch,
-                        clips_per_second=num * global_batch_size / elapsed)
-    for name, rate in rates.items():
-      train_result[f'learning_rate/{name}'] = rate
-    with writer.as_default(step=step):
-      for k, v in train_result.items():
-        if k != 'step':
-          tf.summary.scalar(k, v)
-    writer.flush()
-    logging.info(
-        'step %d/%d  epoch %.2f  stage %d  loss %.4f  %s  %.1f clips/s  '
-        'eta %.0fs', step, total_steps, step / steps_per_epoch, stage, loss,
-        ' '.join(f'{k}={v:.4g}' for k, v in sorted(step_metrics.items())
-                 if k != loss_key),
-        train_result['clips_per_second'],
-        (total_steps - step) * elapsed / max(num, 1))
-    epoch_end = step % steps_per_epoch == 0
-    period_end = epoch_end and (
-        step // steps_per_epoch) % validate_every_epochs == 0
-    # Without `report_eval`, only validations that can still switch the
-    # stage of a run that goes on.
-    validating = do_eval is not None and (
-        report_eval and (period_end or step == total_steps) or
-        period_end and curriculum.monitors_validation and step < total_steps)
-    if validating:
-      eval_result = do_eval(step)
-    switched = False
-    if epoch_end:
-      monitored = curriculum.monitors_validation
-      metric = eval_result[retrieval_metric] if validating else None
-      switched = curriculum.update(step // steps_per_epoch, metric)
-      if switched or (validating and monitored):
-        logging.info('curriculum at epoch %d (step %d)%s: %s',
-                     step // steps_per_epoch, step,
-                     '' if metric is None else
-                     f', {retrieval_metric}={metric:.4f}',
-                     curriculum.describe())
-    # A switch is saved at once, so that it survives a restart; the
-    # saturation count at every epoch end (as the run's docstring says).
-    if (switched or epoch_end or step % checkpoint_every_steps == 0 or
-        step == total_steps):
-      # Every worker saves (ON_READ variables need a collective read).
-      manager.save(checkpoint_number=step)
-  if not train_result and report_eval and do_eval is not None:
-    eval_result = do_eval(step)
-  if not chief:
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-  summary: Dict[str, Any] = {'train': train_result, 'step': step,
-                             'stage': curriculum.stage}
-  if eval_result is not None:
-    summary['eval'] = eval_result
-  if chief:
-    train_lib.write_json(os.path.join(model_dir, train_lib.METRICS_FILENAME),
-                         summary)
-  summary['model'] = models
-  return summary

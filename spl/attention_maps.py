@@ -51,7 +51,7 @@ from spl import configurables
 from spl import gradcam
 from spl import input_pipeline
 from spl import job
-from spl import train_lib
+from spl import loop
 from spl.models import factory
 from tfrecords_tools import file_patterns
 from tfrecords_tools import label_spaces
@@ -166,7 +166,7 @@ def resolve_checkpoint(*, model_dir: Optional[str],
   if not path:
     raise ValueError('one of --model_dir and --checkpoint must be set')
   try:
-    return train_lib.checkpoint_path(path)
+    return loop.checkpoint_path(path)
   except ValueError as e:
     raise ValueError(f'{what} {path!r}: {e}') from e
 

@@ -12,6 +12,7 @@ import gin
 
 from spl import data_parameters
 from spl import input_pipeline
+from spl import loop as loop_lib
 from spl import losses
 from spl import optimization
 from spl import train_lib
@@ -20,6 +21,11 @@ from spl.models import factory
 # The job. Set by `spl.main` from flags: mode, model_dir, strategy,
 # setup_done.
 run = gin.external_configurable(train_lib.run, name='run')
+
+# The loop of both methods (steps per loop, checkpoint period and retention):
+# a job gets it as `run.loop = @loop()` / `cpd_run.loop = @loop()`, so that
+# `loop.steps_per_loop = ...` sets it once for either.
+loop = gin.external_configurable(loop_lib.LoopConfig, name='loop')
 
 # Input pipeline, scoped in gin files as train/, eval/ (eval and predict).
 # Set by the trainer: file_pattern, is_training, batch_size, input_context,

@@ -137,8 +137,8 @@ def _common_bindings(size: DemoSize) -> List[str]:
       'build_learning_rate.base_learning_rate=0.05',
       f'build_learning_rate.base_batch_size={size.batch_size}',
       'build_learning_rate.warmup_epochs=0',
-      'run.steps_per_loop=10', 'run.checkpoint_every_steps=50',
-      'run.max_checkpoints_to_keep=1', 'run.mixed_precision=None',
+      'loop.steps_per_loop=10', 'loop.checkpoint_every_steps=50',
+      'loop.max_checkpoints_to_keep=1', 'run.mixed_precision=None',
       'eval/make_dataset.num_test_clips=2', 'eval/make_dataset.num_test_crops=1',
       'train/make_dataset.shuffle_buffer_size=64',
   ]

@@ -750,6 +750,20 @@ def finish_features(features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
   return out
 
 
+def clip_shape(dataset: tf.data.Dataset, leading: int) -> Tuple[int, ...]:
+  """The static clip shape of a dataset's videos, after `leading` batch dims.
+
+  The trainers probe their pipelines with it to build the model before the
+  first step; a pipeline that does not give a static shape is refused.
+  """
+  shape = dataset.element_spec[VIDEO].shape
+  clip = tuple(shape.as_list()[leading:])
+  if not clip or any(d is None for d in clip):
+    raise ValueError(f'the input pipeline must give a static clip shape, got '
+                     f'{shape} for {VIDEO!r}')
+  return clip
+
+
 def video_features(element: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
   """VIDEO and, if present, VIDEO_FINISH of a batch (for feature selection)."""
   return {k: element[k] for k in (VIDEO, VIDEO_FINISH) if k in element}

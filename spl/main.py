@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from spl import configurables
 from spl import job
+from spl import loop
 from spl import strategies
 from spl import train_lib
 
@@ -59,7 +60,7 @@ def run(gin_files: Sequence[str], gin_bindings: Sequence[str], *,
   if mode not in train_lib.MODES:
     raise ValueError(f'--mode must be one of {train_lib.MODES}, got {mode!r}')
   parse_gin(gin_files, gin_bindings)
-  chief = train_lib.is_chief(strategy)
+  chief = loop.is_chief(strategy)
 
   def write_config():
     # Called once datasets, model, loss and optimizer exist, so the operative

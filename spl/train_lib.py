@@ -7,17 +7,9 @@ metrics are created under `strategy.scope()`, each replica computes
 are those of the global batch), and the only cross-replica code is
 `metrics.gather_across_replicas` plus the optimizer's own all-reduce.
 
-Loops follow orbit's pattern: a `tf.function` runs `steps_per_loop` steps in a
-`tf.range` loop, so Python is entered once per loop (for summaries, the
-progress line and checkpoints), not once per step; this is what keeps the
-trainer at the speed of a bare `tf.function` step.
-
-Faults: a `tf.train.CheckpointManager` saves model, optimizer (with its step
-counter) every `checkpoint_every_steps`; rerunning the same command restores
-the latest checkpoint and continues. Under MultiWorkerMirroredStrategy every
-worker must take part in a save (batch-norm moving statistics are
-ON_READ variables, reading them is a collective), so non-chief workers save to
-a scratch directory that is deleted at the end.
+The loop itself (steps per loop, progress, summaries, checkpoints, resume,
+metrics.json) is `spl.loop.Controller`; `ClassificationTask` is what SPL
+gives it.
 
 No gin here: `spl/configurables.py` makes `run` configurable.
 """
@@ -27,8 +19,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
-import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
@@ -37,6 +27,7 @@ import tensorflow as tf
 import tf_keras
 
 from spl import input_pipeline
+from spl import loop as loop_lib
 from spl import losses
 from spl import metrics
 from spl import optimization
@@ -44,7 +35,6 @@ from spl.models import classifier
 from spl.models import factory
 from spl.models import inflation
 from tfrecords_tools import atomic_files
-from tfrecords_tools import file_patterns
 from tfrecords_tools import label_spaces
 from tfrecords_tools import records
 from tfrecords_tools import schema
@@ -52,7 +42,7 @@ from tfrecords_tools import tfrecord_io
 
 MODES = ('train', 'eval', 'train_and_eval', 'predict')
 MIXED_PRECISION = (None, 'bfloat16', 'float16')
-METRICS_FILENAME = 'metrics.json'
+METRICS_FILENAME = loop_lib.METRICS_FILENAME
 EVAL_DETAILS_FILENAME = 'eval_details.json'
 PREDICTIONS_PREFIX = 'predictions'
 
@@ -61,46 +51,12 @@ PREDICTIONS_PREFIX = 'predictions'
 _VIDEO_HASH = 'video_id_hash'
 # 1 for real records, 0 for the padding of `pad_batches` (int32: all-gathers
 # take no bool).
-_VALID = 'valid'
+VALID = 'valid'
 
 DatasetFn = Callable[..., tf.data.Dataset]
 
 
-# ---- Cluster roles ----
-
-
-def worker_info(strategy: tf.distribute.Strategy) -> Tuple[int, int]:
-  """(index of this worker, number of workers); (0, 1) unless multi-worker."""
-  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-    return 0, 1
-  resolver = strategy.cluster_resolver
-  spec = resolver.cluster_spec()
-  jobs = spec.jobs
-  chiefs = spec.num_tasks('chief') if 'chief' in jobs else 0
-  workers = spec.num_tasks('worker') if 'worker' in jobs else 0
-  if resolver.task_type == 'chief':
-    return 0, chiefs + workers
-  return chiefs + int(resolver.task_id or 0), chiefs + workers
-
-
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-  """Whether this process writes checkpoints, summaries and files."""
-  return worker_info(strategy)[0] == 0
-
-
-# ---- Small helpers ----
-
-
-def _check_positive(**kwargs):
-  for name, value in kwargs.items():
-    if value is None or value <= 0:
-      raise ValueError(f'`{name}` must be > 0, got {value!r}')
-
-
-def _files(file_pattern: Optional[str], what: str) -> List[str]:
-  if not file_pattern:
-    raise ValueError(f'`{what}` must be set for this mode')
-  return file_patterns.match(file_pattern, f'`{what}`')
+# ---- Checks ----
 
 
 def check_label_range(file_pattern: str, num_classes: int) -> None:
@@ -110,8 +66,8 @@ def check_label_range(file_pattern: str, num_classes: int) -> None:
   step; the input pipeline checks every record's label as well (`num_classes`
   is passed to it), which catches what a label map cannot.
   """
-  for directory in sorted({os.path.dirname(f)
-                           for f in _files(file_pattern, 'file_pattern')}):
+  files = loop_lib.list_files(file_pattern, 'file_pattern')
+  for directory in sorted({os.path.dirname(f) for f in files}):
     path = os.path.join(directory, schema.LABEL_MAP_FILENAME)
     if tf.io.gfile.exists(path):
       names = records.read_label_map(path)
@@ -152,7 +108,7 @@ def check_label_space(file_pattern: str, space: Dict[str, Any],
     The number of records checked.
   """
   total = 0
-  for path in _files(file_pattern, 'file_pattern'):
+  for path in loop_lib.list_files(file_pattern, 'file_pattern'):
     try:
       total += label_spaces.check_label_space_ids(
           space, _record_label_space_ids(path))
@@ -163,24 +119,7 @@ def check_label_space(file_pattern: str, space: Dict[str, Any],
   return total
 
 
-def _write_json(path: str, obj: Any) -> None:
-  records.write_json_atomic(path, obj)
-
-
-def _scalars(d: Dict[str, Any]) -> Dict[str, float]:
-  return {k: v for k, v in d.items() if isinstance(v, (int, float))}
-
-
 # ---- Model and checkpoint ----
-
-
-def _clip_shape(dataset: tf.data.Dataset, leading: int) -> Tuple[int, ...]:
-  shape = dataset.element_spec[input_pipeline.VIDEO].shape
-  clip = tuple(shape.as_list()[leading:])
-  if not clip or any(d is None for d in clip):
-    raise ValueError(f'the input pipeline must give a static clip shape, got '
-                     f'{shape} for {input_pipeline.VIDEO!r}')
-  return clip
 
 
 def _build_model(model_fn, *, num_classes: int,
@@ -195,35 +134,6 @@ def _build_model(model_fn, *, num_classes: int,
     raise ValueError(f'`model_fn` built {out[-1]} logits, expected '
                      f'`num_classes`={num_classes}')
   return model
-
-
-def _checkpoint_path(path: str) -> str:
-  """Resolves a checkpoint prefix or a directory holding checkpoints."""
-  if tf.io.gfile.isdir(path):
-    latest = tf.train.latest_checkpoint(path)
-    if latest is None:
-      raise ValueError(f'checkpoint directory {path!r} holds no checkpoint')
-    return latest
-  if not tf.io.gfile.exists(path + '.index'):
-    raise ValueError(f'checkpoint {path!r} does not exist (no {path}.index)')
-  return path
-
-
-def _restore(checkpoint: tf.train.Checkpoint, path: str, what: str,
-             partial: bool) -> None:
-  """Restores `path` and checks that it matches, naming the file on error."""
-  try:
-    tf.train.load_checkpoint(path)  # Reads the index: catches corrupt files.
-    status = checkpoint.read(path)
-    status.assert_existing_objects_matched()
-    if partial:
-      status.expect_partial()
-  except (tf.errors.OpError, AssertionError, ValueError) as e:
-    raise ValueError(
-        f'cannot restore {what} from checkpoint {path!r}: it is corrupt or '
-        f'was written for a different architecture (backbone, '
-        f'`num_classes`, projection, optimizer). Underlying error: '
-        f'{str(e)[:800]}') from e
 
 
 def _read_imagenet_checkpoint(
@@ -271,9 +181,9 @@ def restore_backbone(model: tf_keras.Model, init_checkpoint: str) -> str:
   Only the backbone is read, so the head (and its number of classes) is new;
   checkpoints written by this trainer carry a `backbone` edge for this.
   """
-  path = _checkpoint_path(init_checkpoint)
-  _restore(tf.train.Checkpoint(backbone=model.backbone), path,
-           'the backbone', partial=True)
+  path = loop_lib.checkpoint_path(init_checkpoint)
+  loop_lib.restore(tf.train.Checkpoint(backbone=model.backbone), path,
+                   'the backbone', partial=True)
   return path
 
 
@@ -292,14 +202,14 @@ def _eval_features(element):
           input_pipeline.LABEL: label,
           _VIDEO_HASH: tf.strings.to_hash_bucket_fast(
               element[input_pipeline.VIDEO_ID], 2**62),
-          _VALID: tf.ones_like(label, tf.int32)}
+          VALID: tf.ones_like(label, tf.int32)}
 
 
 def _predict_features(element):
   index = element[input_pipeline.CLIP_INDEX]
   return {**input_pipeline.video_features(element),
           input_pipeline.CLIP_INDEX: index,
-          _VALID: tf.ones_like(index, tf.int32)}
+          VALID: tf.ones_like(index, tf.int32)}
 
 
 def pad_batches(dataset: tf.data.Dataset,
@@ -309,21 +219,21 @@ def pad_batches(dataset: tf.data.Dataset,
   TPUs compile one program per input shape, so an evaluation that must see
   every record cannot drop the last partial batch and cannot let it change
   shape either. Every batch is padded to `batch_size` with zero examples
-  whose `_VALID` is 0, and all-padding batches follow without end, so
+  whose `VALID` is 0, and all-padding batches follow without end, so
   every replica of every host gets a full batch at every step however the
   records are split over input pipelines. The caller stops at the first step
   in which no replica holds a real record (decided on the all-gathered mask,
   so all hosts stop together) and drops padding before any metric or output.
 
   Args:
-    dataset: Batches of dicts that carry `_VALID` ([batch] int32).
+    dataset: Batches of dicts that carry `VALID` ([batch] int32).
     batch_size: The batch size of `dataset`.
 
   Returns:
     An infinite dataset of batches with static leading dimension.
   """
   def pad(batch):
-    missing = batch_size - tf.shape(batch[_VALID])[0]
+    missing = batch_size - tf.shape(batch[VALID])[0]
 
     def pad_one(t):
       t = tf.pad(t, [[0, missing]] + [[0, 0]] * (t.shape.rank - 1))
@@ -386,7 +296,7 @@ def evaluate(model: tf_keras.Model,
   Returns:
     `metrics.classification_metrics` of the whole set.
   """
-  _check_positive(global_batch_size=global_batch_size)
+  loop_lib.check_positive(global_batch_size=global_batch_size)
   average_replica_statistics(model)
 
   def make(ctx: tf.distribute.InputContext):
@@ -411,7 +321,7 @@ def evaluate(model: tf_keras.Model,
     flat = tf.reshape(video, tf.concat([[-1], tf.shape(video)[2:]], 0))
     logits = tf.cast(model(flat, training=False), tf.float32)
     return (metrics.average_views(logits, num_views),
-            inputs[input_pipeline.LABEL], inputs[_VIDEO_HASH], inputs[_VALID])
+            inputs[input_pipeline.LABEL], inputs[_VIDEO_HASH], inputs[VALID])
 
   @tf.function(reduce_retracing=True)
   def step(inputs):
@@ -436,12 +346,12 @@ def evaluate(model: tf_keras.Model,
 
 def _write_eval(model_dir: str, step: int, result: Dict[str, Any],
                 writer) -> None:
-  scalars = _scalars(result)
+  scalars = loop_lib.scalars(result)
   with writer.as_default(step=step):
     for k, v in scalars.items():
       tf.summary.scalar(k, v)
   writer.flush()
-  _write_json(os.path.join(model_dir, EVAL_DETAILS_FILENAME),
+  loop_lib.write_json(os.path.join(model_dir, EVAL_DETAILS_FILENAME),
               dict(result, step=step))
   logging.info('eval at step %d: %s', step,
                ' '.join(f'{k}={v:.4f}' for k, v in sorted(scalars.items())))
@@ -490,10 +400,10 @@ def predict(model: tf_keras.Model,
   Returns:
     The output paths this worker wrote (skipped ones excluded).
   """
-  _check_positive(global_batch_size=global_batch_size, top_k=top_k)
-  files = _files(file_pattern, 'predict_file_pattern')
+  loop_lib.check_positive(global_batch_size=global_batch_size, top_k=top_k)
+  files = loop_lib.list_files(file_pattern, 'predict_file_pattern')
   average_replica_statistics(model)
-  worker, num_workers = worker_info(strategy)
+  worker, num_workers = loop_lib.worker_info(strategy)
   k = min(top_k, num_classes)
   tf.io.gfile.makedirs(output_dir)
 
@@ -506,7 +416,7 @@ def predict(model: tf_keras.Model,
         tf.cast(model(flat, training=False), tf.float32), num_views)
     scores, classes = tf.math.top_k(probs, k=k)
     return (inputs[input_pipeline.CLIP_INDEX], classes, scores,
-            inputs[_VALID])
+            inputs[VALID])
 
   if num_workers == 1:
     @tf.function(reduce_retracing=True)
@@ -566,12 +476,19 @@ def predict(model: tf_keras.Model,
 # ---- Training ----
 
 
-class _Trainer:
-  """The train state and compiled loop of one run (single-replica step)."""
+class ClassificationTask(loop_lib.Task):
+  """SPL's task for `spl.loop.Controller`: the classifier's train step.
+
+  The step is single-replica code: each replica computes `sum(per-example
+  loss) / global_batch_size`, so gradients summed over replicas are those of
+  the global batch. `run_steps` runs `num_steps` steps in one `tf.function`.
+  """
 
   def __init__(self, *, strategy, model, optimizer, loss_fn, num_classes,
                global_batch_size, steps_per_epoch, weight_decay,
-               mixed_precision, jit_compile, clip_norm=None):
+               mixed_precision, jit_compile, clip_norm=None, checkpoint=None,
+               dataset_fn=None, train_file_pattern=None, do_eval=None,
+               lr_schedule=None):
     self.strategy = strategy
     self.model = model
     self.optimizer = optimizer
@@ -582,6 +499,13 @@ class _Trainer:
     self.mixed_precision = mixed_precision
     self.weight_decay = weight_decay
     self.clip_norm = clip_norm
+    self.checkpoint = checkpoint
+    self.step_counter = optimizer.iterations
+    self.dataset_fn = dataset_fn
+    self.train_file_pattern = train_file_pattern
+    self.do_eval = do_eval
+    self.lr_schedule = lr_schedule
+    self.eval_result: Optional[Dict[str, Any]] = None
     self.variables = list(model.trainable_variables) + list(
         getattr(loss_fn, 'trainable_variables', ()))
     # A loss with `apply_gradients` updates its own variables (own learning
@@ -659,6 +583,52 @@ class _Trainer:
     self.accuracy.reset_state()
     self.gradient_norm.reset_state()
 
+  # ---- The `loop.Task` interface ----
+
+  def train_iterator(self, step):
+    del step  # The input restarts from its beginning (issue 17).
+
+    def make(ctx: tf.distribute.InputContext):
+      ds = self.dataset_fn(self.train_file_pattern, is_training=True,
+                           batch_size=ctx.get_per_replica_batch_size(
+                               self.global_batch_size),
+                           input_context=ctx, num_classes=self.num_classes)
+      return ds.map(_train_features)
+
+    return iter(self.strategy.distribute_datasets_from_function(make))
+
+  def train_steps(self, iterator, num_steps):
+    self.run_steps(iterator, num_steps)
+    step = int(self.optimizer.iterations.numpy())
+    result = {'loss': float(self.loss_metric.result()),
+              'accuracy': float(self.accuracy.result()),
+              'learning_rate': _learning_rate(self.optimizer, step - 1)}
+    if self.clip_norm is not None:
+      result['gradient_norm'] = float(self.gradient_norm.result())
+    self.reset_metrics()
+    return result
+
+  def progress(self, result):
+    line = f'acc {result["accuracy"]:.3f}  lr {result["learning_rate"]:.5f}'
+    if 'gradient_norm' in result:
+      line += f'  grad norm {result["gradient_norm"]:.3f}'
+    return line
+
+  def end_loop(self, step, checkpoint_due):
+    if checkpoint_due and self.do_eval is not None:
+      self.eval_result = self.do_eval(step)
+      _report_to_schedule(self.lr_schedule, self.eval_result)
+    return False
+
+  def end_without_steps(self, step):
+    if self.do_eval is not None:
+      self.eval_result = self.do_eval(step)
+
+  def summary(self):
+    if self.eval_result is None:
+      return {}
+    return {'eval': loop_lib.scalars(self.eval_result)}
+
 
 def _loss_owns_update(loss_fn) -> bool:
   return (hasattr(loss_fn, 'trainable_variables') and
@@ -669,7 +639,7 @@ def _report_to_schedule(schedule, eval_result) -> None:
   """Lets a schedule that watches evaluations (PlateauDecay) see this one."""
   report = getattr(schedule, 'report', None)
   if report is not None and eval_result is not None:
-    if report(_scalars(eval_result)):
+    if report(loop_lib.scalars(eval_result)):
       logging.info('evaluation plateau: learning rate dropped to %.6f',
                    float(schedule(0)))
 
@@ -710,9 +680,7 @@ def run(*,
         loss_fn: Callable[..., tf.Tensor] = losses.softmax_cross_entropy,
         mixed_precision: Optional[str] = None,
         jit_compile: bool = False,
-        steps_per_loop: int = 100,
-        checkpoint_every_steps: int = 1000,
-        max_checkpoints_to_keep: int = 5,
+        loop: Optional[loop_lib.LoopConfig] = None,
         init_checkpoint: Optional[str] = None,
         imagenet_checkpoint: Optional[str] = None,
         inflation_method: str = 'mean',
@@ -776,9 +744,8 @@ def run(*,
       loss scaling). Logits and losses stay float32.
     jit_compile: XLA-compile the forward/backward pass. Off by default: it
       made an R3D-50 step 3-6x slower on CPU.
-    steps_per_loop: Steps per `tf.function` call (and per progress line).
-    checkpoint_every_steps: Checkpoint period.
-    max_checkpoints_to_keep: Older checkpoints are deleted.
+    loop: Steps per loop, checkpoint period and retention
+      (`spl.loop.LoopConfig`, gin `loop.*`; default its defaults).
     init_checkpoint: Checkpoint (prefix or directory) whose backbone
       initialises a fresh run (fine-tuning); ignored when `model_dir` already
       holds a checkpoint (the run resumes instead).
@@ -841,13 +808,12 @@ def run(*,
                      f'`per_replica_batch_size`, got {global_batch_size} and '
                      f'{per_replica_batch_size}')
   if per_replica_batch_size is not None:
-    _check_positive(per_replica_batch_size=per_replica_batch_size)
+    loop_lib.check_positive(per_replica_batch_size=per_replica_batch_size)
     global_batch_size = per_replica_batch_size * num_replicas
-  _check_positive(num_classes=num_classes,
-                  global_batch_size=global_batch_size,
-                  steps_per_loop=steps_per_loop,
-                  checkpoint_every_steps=checkpoint_every_steps,
-                  max_checkpoints_to_keep=max_checkpoints_to_keep)
+  loop = loop or loop_lib.LoopConfig()
+  loop.check()
+  loop_lib.check_positive(num_classes=num_classes,
+                          global_batch_size=global_batch_size)
   if global_batch_size % num_replicas:
     raise ValueError(f'`global_batch_size`={global_batch_size} must be a '
                      f'multiple of the {num_replicas} replicas')
@@ -869,14 +835,14 @@ def run(*,
 
   # ---- Everything that can be wrong is checked before any step ----
   if training:
-    _files(train_file_pattern, 'train_file_pattern')
+    loop_lib.list_files(train_file_pattern, 'train_file_pattern')
     check_label_range(train_file_pattern, num_classes)
     if train_steps is None and (train_epochs is None or
                                 num_train_examples is None):
       raise ValueError('training needs `train_epochs` and '
                        '`num_train_examples`, or `train_steps`')
   if evaluating:
-    _files(eval_file_pattern, 'eval_file_pattern')
+    loop_lib.list_files(eval_file_pattern, 'eval_file_pattern')
     check_label_range(eval_file_pattern, num_classes)
   if space is not None:
     patterns = ([train_file_pattern] if training else []) + (
@@ -886,9 +852,9 @@ def run(*,
       logging.info('%d records of %s are in label space %s', checked,
                    pattern, space['id'])
   if mode == 'predict':
-    _files(predict_file_pattern, 'predict_file_pattern')
+    loop_lib.list_files(predict_file_pattern, 'predict_file_pattern')
   if init_checkpoint:
-    init_checkpoint = _checkpoint_path(init_checkpoint)
+    init_checkpoint = loop_lib.checkpoint_path(init_checkpoint)
   imagenet_weights = _read_imagenet_checkpoint(
       imagenet_checkpoint, inflation_method, imagenet_norm_epsilon,
       training=training, model_dir=model_dir,
@@ -897,14 +863,14 @@ def run(*,
   if training:
     probe = dataset_fn(train_file_pattern, is_training=True, batch_size=1,
                        input_context=None, num_classes=num_classes)
-    shapes.append(_clip_shape(probe, 1))
+    shapes.append(input_pipeline.clip_shape(probe, 1))
   if not training or evaluating:
     pattern = eval_file_pattern if evaluating else predict_file_pattern
-    probe = eval_dataset_fn(_files(pattern, 'file pattern')[0],
+    probe = eval_dataset_fn(loop_lib.list_files(pattern, 'file pattern')[0],
                             is_training=False, batch_size=1,
                             input_context=None, num_classes=None,
                             repeat=False, drop_remainder=False)
-    shapes.append(_clip_shape(probe, 2))
+    shapes.append(input_pipeline.clip_shape(probe, 2))
   del probe
   # Training and evaluation clips may differ (SPL: 16x224^2 crops in
   # training, 64 frames of 256^2 at test): the model is then built with
@@ -913,8 +879,8 @@ def run(*,
   clip_shape = tuple(d if all(s[i] == d for s in shapes) else None
                      for i, d in enumerate(shapes[0]))
 
-  chief = is_chief(strategy)
-  worker, num_workers = worker_info(strategy)
+  chief = loop_lib.is_chief(strategy)
+  worker, num_workers = loop_lib.worker_info(strategy)
   # Multi-worker prediction: workers predict different shards and finish at
   # different times, so they must never meet in a collective. A mirrored
   # model would (reading batch-norm moving statistics, ON_READ variables,
@@ -941,11 +907,11 @@ def run(*,
         steps_per_epoch = max(1, (num_train_examples or 0) //
                               global_batch_size) if num_train_examples else 0
         if train_steps is not None:
-          _check_positive(train_steps=train_steps)
+          loop_lib.check_positive(train_steps=train_steps)
           total_steps = int(train_steps)
           steps_per_epoch = steps_per_epoch or total_steps
         else:
-          _check_positive(train_epochs=train_epochs,
+          loop_lib.check_positive(train_epochs=train_epochs,
                           num_train_examples=num_train_examples)
           total_steps = int(math.ceil(train_epochs * steps_per_epoch))
         lr = learning_rate_fn(global_batch_size=global_batch_size,
@@ -971,18 +937,16 @@ def run(*,
           os.path.join(model_dir, factory.MODEL_CONFIG_FILENAME), model)
 
     # Restore: the run's own checkpoint first (resume), else the backbone.
-    latest = tf.train.latest_checkpoint(model_dir)
-    restored_from = None
-    if latest:
-      _restore(checkpoint, latest, 'the run state', partial=not training)
-      restored_from = latest
-      logging.info('restored %s', latest)
+    restored_from = loop_lib.resume(checkpoint, model_dir, 'the run state',
+                                    training)
+    if restored_from:
+      pass  # Resuming: nothing else initialises the model.
     elif mode in ('eval', 'predict'):
       if not init_checkpoint:
         raise ValueError(f'`model_dir` {model_dir!r} holds no checkpoint to '
                          f'{mode} and no `init_checkpoint` is set')
-      _restore(tf.train.Checkpoint(model=model), init_checkpoint, 'the model',
-               partial=True)
+      loop_lib.restore(tf.train.Checkpoint(model=model), init_checkpoint,
+                       'the model', partial=True)
       restored_from = init_checkpoint
     elif init_checkpoint:
       restored_from = restore_backbone(model, init_checkpoint)
@@ -1031,128 +995,24 @@ def run(*,
         setup_done()
       result = do_eval(int(restored_from.rsplit('-', 1)[-1])
                        if restored_from.rsplit('-', 1)[-1].isdigit() else 0)
-      summary = {'eval': _scalars(result), 'checkpoint': restored_from}
-      if chief:
-        _write_json(os.path.join(model_dir, METRICS_FILENAME), summary)
+      summary = {'eval': loop_lib.scalars(result),
+                 'checkpoint': restored_from}
+      loop_lib.write_metrics(model_dir, summary, chief)
       return summary
 
-    return _train(
-        strategy=strategy, model=model, optimizer=optimizer,
-        checkpoint=checkpoint, loss_fn=loss_fn, model_dir=model_dir,
-        chief=chief, worker=worker, dataset_fn=dataset_fn,
-        train_file_pattern=train_file_pattern, num_classes=num_classes,
-        global_batch_size=global_batch_size, steps_per_epoch=steps_per_epoch,
-        total_steps=total_steps, weight_decay=weight_decay,
-        clip_norm=clip_norm,
+    task = ClassificationTask(
+        strategy=strategy, model=model, optimizer=optimizer, loss_fn=loss_fn,
+        num_classes=num_classes, global_batch_size=global_batch_size,
+        steps_per_epoch=steps_per_epoch, weight_decay=weight_decay,
         mixed_precision=mixed_precision, jit_compile=jit_compile,
-        steps_per_loop=steps_per_loop,
-        checkpoint_every_steps=checkpoint_every_steps,
-        max_checkpoints_to_keep=max_checkpoints_to_keep,
-        do_eval=do_eval if evaluating else None, setup_done=setup_done,
-        lr_schedule=lr)
+        clip_norm=clip_norm, checkpoint=checkpoint, dataset_fn=dataset_fn,
+        train_file_pattern=train_file_pattern,
+        do_eval=do_eval if evaluating else None, lr_schedule=lr)
+    summary = loop_lib.Controller(
+        strategy=strategy, task=task, model_dir=model_dir, config=loop,
+        total_steps=total_steps, steps_per_epoch=steps_per_epoch).train(
+            setup_done)
+    summary['model'] = model
+    return summary
   finally:
     tf_keras.mixed_precision.set_global_policy(previous_policy)
-
-
-def _train(*, strategy, model, optimizer, checkpoint, loss_fn, model_dir,
-           lr_schedule=None,
-           chief, worker, dataset_fn, train_file_pattern, num_classes,
-           global_batch_size, steps_per_epoch, total_steps, weight_decay,
-           clip_norm, mixed_precision, jit_compile, steps_per_loop,
-           checkpoint_every_steps, max_checkpoints_to_keep, do_eval,
-           setup_done) -> Dict[str, Any]:
-  """The training loop of `run` (state already built and restored)."""
-  trainer = _Trainer(
-      strategy=strategy, model=model, optimizer=optimizer, loss_fn=loss_fn,
-      num_classes=num_classes, global_batch_size=global_batch_size,
-      steps_per_epoch=steps_per_epoch, weight_decay=weight_decay,
-      mixed_precision=mixed_precision, jit_compile=jit_compile,
-      clip_norm=clip_norm)
-  ckpt_dir = model_dir if chief else os.path.join(
-      model_dir, f'.worker_{worker}_scratch')
-  manager = tf.train.CheckpointManager(
-      checkpoint, ckpt_dir, max_to_keep=max_checkpoints_to_keep,
-      step_counter=optimizer.iterations)
-
-  def make(ctx: tf.distribute.InputContext):
-    ds = dataset_fn(train_file_pattern, is_training=True,
-                    batch_size=ctx.get_per_replica_batch_size(
-                        global_batch_size),
-                    input_context=ctx, num_classes=num_classes)
-    return ds.map(_train_features)
-
-  iterator = iter(strategy.distribute_datasets_from_function(make))
-  writer = (tf.summary.create_file_writer(os.path.join(model_dir, 'train'))
-            if chief else tf.summary.create_noop_writer())
-  if setup_done:
-    setup_done()
-
-  step = int(optimizer.iterations.numpy())
-  logging.info('training from step %d to %d (%d steps/epoch, global batch '
-               '%d over %d replicas)', step, total_steps, steps_per_epoch,
-               global_batch_size, strategy.num_replicas_in_sync)
-  train_result: Dict[str, Any] = {}
-  eval_result: Optional[Dict[str, Any]] = None
-  while step < total_steps:
-    num = min(steps_per_loop, total_steps - step,
-              checkpoint_every_steps - step % checkpoint_every_steps)
-    start = time.perf_counter()
-    trainer.run_steps(iterator, num)
-    loss = float(trainer.loss_metric.result())
-    accuracy = float(trainer.accuracy.result())
-    elapsed = time.perf_counter() - start
-    step = int(optimizer.iterations.numpy())
-    if not math.isfinite(loss):
-      raise FloatingPointError(f'training loss is {loss} at step {step}')
-    clips_per_second = num * global_batch_size / elapsed
-    lr = _learning_rate(optimizer, step - 1)
-    train_result = {'step': step, 'loss': loss, 'accuracy': accuracy,
-                    'learning_rate': lr, 'clips_per_second': clips_per_second,
-                    'epoch': step / steps_per_epoch}
-    if clip_norm is not None:
-      train_result['gradient_norm'] = float(trainer.gradient_norm.result())
-    with writer.as_default(step=step):
-      for k in ('loss', 'accuracy', 'learning_rate', 'clips_per_second',
-                'gradient_norm'):
-        if k in train_result:
-          tf.summary.scalar(k, train_result[k])
-    writer.flush()
-    trainer.reset_metrics()
-    logging.info(
-        'step %d/%d  epoch %.2f  loss %.4f  acc %.3f  lr %.5f  %.1f clips/s'
-        '  eta %.0fs', step, total_steps, step / steps_per_epoch, loss,
-        accuracy, lr, clips_per_second,
-        (total_steps - step) * elapsed / max(num, 1))
-    if step % checkpoint_every_steps == 0 or step == total_steps:
-      if do_eval is not None:
-        # Before the save, so the checkpoint holds what the evaluation
-        # changed (a plateau schedule's state) and a resume matches an
-        # uninterrupted run.
-        eval_result = do_eval(step)
-        _report_to_schedule(lr_schedule, eval_result)
-      # Every worker saves (ON_READ variables need a collective read).
-      manager.save(checkpoint_number=step)
-  if not train_result and do_eval is not None:
-    eval_result = do_eval(step)
-  if not chief:
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-  summary: Dict[str, Any] = {'train': train_result, 'step': step}
-  if eval_result is not None:
-    summary['eval'] = _scalars(eval_result)
-  if chief:
-    _write_json(os.path.join(model_dir, METRICS_FILENAME), summary)
-  summary['model'] = model
-  return summary
-
-
-# ---- Shared with the CPD trainer (cpd/trainer.py) ----
-# Public names of the helpers above, so that the other trainer checks,
-# restores and writes exactly as this one does.
-check_positive = _check_positive
-list_files = _files
-write_json = _write_json
-scalar_metrics = _scalars
-clip_shape = _clip_shape
-VALID = _VALID
-checkpoint_path = _checkpoint_path
-restore_checkpoint = _restore

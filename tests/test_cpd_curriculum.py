@@ -364,8 +364,8 @@ def test_training_switches_when_planted_validation_saturates(
   result = _run_job(split, model_dir, [
       'SWITCH_EPOCH=None', 'cpd_curriculum.patience=2',
       'cpd_curriculum.min_delta=0.01', 'cpd_run.train_steps=18',
-      'cpd_run.checkpoint_every_steps=100',
-      'cpd_run.max_checkpoints_to_keep=10'])
+      'loop.checkpoint_every_steps=100',
+      'loop.max_checkpoints_to_keep=10'])
   assert seen == [1, 1, 1, 1]
   assert result['stage'] == 2 and result['train']['stage'] == 2
   assert result['train']['learning_rate/text_encoder'] == pytest.approx(3e-5)

@@ -245,7 +245,7 @@ def test_trainer_inflates_resnet34_into_slowonly_r34(
     resnet34, train_pattern, tmp_path, monkeypatch):
   resnet2d, directory = resnet34
   captured = []
-  run_steps = train_lib._Trainer.run_steps
+  run_steps = train_lib.ClassificationTask.run_steps
 
   def capture_then_run(trainer, iterator, num_steps):
     if not captured:
@@ -253,7 +253,7 @@ def test_trainer_inflates_resnet34_into_slowonly_r34(
                       in inflation._conv_bn_layers(trainer.model.backbone))
     return run_steps(trainer, iterator, num_steps)
 
-  monkeypatch.setattr(train_lib._Trainer, 'run_steps', capture_then_run)
+  monkeypatch.setattr(train_lib.ClassificationTask, 'run_steps', capture_then_run)
   result = _run(_bindings(train_pattern, directory, 'slowonly_r34'),
                 tmp_path / 'model')
   assert result['step'] == 1
@@ -278,7 +278,7 @@ def test_trainer_refuses_resnet50_for_slowonly_r34(keras_h5, train_pattern,
   def no_step(*args, **kwargs):
     raise AssertionError('a step ran')
 
-  monkeypatch.setattr(train_lib._Trainer, 'run_steps', no_step)
+  monkeypatch.setattr(train_lib.ClassificationTask, 'run_steps', no_step)
   model_dir = tmp_path / 'model'
   with pytest.raises(ValueError, match=(
       r"`imagenet_checkpoint` '.*resnet50_notop.h5' cannot initialise "

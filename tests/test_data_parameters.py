@@ -19,6 +19,7 @@ import tf_keras
 
 from spl import data_parameters
 from spl import input_pipeline
+from spl import loop
 from spl import main
 from spl import optimization
 from spl import train_lib
@@ -647,7 +648,8 @@ def _run_with(dp, strategy, model_dir, *, train_steps):
       model_fn=_NO_BN_MODEL, dataset_fn=_MEMORY_DATASET,
       train_file_pattern=str(data_file),
       num_classes=test_train_lib.NUM_CLASSES, global_batch_size=4,
-      train_steps=train_steps, steps_per_loop=2, checkpoint_every_steps=2,
+      train_steps=train_steps,
+      loop=loop.LoopConfig(steps_per_loop=2, checkpoint_every_steps=2),
       loss_fn=dp,
       learning_rate_fn=functools.partial(optimization.build_learning_rate,
                                          base_learning_rate=1.0))

@@ -101,8 +101,8 @@ def bindings(pattern, imagenet_checkpoint, *extra, backbone=R3D50):
       'run.num_classes = 3',
       'run.global_batch_size = 2',
       'run.train_steps = 1',
-      'run.steps_per_loop = 1',
-      'run.checkpoint_every_steps = 1',
+      'loop.steps_per_loop = 1',
+      'loop.checkpoint_every_steps = 1',
       'run.learning_rate_fn = @build_learning_rate',
       'build_learning_rate.base_learning_rate = 0.1',
       'build_learning_rate.base_batch_size = None',
@@ -120,7 +120,7 @@ def weights_at_first_step(monkeypatch):
   """The backbone's convs and batch norms as the first training step of a run
   sees them: (path, layer class, weight values) in build order."""
   captured = []
-  run_steps = train_lib._Trainer.run_steps
+  run_steps = train_lib.ClassificationTask.run_steps
 
   def capture_then_run(trainer, iterator, num_steps):
     if not captured:
@@ -129,7 +129,7 @@ def weights_at_first_step(monkeypatch):
           for path, layer in inflation._conv_bn_layers(trainer.model.backbone))
     return run_steps(trainer, iterator, num_steps)
 
-  monkeypatch.setattr(train_lib._Trainer, 'run_steps', capture_then_run)
+  monkeypatch.setattr(train_lib.ClassificationTask, 'run_steps', capture_then_run)
   return captured
 
 

@@ -150,7 +150,7 @@ def test_rerun_after_kill_resumes(pattern, tmp_path):
   """
   model_dir = tmp_path / 'model'
   cmd = _command(pattern, model_dir, 'run.train_steps = 151',
-                 'run.steps_per_loop = 2', 'run.checkpoint_every_steps = 3')
+                 'loop.steps_per_loop = 2', 'loop.checkpoint_every_steps = 3')
   proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT)
   deadline = time.time() + 240
@@ -219,8 +219,8 @@ def test_multi_worker_mirrored_workers_end_with_same_weights(pattern,
                             'task': {'type': 'worker', 'index': i}})
     procs.append(subprocess.Popen(
         [sys.executable, '-c', _WORKER, TEACHER, TINY, model_dir,
-         *_bindings(pattern, 'run.train_steps = 5', 'run.steps_per_loop = 2',
-                    'run.checkpoint_every_steps = 3')],
+         *_bindings(pattern, 'run.train_steps = 5', 'loop.steps_per_loop = 2',
+                    'loop.checkpoint_every_steps = 3')],
         cwd=ROOT, env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT))
   try:

@@ -18,6 +18,7 @@ import tensorflow as tf
 import tf_keras
 
 from spl import input_pipeline
+from spl import loop
 from spl import optimization
 from spl import train_lib
 from spl.models import factory
@@ -43,8 +44,8 @@ def _bn_model(num_classes, input_shape):
 def _run(**kwargs):
   args = dict(
       model_fn=_bn_model, num_classes=NUM_CLASSES, global_batch_size=4,
-      dataset_fn=DATASET_FN, train_steps=2, steps_per_loop=2,
-      checkpoint_every_steps=2,
+      dataset_fn=DATASET_FN, train_steps=2,
+      loop=loop.LoopConfig(steps_per_loop=2, checkpoint_every_steps=2),
       learning_rate_fn=functools.partial(optimization.build_learning_rate,
                                          base_learning_rate=0.05,
                                          base_batch_size=None))

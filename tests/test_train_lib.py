@@ -15,6 +15,7 @@ import tensorflow as tf
 import tf_keras
 
 from spl import input_pipeline
+from spl import loop
 from spl import losses
 from spl import optimization
 from spl import train_lib
@@ -40,7 +41,8 @@ def _run(**kwargs):
   args = dict(
       model_fn=_tiny_model, num_classes=NUM_CLASSES, global_batch_size=4,
       dataset_fn=functools.partial(input_pipeline.make_dataset, **TINY_DATA),
-      train_steps=2, steps_per_loop=1, checkpoint_every_steps=1,
+      train_steps=2,
+      loop=loop.LoopConfig(steps_per_loop=1, checkpoint_every_steps=1),
       learning_rate_fn=functools.partial(optimization.build_learning_rate,
                                          base_learning_rate=0.1),
       strategy=tf.distribute.OneDeviceStrategy('/cpu:0'))
@@ -150,8 +152,8 @@ def eval_data(tmp_path_factory):
 # divides another, so loops must stop short at each checkpoint (steps 5, 10)
 # and at the end (step 11), where the final checkpoint is off the period:
 # loops end at steps 4, 5, 9, 10, 11; checkpoints at 5, 10, 11.
-LOOP = dict(train_steps=11, steps_per_loop=4, checkpoint_every_steps=5,
-            max_checkpoints_to_keep=10)
+LOOP = dict(train_steps=11, loop=loop.LoopConfig(
+    steps_per_loop=4, checkpoint_every_steps=5, max_checkpoints_to_keep=10))
 
 
 @pytest.fixture(scope='module')
@@ -315,8 +317,8 @@ def test_training_learns_a_colour_coded_class(tmp_path):
   model_dir = str(tmp_path / 'm')
   result = _run(
       mode='train_and_eval', model_dir=model_dir, train_file_pattern=train,
-      eval_file_pattern=held_out, train_steps=16, steps_per_loop=4,
-      checkpoint_every_steps=16,
+      eval_file_pattern=held_out, train_steps=16,
+      loop=loop.LoopConfig(steps_per_loop=4, checkpoint_every_steps=16),
       learning_rate_fn=functools.partial(
           optimization.build_learning_rate, base_learning_rate=0.05,
           base_batch_size=None))
@@ -484,7 +486,8 @@ def _one_device_and_mirrored(tmp_path, logical_cpus, **kwargs):
         mode='train', model_dir=str(tmp_path / name), strategy=strategy,
         model_fn=_no_bn_model, dataset_fn=_memory_dataset,
         train_file_pattern=str(tmp_path / 'x.tfrecord'), train_steps=4,
-        steps_per_loop=2, checkpoint_every_steps=4, weight_decay=1e-2,
+        loop=loop.LoopConfig(steps_per_loop=2, checkpoint_every_steps=4),
+        weight_decay=1e-2,
         learning_rate_fn=functools.partial(
             optimization.build_learning_rate, base_learning_rate=20.0),
         **kwargs)
@@ -668,7 +671,7 @@ def test_weight_decay_equals_l2_term_on_the_loss(replicas, logical_cpus):
     model = _no_bn_model(NUM_CLASSES, (2, 8, 8, 3))
     ours = optimization.build_sgd(lr, momentum=0.9)
     ours.build(model.trainable_variables)
-  trainer = train_lib._Trainer(  # pylint: disable=protected-access
+  trainer = train_lib.ClassificationTask(
       strategy=strategy, model=model, optimizer=ours,
       loss_fn=losses.softmax_cross_entropy, num_classes=NUM_CLASSES,
       global_batch_size=batch, steps_per_epoch=10, weight_decay=wd,
@@ -765,7 +768,8 @@ def test_comma_separated_file_patterns_train_and_evaluate(tmp_path):
   result = _run(mode='train_and_eval', model_dir=model_dir,
                 train_file_pattern=pattern, eval_file_pattern=pattern,
                 num_train_examples=9, train_steps=None, train_epochs=1,
-                steps_per_loop=1, checkpoint_every_steps=100)
+                loop=loop.LoopConfig(steps_per_loop=1,
+                                     checkpoint_every_steps=100))
   assert _checkpoint_steps(model_dir) == [2]
   assert result['eval']['num_clips'] == 9
   with pytest.raises(ValueError, match=r"`train_file_pattern` '.*/c/\S*' "

@@ -1,0 +1,306 @@
+"""The one training loop of both methods, in the style of orbit's Controller.
+
+`Controller` owns what every training run does the same way: steps per
+compiled loop, the progress line, TensorBoard scalars, checkpoints (period,
+retention, the chief / non-chief directories), resume from the run's own
+latest checkpoint, and `metrics.json`. A method supplies a `Task`: its models
+and state, its input iterator, the compiled steps, and what happens at a loop
+boundary (evaluation, a schedule that watches it, a curriculum). SPL
+classification (`spl.train_lib`) and CPD pre-training (`cpd.trainer`) are two
+tasks; neither writes a loop of its own.
+
+Loops follow orbit's pattern: a task's `train_steps` runs `num_steps` steps
+in one `tf.function` call (a `tf.range` loop), so Python is entered once per
+loop, not once per step; this is what keeps the trainer at the speed of a
+bare `tf.function` step (`benchmarks/bench_trainer.py`).
+
+Faults: a `tf.train.CheckpointManager` saves the task's checkpoint (with its
+step counter) every `checkpoint_every_steps` and at the last step; rerunning
+the same command restores the latest checkpoint and continues. Under
+MultiWorkerMirroredStrategy every worker must take part in a save (batch-norm
+moving statistics are ON_READ variables, reading them is a collective), so
+non-chief workers save to a scratch directory that is deleted at the end.
+
+No gin here: `spl/configurables.py` registers `LoopConfig` as `loop`, so
+`loop.steps_per_loop = ...` sets it for both methods.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import time
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from absl import logging
+import tensorflow as tf
+
+from tfrecords_tools import file_patterns
+from tfrecords_tools import records
+
+METRICS_FILENAME = 'metrics.json'
+
+
+# ---- Cluster roles ----
+
+
+def worker_info(strategy: tf.distribute.Strategy) -> Tuple[int, int]:
+  """(index of this worker, number of workers); (0, 1) unless multi-worker."""
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return 0, 1
+  resolver = strategy.cluster_resolver
+  spec = resolver.cluster_spec()
+  jobs = spec.jobs
+  chiefs = spec.num_tasks('chief') if 'chief' in jobs else 0
+  workers = spec.num_tasks('worker') if 'worker' in jobs else 0
+  if resolver.task_type == 'chief':
+    return 0, chiefs + workers
+  return chiefs + int(resolver.task_id or 0), chiefs + workers
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+  """Whether this process writes checkpoints, summaries and files."""
+  return worker_info(strategy)[0] == 0
+
+
+# ---- Checks and files shared by the jobs ----
+
+
+def check_positive(**kwargs) -> None:
+  for name, value in kwargs.items():
+    if value is None or value <= 0:
+      raise ValueError(f'`{name}` must be > 0, got {value!r}')
+
+
+def list_files(file_pattern: Optional[str], what: str) -> List[str]:
+  """The files of a (comma-separated) pattern a mode needs; refuses none."""
+  if not file_pattern:
+    raise ValueError(f'`{what}` must be set for this mode')
+  return file_patterns.match(file_pattern, f'`{what}`')
+
+
+def write_json(path: str, obj: Any) -> None:
+  records.write_json_atomic(path, obj)
+
+
+def scalars(d: Dict[str, Any]) -> Dict[str, float]:
+  """The int and float entries of a result (what summaries can hold)."""
+  return {k: v for k, v in d.items() if isinstance(v, (int, float))}
+
+
+def write_metrics(model_dir: str, summary: Dict[str, Any],
+                  chief: bool) -> None:
+  """`model_dir/metrics.json` (chief only), the job's result."""
+  if chief:
+    write_json(os.path.join(model_dir, METRICS_FILENAME), summary)
+
+
+# ---- Checkpoints ----
+
+
+def checkpoint_path(path: str) -> str:
+  """Resolves a checkpoint prefix or a directory holding checkpoints."""
+  if tf.io.gfile.isdir(path):
+    latest = tf.train.latest_checkpoint(path)
+    if latest is None:
+      raise ValueError(f'checkpoint directory {path!r} holds no checkpoint')
+    return latest
+  if not tf.io.gfile.exists(path + '.index'):
+    raise ValueError(f'checkpoint {path!r} does not exist (no {path}.index)')
+  return path
+
+
+def restore(checkpoint: tf.train.Checkpoint, path: str, what: str,
+            partial: bool) -> None:
+  """Restores `path` and checks that it matches, naming the file on error."""
+  try:
+    tf.train.load_checkpoint(path)  # Reads the index: catches corrupt files.
+    status = checkpoint.read(path)
+    status.assert_existing_objects_matched()
+    if partial:
+      status.expect_partial()
+  except (tf.errors.OpError, AssertionError, ValueError) as e:
+    raise ValueError(
+        f'cannot restore {what} from checkpoint {path!r}: it is corrupt or '
+        f'was written for a different architecture (backbone, '
+        f'`num_classes`, projection, optimizer). Underlying error: '
+        f'{str(e)[:800]}') from e
+
+
+def resume(checkpoint: tf.train.Checkpoint, model_dir: str, what: str,
+           training: bool) -> Optional[str]:
+  """Restores the run's own latest checkpoint, if any; returns its path.
+
+  Evaluation restores partially (the optimizer's slots may be absent from
+  what it builds); training restores everything.
+  """
+  latest = tf.train.latest_checkpoint(model_dir)
+  if latest:
+    restore(checkpoint, latest, what, partial=not training)
+    logging.info('restored %s', latest)
+  return latest
+
+
+# ---- The loop ----
+
+
+@dataclasses.dataclass
+class LoopConfig:
+  """How the loop runs, the same for every method (gin: `loop.*`).
+
+  Attributes:
+    steps_per_loop: steps per compiled `tf.function` call, and per progress
+      line and summary point.
+    checkpoint_every_steps: checkpoint period (a task may save more often,
+      e.g. CPD at every epoch end); also at the last step.
+    max_checkpoints_to_keep: older checkpoints are deleted.
+  """
+  steps_per_loop: int = 100
+  checkpoint_every_steps: int = 1000
+  max_checkpoints_to_keep: int = 5
+
+  def check(self) -> None:
+    check_positive(steps_per_loop=self.steps_per_loop,
+                   checkpoint_every_steps=self.checkpoint_every_steps,
+                   max_checkpoints_to_keep=self.max_checkpoints_to_keep)
+
+
+class Task:
+  """What a method gives the `Controller`; override the methods below.
+
+  Attributes:
+    checkpoint: the `tf.train.Checkpoint` of the whole run state.
+    step_counter: the variable counting optimizer steps (e.g. the main
+      optimizer's `iterations`).
+    global_batch_size: clips per step (for clips/s).
+    loops_end_at_epochs: whether a loop must stop at every epoch end (CPD:
+      validation and the curriculum act there).
+  """
+  checkpoint: tf.train.Checkpoint
+  step_counter: tf.Variable
+  global_batch_size: int
+  loops_end_at_epochs: bool = False
+
+  def train_iterator(self, step: int) -> Iterator[Any]:
+    """The distributed training input, for a run starting at `step`."""
+    raise NotImplementedError
+
+  def train_steps(self, iterator: Iterator[Any],
+                  num_steps: int) -> Dict[str, Any]:
+    """Runs `num_steps` steps; returns their scalars, 'loss' among them."""
+    raise NotImplementedError
+
+  def progress(self, result: Dict[str, Any]) -> str:
+    """The task's part of the progress line (default: every other scalar)."""
+    return '  '.join(f'{k} {v:.4g}' for k, v in sorted(result.items())
+                     if k not in _LOOP_KEYS and isinstance(v, (int, float)))
+
+  def end_loop(self, step: int, checkpoint_due: bool) -> bool:
+    """Called after every loop, before a save; True forces a save now.
+
+    `checkpoint_due`: the loop saves after this call (period or last step);
+    a task evaluates here so that the checkpoint holds what the evaluation
+    changed (a schedule's state) and a resume matches an uninterrupted run.
+    """
+    del step, checkpoint_due
+    return False
+
+  def end_without_steps(self, step: int) -> None:
+    """Called when the run was already at its last step (a finished run
+    rerun): e.g. evaluate once, as an uninterrupted run did at the end."""
+    del step
+
+  def summary(self) -> Dict[str, Any]:
+    """What the task adds to `metrics.json` (e.g. the last evaluation)."""
+    return {}
+
+
+# Entries the Controller adds to every train result.
+_LOOP_KEYS = ('step', 'epoch', 'loss', 'clips_per_second')
+
+
+class Controller:
+  """Runs a `Task` from its restored step to `total_steps`."""
+
+  def __init__(self, *, strategy: tf.distribute.Strategy, task: Task,
+               model_dir: str, config: LoopConfig, total_steps: int,
+               steps_per_epoch: int, name: str = 'training'):
+    config.check()
+    self.strategy = strategy
+    self.task = task
+    self.model_dir = model_dir
+    self.config = config
+    self.total_steps = total_steps
+    self.steps_per_epoch = steps_per_epoch
+    self.name = name
+    self.chief = is_chief(strategy)
+    worker, _ = worker_info(strategy)
+    self._ckpt_dir = model_dir if self.chief else os.path.join(
+        model_dir, f'.worker_{worker}_scratch')
+    self.manager = tf.train.CheckpointManager(
+        task.checkpoint, self._ckpt_dir,
+        max_to_keep=config.max_checkpoints_to_keep,
+        step_counter=task.step_counter)
+
+  def _loop_size(self, step: int) -> int:
+    every = self.config.checkpoint_every_steps
+    sizes = [self.config.steps_per_loop, self.total_steps - step,
+             every - step % every]
+    if self.task.loops_end_at_epochs:
+      sizes.append(self.steps_per_epoch - step % self.steps_per_epoch)
+    return min(sizes)
+
+  def train(self, setup_done=None) -> Dict[str, Any]:
+    """Trains to `total_steps`; returns (and writes) the metrics summary.
+
+    Args:
+      setup_done: called once the input exists, before the first step.
+    """
+    task = self.task
+    step = int(task.step_counter.numpy())
+    iterator = task.train_iterator(step)
+    writer = (tf.summary.create_file_writer(
+        os.path.join(self.model_dir, 'train')) if self.chief
+              else tf.summary.create_noop_writer())
+    if setup_done:
+      setup_done()
+    logging.info('%s from step %d to %d (%d steps/epoch, global batch %d '
+                 'over %d replicas)', self.name, step, self.total_steps,
+                 self.steps_per_epoch, task.global_batch_size,
+                 self.strategy.num_replicas_in_sync)
+    result: Dict[str, Any] = {}
+    while step < self.total_steps:
+      num = self._loop_size(step)
+      start = time.perf_counter()
+      metrics = task.train_steps(iterator, num)
+      elapsed = time.perf_counter() - start
+      step = int(task.step_counter.numpy())
+      loss = float(metrics.get('loss', float('nan')))
+      if not math.isfinite(loss):
+        raise FloatingPointError(f'training loss is {loss} at step {step}')
+      result = dict(metrics, step=step, loss=loss,
+                    epoch=step / self.steps_per_epoch,
+                    clips_per_second=num * task.global_batch_size / elapsed)
+      with writer.as_default(step=step):
+        for k, v in scalars(result).items():
+          if k != 'step':
+            tf.summary.scalar(k, v)
+      writer.flush()
+      logging.info('step %d/%d  epoch %.2f  loss %.4f  %s  %.1f clips/s  '
+                   'eta %.0fs', step, self.total_steps, result['epoch'], loss,
+                   task.progress(result), result['clips_per_second'],
+                   (self.total_steps - step) * elapsed / max(num, 1))
+      due = (step % self.config.checkpoint_every_steps == 0 or
+             step == self.total_steps)
+      if task.end_loop(step, due) or due:
+        # Every worker saves (ON_READ variables need a collective read).
+        self.manager.save(checkpoint_number=step)
+    if not result:
+      task.end_without_steps(step)
+    if not self.chief:
+      shutil.rmtree(self._ckpt_dir, ignore_errors=True)
+    summary = dict({'train': result, 'step': step}, **task.summary())
+    write_metrics(self.model_dir, summary, self.chief)
+    return summary
