@@ -20,9 +20,11 @@ from cpd import heads
 from cpd import knn
 from cpd import linear_probe
 from cpd import low_label
+from cpd import model_config
 from cpd import text_encoders
 from cpd import zero_shot
 from spl import input_pipeline
+from spl import loop
 from spl.models import factory
 from tfrecords_tools import file_patterns
 from tfrecords_tools import records
@@ -39,22 +41,14 @@ RESULTS_TEMPLATE = 'results_{}.json'
 
 def _restore(path: str, **objects) -> str:
   """Restores `objects` (checkpoint edges) from a prefix or a directory."""
-  if tf.io.gfile.isdir(path):
-    latest = tf.train.latest_checkpoint(path)
-    if latest is None:
-      raise ValueError(f'`checkpoint` directory {path!r} holds no checkpoint')
-    path = latest
-  try:
-    status = tf.train.Checkpoint(**objects).read(path)
-    status.assert_existing_objects_matched()
-    status.expect_partial()
-  except (tf.errors.OpError, AssertionError, ValueError) as e:
-    raise ValueError(f'cannot restore {sorted(objects)} from {path!r}: '
-                     f'{str(e)[:600]}') from e
+  path = loop.checkpoint_path(path)
+  loop.restore(tf.train.Checkpoint(**objects), path, str(sorted(objects)),
+               partial=True)
   return path
 
 
-def build_video_model(backbone: str, *, input_shape: Sequence[int],
+def build_video_model(backbone: Optional[str] = None, *,
+                      input_shape: Sequence[int],
                       checkpoint: Optional[str] = None,
                       embedding_dim: Optional[int] = None,
                       checkpoint_key: str = 'model',
@@ -75,6 +69,10 @@ def build_video_model(backbone: str, *, input_shape: Sequence[int],
   9 res4/res5 blocks (temporal kernel 3) and, through the zero padding, damp
   the frames near the clip ends: the 2D network only on static clips, away
   from the ends, which an 8-frame clip hardly has.
+
+  A CPD checkpoint's `cpd_model.json` (`cpd.model_config`, written by the
+  trainer beside it) gives the backbone and the embedding width; `backbone`
+  and `embedding_dim`, when set, must agree with it.
 
   Args:
     backbone: a `spl.models.BACKBONES` name; 'slowonly_r50' with
@@ -137,10 +135,17 @@ def build_video_model(backbone: str, *, input_shape: Sequence[int],
     model = tf_keras.Model(inputs, net(inputs), name='imagenet_features')
     model.backbone, model.head = net, None
     return model
+  config = model_config.for_checkpoint(checkpoint) if checkpoint else None
+  backbone = model_config.resolve(config, 'video_backbone', backbone,
+                                  '`backbone`')
+  embedding_dim = model_config.resolve(config, 'embedding_dim', embedding_dim,
+                                       '`embedding_dim`', heads.EMBEDDING_DIM)
+  if backbone is None:
+    raise ValueError('`backbone` must be set: no checkpoint with a '
+                     f'{model_config.FILENAME} says which one to build')
   net = factory.build_backbone(backbone, input_shape=tuple(input_shape),
                                **backbone_kwargs)
-  model = heads.build_video_embedding_model(
-      net, heads.EMBEDDING_DIM if embedding_dim is None else embedding_dim)
+  model = heads.build_video_embedding_model(net, embedding_dim)
   model(tf.zeros((1,) + tuple(input_shape)), training=False)
   if checkpoint:
     _restore(checkpoint, **{checkpoint_key: model})
@@ -151,15 +156,18 @@ def build_text_fn(*, checkpoint: Optional[str] = None,
                   hf_model_dir: Optional[str] = None,
                   word2vec_path: Optional[str] = None,
                   max_length: int = 32,
-                  hidden_dim: int = heads.EMBEDDING_DIM,
-                  embedding_dim: int = heads.EMBEDDING_DIM,
+                  hidden_dim: Optional[int] = None,
+                  embedding_dim: Optional[int] = None,
                   encoder_key: str = 'text_encoder',
                   head_key: str = 'text_head') -> Callable:
   """Text encoder + head of a CPD checkpoint as [B] strings -> [B, d].
 
   Exactly one of `hf_model_dir` (BERT-family directory) and `word2vec_path`
   builds the encoder's architecture; `checkpoint` then overwrites both parts
-  with the trained weights (edges `encoder_key`, `head_key`).
+  with the trained weights (edges `encoder_key`, `head_key`). The head's
+  widths come from the checkpoint's `cpd_model.json` when it has one
+  (`hidden_dim` and `embedding_dim`, when set, must agree), else from the
+  arguments (default `cpd.heads.EMBEDDING_DIM`).
   """
   if (hf_model_dir is None) == (word2vec_path is None):
     raise ValueError('exactly one of `hf_model_dir` and `word2vec_path` must '
@@ -169,6 +177,11 @@ def build_text_fn(*, checkpoint: Optional[str] = None,
         hf_model_dir, max_length=max_length)
   else:
     encoder = text_encoders.Word2VecAverageEncoder.from_file(word2vec_path)
+  config = model_config.for_checkpoint(checkpoint) if checkpoint else None
+  hidden_dim = model_config.resolve(config, 'text_hidden_dim', hidden_dim,
+                                    '`hidden_dim`', heads.EMBEDDING_DIM)
+  embedding_dim = model_config.resolve(config, 'embedding_dim', embedding_dim,
+                                       '`embedding_dim`', heads.EMBEDDING_DIM)
   head = heads.TextHead(hidden_dim, embedding_dim)
   head(encoder(tf.constant(['warm up'])), training=False)
   if checkpoint:

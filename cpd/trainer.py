@@ -43,6 +43,7 @@ import tf_keras
 from cpd import baselines
 from cpd import curriculum as curriculum_lib
 from cpd import heads
+from cpd import model_config
 from cpd import nce
 from cpd import retrieval
 from cpd import text_cleaning
@@ -328,6 +329,7 @@ class CpdTask(loop_lib.Task):
     self.retrieval_metric = retrieval_metric
     self.eval_result: Optional[Dict[str, Any]] = None
     self._loops = {}
+    self._loss_key = None  # the loss module's 'direction/loss' metric
 
   def _replica_step(self, inputs, stage):
     inputs = input_pipeline.finish_features(inputs)
@@ -639,6 +641,11 @@ def run_cpd(*,
           optimizer=optimizers[curriculum_lib.REST],
           text_optimizer=optimizers[curriculum_lib.TEXT_ENCODER])
     step_counter = optimizers[curriculum_lib.REST].iterations
+    if chief and training:
+      model_config.write(model_dir, video_backbone=video_backbone,
+                         embedding_dim=embedding_dim,
+                         text_hidden_dim=text_hidden_dim,
+                         clip_shape=clip_shape)
 
     latest = loop_lib.resume(checkpoint, model_dir, 'the CPD run state',
                              training)

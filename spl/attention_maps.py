@@ -172,17 +172,10 @@ def resolve_checkpoint(*, model_dir: Optional[str],
 
 
 def restore_model(model: tf_keras.Model, path: str) -> None:
-  """Restores `model` as `spl.train_lib` saved it (`Checkpoint(model=...)`)."""
-  try:
-    status = tf.train.Checkpoint(model=model).read(path)
-    status.assert_existing_objects_matched()
-    status.expect_partial()  # The optimizer's slots are not needed.
-  except (tf.errors.OpError, AssertionError, ValueError) as e:
-    raise ValueError(
-        f'cannot restore the model from checkpoint {path!r}: corrupt, or '
-        f'written for another architecture than the gin config builds '
-        f'(backbone, num_classes, projection). Underlying error: '
-        f'{str(e)[:600]}') from e
+  """Restores `model` as the trainer saved it (`Checkpoint(model=...)`); the
+  optimizer's slots are not needed."""
+  loop.restore(tf.train.Checkpoint(model=model), path, 'the model',
+               partial=True)
 
 
 def load_class_names(path: str) -> List[str]:

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cpd import model_config
+from cpd import protocols
 from cpd import text_cleaning
 from cpd import trainer as cpd_trainer
 from spl import input_pipeline
@@ -249,6 +251,49 @@ def test_resume_continues_identically(data, tmp_path):
     np.testing.assert_array_equal(resumed[key], straight[key])
   for a, b in zip(resumed['video_weights'], straight['video_weights']):
     np.testing.assert_array_equal(a, b)
+
+
+def test_evaluation_rebuilds_the_models_from_the_saved_config(data, tmp_path):
+  """cpd_model.json beside the checkpoints rebuilds both encoders without
+  gin; a setting that disagrees with it is refused, naming both."""
+  model_dir = tmp_path / 'run'
+  result = _run(data, model_dir, bindings=['cpd_run.embedding_dim=12',
+                                           'cpd_run.text_hidden_dim=10'])
+  with open(model_dir / model_config.FILENAME) as f:
+    assert json.load(f) == {'video_backbone': 'tiny3d', 'embedding_dim': 12,
+                            'text_hidden_dim': 10,
+                            'clip_shape': [4, 32, 32, 3]}
+  models = result['model']
+  clips = np.random.RandomState(0).rand(2, 4, 32, 32, 3).astype(np.float32)
+  video_model = protocols.build_video_model(checkpoint=str(model_dir),
+                                            input_shape=(4, 32, 32, 3))
+  np.testing.assert_allclose(video_model(clips, training=False),
+                             models.video_model(clips, training=False),
+                             atol=1e-6)
+  titles = tf.constant(['title of clip 3', 'clip 5'])
+  text_fn = protocols.build_text_fn(checkpoint=str(model_dir),
+                                    word2vec_path=data['w2v'])
+  np.testing.assert_allclose(text_fn(titles), models.embed_titles(titles),
+                             atol=1e-6)
+  with pytest.raises(ValueError, match=r"`backbone`='slowonly_r34' disagrees "
+                     r".*cpd_model.json.*video_backbone='tiny3d'"):
+    protocols.build_video_model('slowonly_r34', checkpoint=str(model_dir),
+                                input_shape=(4, 32, 32, 3))
+  with pytest.raises(ValueError, match=r'`hidden_dim`=256 disagrees .*'
+                     r'text_hidden_dim=10'):
+    protocols.build_text_fn(checkpoint=str(model_dir), hidden_dim=256,
+                            word2vec_path=data['w2v'])
+  # Without the file the caller's settings build the model.
+  os.remove(model_dir / model_config.FILENAME)
+  with pytest.raises(ValueError, match='`backbone` must be set'):
+    protocols.build_video_model(checkpoint=str(model_dir),
+                                input_shape=(4, 32, 32, 3))
+  rebuilt = protocols.build_video_model('tiny3d', embedding_dim=12,
+                                        checkpoint=str(model_dir),
+                                        input_shape=(4, 32, 32, 3))
+  np.testing.assert_allclose(rebuilt(clips, training=False),
+                             models.video_model(clips, training=False),
+                             atol=1e-6)
 
 
 def test_curriculum_switch_at_epoch_survives_restart(data, tmp_path):
