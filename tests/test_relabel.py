@@ -3,6 +3,8 @@
 import io
 import json
 import os
+import subprocess
+import sys
 
 import google_crc32c
 import numpy as np
@@ -18,6 +20,7 @@ from tfrecords_tools import schema
 from tfrecords_tools import testing
 from tfrecords_tools import tfrecord_io
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 3
 NUM_CLIPS = 12
 
@@ -649,3 +652,23 @@ def test_command_line_num_classes(tmp_path, capsys):
   assert '7 classes (class count, K=2.33' in printed and 'SCR reached' in printed
   assert label_spaces.load_label_space(
       os.path.join(out, schema.LABEL_SPACE_FILENAME))['num_classes'] == 7
+  # The run's flags are recorded as a flagfile that reruns it: the rerun
+  # into another directory writes the same bytes.
+  with open(os.path.join(out, 'config_relabel.flags')) as f:
+    config = f.read().splitlines()
+  assert config == [
+      '# python -m tfrecords_tools.relabel --flagfile=<this file>',
+      f'--records={rec_pattern}', f'--predictions={pred_pattern}',
+      '--variant=spl_m', '--num_classes=7', f'--output_dir={out}',
+      '--runner=DirectRunner', '--direct_num_workers=1']
+  again = str(tmp_path / 'again')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'tfrecords_tools.relabel',
+       f'--flagfile={os.path.join(out, "config_relabel.flags")}',
+       f'--output_dir={again}'], capture_output=True, text=True, timeout=600,
+      cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  first, second = _files(out), _files(again)
+  assert first.pop('config_relabel.flags') != second.pop(
+      'config_relabel.flags')  # only the output directory differs
+  assert first == second

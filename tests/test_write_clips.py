@@ -579,6 +579,13 @@ def test_deterministic_across_runs_and_worker_counts(tmp_path):
       assert (outs[0] / name).read_bytes() == (out / name).read_bytes()
     assert sorted(os.listdir(out)) == sorted(os.listdir(outs[0]))
   assert len(testing.read_records(str(outs[0] / schema.shard_pattern()))) > 8
+  # Each run recorded its flags (defaults included) and Beam's options.
+  config = (outs[-1] / 'config_write_clips.flags').read_text().splitlines()
+  assert config[1:4] == [f'--manifest={tmp_path / "m.csv"}',
+                         f'--output_dir={outs[-1]}', '--num_shards=2']
+  assert '--decode_threads=0' in config
+  assert config[-3:] == ['--runner=DirectRunner', '--direct_num_workers=2',
+                         '--direct_running_mode=multi_processing']
 
 
 @pytest.mark.slow

@@ -138,3 +138,35 @@ def write_json_atomic(path: str, obj) -> None:
 def read_bytes(path: str) -> bytes:
   with open_file(path) as f:
     return f.read()
+
+
+def write_run_config(output_dir: str, tool: str, flag_values,
+                     flag_names: Sequence[str],
+                     beam_args: Sequence[str] = ()) -> str:
+  """Records how a Beam tool was run: `output_dir/config_<tool>.flags`.
+
+  The Beam tools' counterpart of the gin entry points' operative config
+  (`spl.job.write_operative_config`): every flag of the tool with the value
+  the run used (defaults included), then the options handed to Beam, in
+  absl's flagfile format, so `python -m tfrecords_tools.<tool>
+  --flagfile=<file>` reruns it. Written atomically when the job starts.
+
+  Args:
+    output_dir: the tool's output directory (created if absent).
+    tool: the module name under `tfrecords_tools` (e.g. 'relabel').
+    flag_values: absl `FlagValues` holding the parsed flags.
+    flag_names: the tool's own flags, in the order to write them.
+    beam_args: the arguments passed through to Beam's pipeline options.
+
+  Returns:
+    The path written.
+  """
+  lines = [f'# python -m tfrecords_tools.{tool} --flagfile=<this file>']
+  for name in flag_names:
+    if flag_values[name].value is not None:
+      lines.append(flag_values[name].serialize())
+  lines.extend(beam_args)
+  makedirs(output_dir)
+  path = join(output_dir, f'config_{tool}.flags')
+  write_bytes_atomic(path, ('\n'.join(lines) + '\n').encode('utf-8'))
+  return path

@@ -763,6 +763,10 @@ def run(argv: Optional[Sequence[str]] = None) -> None:
              f'[--k=K | --scr=S | --num_classes=C] '
              f'--output_dir=... [Beam options]')
   try:
+    beam_utils.write_run_config(
+        flags_.output_dir, 'relabel', flags_,
+        ['records', 'predictions', 'variant', 'k', 'scr', 'num_classes',
+         'output_dir', 'runner', 'direct_num_workers'], beam_args)
     stats = relabel(
         records_pattern=flags_.records, predictions_pattern=flags_.predictions,
         variant=flags_.variant, output_dir=flags_.output_dir, k=flags_.k,

@@ -620,6 +620,13 @@ def format_summary(summary: Dict) -> str:
 
 # ---- Command line ----
 
+# The tool's flags, in the order `config_write_clips.flags` lists them.
+_FLAG_NAMES = ('manifest', 'output_dir', 'num_shards', 'clip_seconds',
+               'min_clip_seconds', 'fps', 'short_side', 'jpeg_quality',
+               'clips_per_video', 'clips_per_class', 'labels', 'video_timeout',
+               'decode_threads', 'runner', 'direct_num_workers')
+
+
 def _define_flags():
   """Flags exist only when the module runs as a tool, never on import."""
   flags.DEFINE_string('manifest', None, 'CSV (header row) or JSONL manifest.')
@@ -682,6 +689,8 @@ def main(argv: Sequence[str]) -> int:
         video_timeout=FLAGS.video_timeout,
         num_workers=FLAGS.direct_num_workers,
         decode_threads=FLAGS.decode_threads)
+    beam_utils.write_run_config(
+        FLAGS.output_dir, 'write_clips', FLAGS, _FLAG_NAMES, argv[1:])
     summary = run_writer(FLAGS.manifest, config, labels_path=FLAGS.labels,
                          runner=FLAGS.runner, pipeline_args=argv[1:])
   except (ValueError, FileNotFoundError, RuntimeError) as e:
