@@ -56,6 +56,10 @@ from official.vision.dataloaders import video_input
 import tensorflow as tf
 
 from spl import input_pipeline
+from spl.inputs import decode
+from spl.inputs import options as input_options
+from spl.inputs import pixels
+from spl.inputs import sample
 from tfrecords_tools import schema
 from tfrecords_tools import testing
 
@@ -193,12 +197,13 @@ def cost_breakdown(pattern: str, *, num_frames: int, crop_size: int,
   ip = input_pipeline
   records = [r for r in tf.data.TFRecordDataset(
       sorted(tf.io.gfile.glob(pattern))).take(8)]
-  opts = ip._make_options(crop_size, {})
+  opts = input_options.make_options(crop_size, {})
   mean, std = tf.constant(opts.mean), tf.constant(opts.std)
 
   @tf.function
   def parse(s):
-    return ip._parse(s, schema.LABEL_INDEX_KEY)[schema.IMAGE_KEY][:num_frames]
+    parsed = decode.parse(s, schema.LABEL_INDEX_KEY)
+    return parsed[schema.IMAGE_KEY][:num_frames]
 
   @tf.function
   def full(frames):
@@ -207,8 +212,8 @@ def cost_breakdown(pattern: str, *, num_frames: int, crop_size: int,
 
   @tf.function
   def window(frames, seed):
-    w = ip._train_window(frames[0], crop_size, opts, seed)
-    return ip._decode_window(frames, w, '')
+    w = sample.train_window(frames[0], crop_size, opts, seed)
+    return decode.decode_window(frames, w, '')
 
   finish_in = ip.video_features(next(iter(ip.make_dataset(
       pattern, is_training=True, batch_size=8, num_frames=num_frames,
@@ -226,7 +231,7 @@ def cost_breakdown(pattern: str, *, num_frames: int, crop_size: int,
   frames = [window(parse(records[i % 8]), tf.constant([i, 0], tf.int64))
             for i in range(8)]
   steps['XLA flip/colour/normalise pass'] = (
-      lambda i: ip._pixel_transform_xla(
+      lambda i: pixels.pixel_transform_xla(
           frames[i % 8], tf.constant(True), colour, mean, std))
   floats = [tf.cast(f, tf.float32) for f in frames]
   steps['bilinear resize to output'] = lambda i: tf.image.resize(

@@ -7,7 +7,10 @@ is single-replica: under a `tf.distribute` strategy call it from the function
 given to `strategy.distribute_datasets_from_function` and pass the
 `tf.distribute.InputContext` along.
 
-Phases (dmvr / Model Garden style), per record:
+Phases (dmvr / Model Garden style), per record; each has its module in
+`spl/inputs/` (features, options, decode, sample, geometry, pixels, finish:
+see its `__init__`) and this one reads files, runs them per record with
+error catching, and batches:
 
 1. read: shards matching `file_pattern` (a glob, or several separated by
    commas), interleaved in parallel; each record keeps its file name and
@@ -147,31 +150,36 @@ call time. A label is never silently replaced or clipped.
 from __future__ import annotations
 
 import collections
-import dataclasses
-import math
 import threading
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from absl import logging
-import numpy as np
 import tensorflow as tf
 
+from spl.inputs import decode
+from spl.inputs import geometry
+from spl.inputs import options as options_lib
+from spl.inputs import pixels
+from spl.inputs import sample
+# The pipeline's public names, defined by its phases (re-exported).
+# pylint: disable=unused-import
+from spl.inputs.features import CAPTION
+from spl.inputs.features import CLIP_INDEX
+from spl.inputs.features import CLIP_KEY
+from spl.inputs.features import IMAGENET_MEAN
+from spl.inputs.features import IMAGENET_STD
+from spl.inputs.features import LABEL
+from spl.inputs.features import VIDEO
+from spl.inputs.features import VIDEO_FINISH
+from spl.inputs.features import VIDEO_ID
+from spl.inputs.finish import finish_features
+from spl.inputs.finish import finish_row
+from spl.inputs.finish import finish_video
+from spl.inputs.finish import FINISH_SIZE
+from spl.inputs.finish import video_features
+from spl.inputs.options import AugmentationOptions
 from tfrecords_tools import file_patterns
 from tfrecords_tools import schema
-
-# ---- Output feature names ----
-VIDEO = 'video'
-LABEL = 'label'
-CLIP_INDEX = 'clip_index'
-CLIP_KEY = 'clip_key'
-VIDEO_ID = 'video_id'
-CAPTION = 'caption'
-# With `device_finishing`: per-clip parameters of `finish_video`.
-VIDEO_FINISH = 'video_finish'
-
-# ImageNet statistics of [0, 1] RGB pixels.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _ERROR = '_error'  # Internal: '' for a good record, else the reason.
 # Internal, set by `_protected`: position of the record in its task (-1: the
@@ -188,67 +196,6 @@ _AUTOTUNE = tf.data.AUTOTUNE
 # The dataset functions have no Python control flow on tensors: AutoGraph
 # would only slow tracing down (and re-read this file's source).
 _plain = tf.autograph.experimental.do_not_convert
-
-# Rec. 601 luma, the grey level used by contrast and saturation.
-_LUMA = (0.299, 0.587, 0.114)
-# Row-vector RGB -> YIQ and its exact inverse (hue rotation 0 = identity).
-_RGB_TO_YIQ = np.array([[0.299, 0.596, 0.211],
-                        [0.587, -0.274, -0.523],
-                        [0.114, -0.322, 0.312]])
-_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ)
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentationOptions:
-  """Knobs accepted as `**augmentation_kwargs` of `make_dataset`.
-
-  Attributes:
-    scale_jitter: training short-side size range `(min, max)` in pixels before
-      the random crop; None: `(round(crop * 8/7), round(crop * 10/7))`.
-    min_resize: evaluation short-side size; None: `round(crop * 8/7)`.
-    random_flip: random left-right flip in training.
-    brightness, contrast, saturation, hue: photometric jitter strengths (see
-      module docstring); 0 disables one.
-    color_jitter_prob: probability that a training clip is colour-jittered.
-    mean, std: per-channel normalisation of [0, 1] pixels.
-    shuffle_buffer_size: records in the training shuffle buffer (serialized
-      records, so memory is this times the record size).
-    file_cycle_length: files read concurrently.
-    dct_method: JPEG IDCT ('' = libjpeg default, 'INTEGER_FAST' is faster
-      and slightly less accurate).
-    use_xla: compile the per-pixel colour/normalisation pass with XLA (one
-      fused pass instead of ~10 TF ops); False runs the same ops unfused.
-    window_quantum: training crop windows (in source pixels) are rounded to a
-      multiple of this, so XLA compiles the colour pass for a few window
-      sizes only (~12 for 224 crops of 256-pixel frames, ~0.3 s each, once
-      per process); the scale jitter moves in steps of ~2% instead of
-      continuously. 1: exact sizes.
-    parallel_clips: clips processed concurrently (parse, decode, augment);
-      None: tf.data's AUTOTUNE (the number of cores).
-    records_per_task: records one parallel task processes in turn, inside
-      one error-catching nested dataset (see `_protected`). Larger amortises
-      the nested dataset's cost (measured on 8x112^2 clips: 1 record per
-      task cost ~0.7 ms more CPU per clip than 8, out of ~2.5 ms; 32 gained
-      nothing more) and makes the first batch come a little later.
-  """
-  scale_jitter: Optional[Tuple[int, int]] = None
-  min_resize: Optional[int] = None
-  random_flip: bool = True
-  brightness: float = 0.4
-  contrast: float = 0.4
-  saturation: float = 0.4
-  hue: float = 0.1
-  color_jitter_prob: float = 0.8
-  mean: Tuple[float, float, float] = IMAGENET_MEAN
-  std: Tuple[float, float, float] = IMAGENET_STD
-  shuffle_buffer_size: int = 64
-  file_cycle_length: int = 8
-  dct_method: str = ''
-  use_xla: bool = True
-  parallel_clips: Optional[int] = None
-  window_quantum: int = 4
-  records_per_task: int = 8
-
 
 # ---- Skip counting (host side) ----
 _skip_lock = threading.Lock()
@@ -298,458 +245,6 @@ def _list_files(file_pattern: str) -> List[str]:
   return file_patterns.match(file_pattern, '`file_pattern`')
 
 
-def _make_options(crop_size: int,
-                  kwargs: Dict[str, Any]) -> AugmentationOptions:
-  known = {f.name for f in dataclasses.fields(AugmentationOptions)}
-  unknown = sorted(set(kwargs) - known)
-  if unknown:
-    raise TypeError(
-        f'make_dataset got unknown augmentation arguments {unknown}; '
-        f'known: {sorted(known)}')
-  opts = AugmentationOptions(**kwargs)
-  if opts.scale_jitter is None:
-    opts = dataclasses.replace(opts, scale_jitter=(
-        round(crop_size * 8 / 7), round(crop_size * 10 / 7)))
-  if opts.min_resize is None:
-    opts = dataclasses.replace(opts, min_resize=round(crop_size * 8 / 7))
-  lo, hi = opts.scale_jitter
-  if not crop_size <= lo <= hi:
-    raise ValueError(
-        f'`scale_jitter` must satisfy crop_size ({crop_size}) <= min <= max, '
-        f'got {opts.scale_jitter}')
-  if opts.min_resize < crop_size:
-    raise ValueError(
-        f'`min_resize` must be >= crop_size ({crop_size}), got '
-        f'{opts.min_resize}')
-  for name in ('brightness', 'contrast', 'saturation'):
-    v = getattr(opts, name)
-    if not 0 <= v <= 1:
-      raise ValueError(f'`{name}` must be in [0, 1], got {v}')
-  if not 0 <= opts.hue <= 0.5:
-    raise ValueError(f'`hue` must be in [0, 0.5], got {opts.hue}')
-  if not 0 <= opts.color_jitter_prob <= 1:
-    raise ValueError(
-        f'`color_jitter_prob` must be in [0, 1], got {opts.color_jitter_prob}')
-  if len(opts.mean) != 3 or len(opts.std) != 3 or min(opts.std) <= 0:
-    raise ValueError(
-        f'`mean` and `std` must have 3 values, std > 0; got {opts.mean}, '
-        f'{opts.std}')
-  if opts.shuffle_buffer_size < 1:
-    raise ValueError(
-        f'`shuffle_buffer_size` must be >= 1, got {opts.shuffle_buffer_size}')
-  if opts.parallel_clips is not None and opts.parallel_clips < 1:
-    raise ValueError(
-        f'`parallel_clips` must be >= 1 or None, got {opts.parallel_clips}')
-  if opts.records_per_task < 1:
-    raise ValueError(
-        f'`records_per_task` must be >= 1, got {opts.records_per_task}')
-  if opts.window_quantum < 1:
-    raise ValueError(
-        f'`window_quantum` must be >= 1, got {opts.window_quantum}')
-  if opts.file_cycle_length < 1:
-    raise ValueError(
-        f'`file_cycle_length` must be >= 1, got {opts.file_cycle_length}')
-  return opts
-
-
-# ---- Phase 2: parse and validate ----
-
-
-def _parse(serialized: tf.Tensor, label_key: str) -> Dict[str, tf.Tensor]:
-  context_spec = {
-      label_key: tf.io.VarLenFeature(tf.int64),
-      schema.CLIP_INDEX_KEY: tf.io.VarLenFeature(tf.int64),
-      schema.CLIP_KEY_KEY: tf.io.VarLenFeature(tf.string),
-      schema.VIDEO_ID_KEY: tf.io.VarLenFeature(tf.string),
-      schema.CAPTION_KEY: tf.io.VarLenFeature(tf.string),
-  }
-  sequence_spec = {
-      schema.IMAGE_KEY: tf.io.FixedLenSequenceFeature(
-          (), tf.string, allow_missing=True),
-  }
-  context, sequence = tf.io.parse_single_sequence_example(
-      serialized, context_spec, sequence_spec)
-  out = {k: v.values for k, v in context.items()}
-  out[schema.IMAGE_KEY] = sequence[schema.IMAGE_KEY]
-  return out
-
-
-_REQUIRED_KEYS = (schema.CLIP_INDEX_KEY, schema.CLIP_KEY_KEY,
-                  schema.VIDEO_ID_KEY, schema.CAPTION_KEY)
-
-
-def _label_upper(num_classes: Optional[int]) -> int:
-  return num_classes if num_classes is not None else 2**31 - 1
-
-
-def _validate(parsed: Dict[str, tf.Tensor], label_key: str,
-              num_classes: Optional[int]) -> tf.Tensor:
-  """'' if `parsed` is usable, else why not (first problem found).
-
-  A few integer checks per record; the message is formatted only for a bad
-  one (string ops on every record cost ~5% of a small clip's CPU time).
-  """
-  sizes = tf.stack([tf.size(parsed[k])
-                    for k in (label_key,) + _REQUIRED_KEYS])
-  label = parsed[label_key]
-  ok = tf.reduce_all([
-      tf.reduce_all(tf.equal(sizes, 1)),
-      tf.size(parsed[schema.IMAGE_KEY]) > 0,
-      tf.reduce_all(label >= 0),
-      tf.reduce_all(label < _label_upper(num_classes))])
-  return tf.cond(ok, lambda: tf.constant(''),
-                 lambda: _describe_problem(parsed, label_key, num_classes))
-
-
-def _describe_problem(parsed: Dict[str, tf.Tensor], label_key: str,
-                      num_classes: Optional[int]) -> tf.Tensor:
-  """Why `parsed` is not usable (the first problem found)."""
-  error = tf.constant('')
-
-  def first(error, bad, message):
-    return tf.where(tf.logical_and(tf.equal(error, ''), bad), message, error)
-
-  for key in (label_key,) + _REQUIRED_KEYS:
-    n = tf.size(parsed[key])
-    error = first(error, tf.equal(n, 0), f'missing required key `{key}`')
-    error = first(
-        error, n > 1,
-        tf.strings.join([f'key `{key}` has ', tf.strings.as_string(n),
-                         ' values, expected 1']))
-  error = first(error, tf.equal(tf.size(parsed[schema.IMAGE_KEY]), 0),
-                f'missing required key `{schema.IMAGE_KEY}` (no frames)')
-  label = tf.concat([parsed[label_key], tf.zeros([1], tf.int64)], 0)[0]
-  upper = _label_upper(num_classes)
-  bad_label = tf.logical_or(label < 0, label >= upper)
-  error = first(
-      error, tf.logical_and(tf.size(parsed[label_key]) > 0, bad_label),
-      tf.strings.join([
-          f'label `{label_key}` = ', tf.strings.as_string(label),
-          f' is out of range [0, {upper})'
-          + ('' if num_classes is not None else ' (num_classes not set)')]))
-  return error
-
-
-# ---- Phase 3: temporal sampling ----
-
-
-def _frame_indices(num_available: tf.Tensor, *, num_frames: int, stride: int,
-                   is_training: bool, num_clips: int,
-                   seed: Optional[tf.Tensor]) -> tf.Tensor:
-  """Indices of the frames to keep, `[num_clips * num_frames]` int32."""
-  n = tf.cast(num_available, tf.int32)
-  window = (num_frames - 1) * stride + 1
-  max_start = n - window
-  if is_training:
-    start = tf.random.stateless_uniform(
-        [], seed, minval=0, maxval=tf.maximum(max_start, 0) + 1,
-        dtype=tf.int32)
-    starts = start[None]
-  elif num_clips == 1:
-    starts = (max_start // 2)[None]
-  else:
-    starts = tf.cast(tf.round(tf.linspace(
-        0.0, tf.cast(tf.maximum(max_start, 0), tf.float32), num_clips)),
-                     tf.int32)
-  starts = tf.where(max_start >= 0, starts, tf.zeros_like(starts))
-  offsets = tf.range(num_frames, dtype=tf.int32) * stride
-  indices = starts[:, None] + offsets[None, :]
-  return tf.reshape(indices % n, [-1])
-
-
-# ---- Phase 4: decode + spatial ----
-
-
-def _decode_window(frames: tf.Tensor, window: tf.Tensor,
-                   dct_method: str) -> tf.Tensor:
-  """Decodes `window` ([y, x, h, w]) of every JPEG in `frames` -> uint8.
-
-  With a static number of frames (up to 64) the decodes are unrolled: a
-  `map_fn` while loop costs ~8% of a 16-frame clip's decode time.
-  """
-  n = frames.shape[0]
-  if n is not None and n <= 64:
-    return tf.stack([tf.io.decode_and_crop_jpeg(
-        frames[i], window, channels=3, dct_method=dct_method)
-                     for i in range(n)])
-  return tf.map_fn(
-      lambda b: tf.io.decode_and_crop_jpeg(
-          b, window, channels=3, dct_method=dct_method),
-      frames, fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
-
-
-def _train_window(first_frame: tf.Tensor, crop_size: int,
-                  opts: AugmentationOptions, seed: tf.Tensor) -> tf.Tensor:
-  """Random square [y, x, size, size] in source pixels: scale jitter + crop.
-
-  Resizing the short side to `target` and cutting a `crop_size` square is the
-  same as cutting a `crop_size * short / target` square of the source and
-  resizing it to `crop_size`; only that square is decoded.
-  """
-  shape = tf.io.extract_jpeg_shape(first_frame)
-  h, w = shape[0], shape[1]
-  short = tf.cast(tf.minimum(h, w), tf.float32)
-  lo, hi = opts.scale_jitter
-  target = tf.random.stateless_uniform(
-      [], tf.random.experimental.stateless_fold_in(seed, 1),
-      minval=float(lo), maxval=float(hi) + 1e-3)
-  size = crop_size * short / target
-  if opts.window_quantum > 1:
-    size = tf.round(size / opts.window_quantum) * opts.window_quantum
-  size = tf.clip_by_value(tf.cast(tf.round(size), tf.int32), 1,
-                          tf.minimum(h, w))
-  offsets = tf.random.stateless_uniform(
-      [2], tf.random.experimental.stateless_fold_in(seed, 2), 0.0, 1.0)
-  y = tf.cast(offsets[0] * tf.cast(h - size + 1, tf.float32), tf.int32)
-  x = tf.cast(offsets[1] * tf.cast(w - size + 1, tf.float32), tf.int32)
-  return tf.stack([tf.minimum(y, h - size), tf.minimum(x, w - size), size,
-                   size])
-
-
-def _eval_window(first_frame: tf.Tensor, crop_size: int, num_crops: int,
-                 opts: AugmentationOptions):
-  """Source window to decode, its resized size and the crops' offsets in it.
-
-  The frame is resized so its short side is `min_resize`; the crops are
-  `crop_size` squares of that (1: centre; 3: start / centre / end of the long
-  side). Only the union of the crops is decoded and resized.
-  """
-  shape = tf.io.extract_jpeg_shape(first_frame)
-  h, w = shape[0], shape[1]
-  hf, wf = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
-  scale = opts.min_resize / tf.minimum(hf, wf)
-  rh = tf.maximum(tf.cast(tf.round(hf * scale), tf.int32), crop_size)
-  rw = tf.maximum(tf.cast(tf.round(wf * scale), tf.int32), crop_size)
-  cy, cx = (rh - crop_size) // 2, (rw - crop_size) // 2
-  if num_crops == 1:
-    ys, xs = cy[None], cx[None]
-  else:
-    landscape = rw >= rh
-    along_y = tf.stack([0, cy, rh - crop_size])
-    along_x = tf.stack([0, cx, rw - crop_size])
-    ys = tf.where(landscape, tf.fill([3], cy), along_y)
-    xs = tf.where(landscape, along_x, tf.fill([3], cx))
-  # Union of the crops, in resized pixels, and the source window covering it.
-  uy0, ux0 = tf.reduce_min(ys), tf.reduce_min(xs)
-  uy1, ux1 = tf.reduce_max(ys) + crop_size, tf.reduce_max(xs) + crop_size
-
-  def to_source(v, fn, limit):
-    return tf.clip_by_value(
-        tf.cast(fn(tf.cast(v, tf.float32) / scale), tf.int32), 0, limit)
-
-  sy0, sx0 = to_source(uy0, tf.floor, h - 1), to_source(ux0, tf.floor, w - 1)
-  sy1 = tf.maximum(to_source(uy1, tf.math.ceil, h), sy0 + 1)
-  sx1 = tf.maximum(to_source(ux1, tf.math.ceil, w), sx0 + 1)
-  window = tf.stack([sy0, sx0, sy1 - sy0, sx1 - sx0])
-  return window, tf.stack([uy1 - uy0, ux1 - ux0]), ys - uy0, xs - ux0
-
-
-# ---- Phase 5: colour + normalisation ----
-
-
-def _yiq_hue_matrix(delta: tf.Tensor) -> tf.Tensor:
-  """Row-vector RGB->RGB matrix rotating hue by `delta` turns (YIQ space)."""
-  to_yiq = tf.constant(_RGB_TO_YIQ, tf.float32)
-  to_rgb = tf.constant(_YIQ_TO_RGB, tf.float32)
-  theta = 2.0 * math.pi * delta
-  c, s = tf.cos(theta), tf.sin(theta)
-  # Row vectors: positive delta turns the way tf.image.adjust_hue does.
-  rot = tf.stack([tf.stack([1.0, 0.0, 0.0]),
-                  tf.stack([0.0, c, -s]),
-                  tf.stack([0.0, s, c])])
-  return to_yiq @ rot @ to_rgb
-
-
-def _colour_params(opts: AugmentationOptions, seed: Optional[tf.Tensor],
-                   is_training: bool) -> tf.Tensor:
-  """[apply, brightness, contrast, saturation, hue] of one clip."""
-  jitter = is_training and opts.color_jitter_prob > 0 and any(
-      (opts.brightness, opts.contrast, opts.saturation, opts.hue))
-  if not jitter:
-    return tf.constant([0.0, 1.0, 1.0, 1.0, 0.0])
-
-  def draw(i, lo, hi):
-    return tf.random.stateless_uniform(
-        [], tf.random.experimental.stateless_fold_in(seed, 10 + i), lo, hi)
-
-  apply = tf.cast(draw(0, 0.0, 1.0) < opts.color_jitter_prob, tf.float32)
-  return tf.stack([
-      apply,
-      draw(1, 1.0 - opts.brightness, 1.0 + opts.brightness),
-      draw(2, 1.0 - opts.contrast, 1.0 + opts.contrast),
-      draw(3, 1.0 - opts.saturation, 1.0 + opts.saturation),
-      draw(4, -opts.hue, opts.hue)])
-
-
-def _colour_affine(colour: tf.Tensor,
-                   grey_mean: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-  """Per-clip colour jitter as row-vector `x @ matrix + offset`, batched.
-
-  Args:
-    colour: `[B, 5]` rows of `_colour_params`.
-    grey_mean: `[B]` mean grey level of each clip (before jitter).
-
-  Returns:
-    matrix `[B, 3, 3]` and offset `[B, 3]`, in [0, 255] pixel units.
-  """
-  apply, b, c, s, hue = tf.unstack(colour, axis=-1)
-  luma = tf.constant(_LUMA, tf.float32)
-  eye = tf.eye(3, batch_shape=tf.shape(colour)[:1])
-  grey = tf.broadcast_to(luma[:, None] * tf.ones([1, 3]), tf.shape(eye))
-  sat = s[:, None, None] * eye + (1.0 - s)[:, None, None] * grey
-  hue_m = tf.map_fn(_yiq_hue_matrix, hue)
-  colour_matrix = sat @ hue_m
-  # Brightness then contrast: x -> c * b * x + (1 - c) * b * grey_mean.
-  matrix = (b * c)[:, None, None] * colour_matrix
-  offset = ((1.0 - c) * b * grey_mean)[:, None] * tf.reduce_sum(
-      colour_matrix, 1)
-  matrix = apply[:, None, None] * matrix + (1.0 - apply)[:, None, None] * eye
-  offset = apply[:, None] * offset
-  return matrix, offset
-
-
-def _pixel_transform(frames: tf.Tensor, flip: tf.Tensor, colour: tf.Tensor,
-                     mean: tf.Tensor, std: tf.Tensor) -> tf.Tensor:
-  """uint8 [..., H, W, 3] -> normalised float32: flip, colour, clip, normalise.
-
-  Per pixel and linear up to the clip, so it commutes with the (bilinear,
-  convex) resize that follows; it runs before the resize because the decoded
-  window has at most as many pixels as the output. XLA fuses it into one pass.
-  """
-  x = tf.cast(frames, tf.float32)
-  x = tf.where(flip, tf.reverse(x, [-2]), x)
-  luma = tf.constant(_LUMA, tf.float32)
-  # Clip mean grey level for contrast, from a subsample (every 16th pixel).
-  sub = tf.reshape(x, [-1, 3])[::16]
-  grey_mean = tf.reduce_sum(tf.reduce_mean(sub, 0) * luma)
-  matrix, offset = _colour_affine(colour[None], grey_mean[None])
-  matrix, offset = matrix[0], offset[0]
-  scale = 1.0 / (255.0 * std)
-  shift = -mean / std
-  channels = []
-  for j in range(3):
-    v = (x[..., 0] * matrix[0, j] + x[..., 1] * matrix[1, j] +
-         x[..., 2] * matrix[2, j] + offset[j])
-    channels.append(tf.clip_by_value(v, 0.0, 255.0) * scale[j] + shift[j])
-  return tf.stack(channels, -1)
-
-
-_pixel_transform_xla = tf.function(_pixel_transform, jit_compile=True,
-                                   reduce_retracing=True, autograph=False)
-
-
-def _transform_and_resize(frames: tf.Tensor, size: tf.Tensor, flip: tf.Tensor,
-                          colour: tf.Tensor, opts: AugmentationOptions):
-  mean = tf.constant(opts.mean, tf.float32)
-  std = tf.constant(opts.std, tf.float32)
-  fn = _pixel_transform_xla if opts.use_xla else _pixel_transform
-  video = fn(frames, flip, colour, mean, std)
-  return tf.image.resize(video, size, method='bilinear')
-
-
-# ---- Finishing on the accelerator (`device_finishing`) ----
-
-# VIDEO_FINISH row: window height and width (valid pixels at the top left of
-# the padded uint8 frame), flip, the 5 `_colour_params`, mean (3), std (3).
-_FINISH_SIZE = 14
-
-
-def _finish_row(valid_hw: tf.Tensor, flip: tf.Tensor, colour: tf.Tensor,
-                opts: AugmentationOptions) -> tf.Tensor:
-  return tf.concat([
-      tf.cast(valid_hw, tf.float32), tf.cast(flip, tf.float32)[None], colour,
-      tf.constant(opts.mean, tf.float32), tf.constant(opts.std, tf.float32)],
-                   0)
-
-
-def _interp_matrix(valid: tf.Tensor, size: int) -> tf.Tensor:
-  """`[B, size, size]` bilinear resampling of `valid` inputs to `size` outputs.
-
-  Row `i` weighs the inputs of output `i` exactly as `tf.image.resize`
-  (bilinear, half-pixel centres, no antialias) does when resizing `valid`
-  pixels to `size`; inputs at or past `valid` (padding) get weight 0.
-  """
-  valid = tf.cast(valid, tf.float32)[:, None]
-  src = (tf.range(size, dtype=tf.float32)[None] + 0.5) * valid / size - 0.5
-  src = tf.clip_by_value(src, 0.0, valid - 1.0)
-  lo = tf.floor(src)
-  frac = (src - lo)[..., None]
-  hi = tf.minimum(lo + 1.0, valid - 1.0)
-  return (tf.one_hot(tf.cast(lo, tf.int32), size) * (1.0 - frac) +
-          tf.one_hot(tf.cast(hi, tf.int32), size) * frac)
-
-
-def finish_video(video: tf.Tensor, finish: tf.Tensor) -> tf.Tensor:
-  """uint8 pipeline output + VIDEO_FINISH -> the model's float32 input.
-
-  Runs the per-pixel work that `device_finishing=True` leaves out of the host
-  pipeline, inside the (XLA-compilable) step on the accelerator: the bilinear
-  resize of each clip's decoded window (two batched matmuls with
-  interpolation matrices; the flip reverses one of them), the colour jitter
-  as one 3x3 matrix + offset per clip, the clip to [0, 255] and the
-  normalisation. Same augmentation as the host path, in the papers' order
-  (resize before colour); the host path only swaps the two to work on fewer
-  pixels, which differs near saturated pixels only.
-
-  Args:
-    video: uint8 `[B, ..., S, S, 3]` (`[B, T, S, S, 3]`, `[B, V, T, S, S, 3]`,
-      `[B, S, S, 3]`, `[B, V, S, S, 3]`), static S.
-    finish: float32 `[B, 14]`, the VIDEO_FINISH feature.
-
-  Returns:
-    float32 of the shape of `video`.
-  """
-  if video.dtype != tf.uint8:
-    raise ValueError(f'finish_video wants the uint8 video of '
-                     f'`device_finishing=True`, got {video.dtype}')
-  height, width = video.shape[-3], video.shape[-2]
-  if height is None or width is None:
-    raise ValueError(f'finish_video needs static frame sizes, got '
-                     f'{video.shape}')
-  shape = tf.shape(video)
-  x = tf.reshape(tf.cast(video, tf.float32),
-                 tf.stack([shape[0], -1, height, width, 3]))
-  finish = tf.cast(finish, tf.float32)
-  valid_h, valid_w, flip = finish[:, 0], finish[:, 1], finish[:, 2] > 0.5
-  colour, mean, std = finish[:, 3:8], finish[:, 8:11], finish[:, 11:14]
-  # All-zero rows (padding examples of static-shape eval batches): finite.
-  std = tf.where(std > 0, std, tf.ones_like(std))
-
-  def resample():
-    rows = _interp_matrix(valid_h, height)
-    cols = _interp_matrix(valid_w, width)
-    cols = tf.where(flip[:, None, None], tf.reverse(cols, [1]), cols)
-    y = tf.einsum('bip,bfpwc->bfiwc', rows, x)
-    return tf.einsum('bjq,bfiqc->bfijc', cols, y)
-
-  # Evaluation views (and windows resized on the host) need no resampling.
-  identity = tf.reduce_all(tf.logical_and(
-      tf.logical_and(tf.equal(valid_h, height), tf.equal(valid_w, width)),
-      tf.logical_not(flip)))
-  x = tf.cond(identity, lambda: x, resample)
-  luma = tf.constant(_LUMA, tf.float32)
-  grey_mean = tf.reduce_mean(
-      tf.tensordot(x[:, :, ::4, ::4, :], luma, [[4], [0]]), [1, 2, 3])
-  matrix, offset = _colour_affine(colour, grey_mean)
-  x = tf.einsum('bfhwc,bcd->bfhwd', x, matrix) + offset[:, None, None, None]
-  x = tf.clip_by_value(x, 0.0, 255.0)
-  x = (x / 255.0 - mean[:, None, None, None]) / std[:, None, None, None]
-  return tf.reshape(x, shape)
-
-
-def finish_features(features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-  """`features` with VIDEO finished if it carries VIDEO_FINISH, else as is.
-
-  Every consumer of the pipeline's batches calls this first in its step (on
-  the accelerator), so it works with either setting of `device_finishing`.
-  """
-  if VIDEO_FINISH not in features:
-    return features
-  out = dict(features)
-  out[VIDEO] = finish_video(out[VIDEO], out.pop(VIDEO_FINISH))
-  return out
-
-
 def clip_shape(dataset: tf.data.Dataset, leading: int) -> Tuple[int, ...]:
   """The static clip shape of a dataset's videos, after `leading` batch dims.
 
@@ -762,11 +257,6 @@ def clip_shape(dataset: tf.data.Dataset, leading: int) -> Tuple[int, ...]:
     raise ValueError(f'the input pipeline must give a static clip shape, got '
                      f'{shape} for {VIDEO!r}')
   return clip
-
-
-def video_features(element: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-  """VIDEO and, if present, VIDEO_FINISH of a batch (for feature selection)."""
-  return {k: element[k] for k in (VIDEO, VIDEO_FINISH) if k in element}
 
 
 # ---- Putting a record together ----
@@ -823,7 +313,7 @@ class _RecordProcessor:
   def placeholder(self, element, error) -> Dict[str, tf.Tensor]:
     extra = {}
     if self.device_finishing:
-      extra[VIDEO_FINISH] = tf.ones([_FINISH_SIZE])
+      extra[VIDEO_FINISH] = tf.ones([FINISH_SIZE])
     return {
         **extra,
         VIDEO: tf.zeros(self.video_shape,
@@ -837,13 +327,25 @@ class _RecordProcessor:
     }
 
   def __call__(self, element) -> Dict[str, tf.Tensor]:
-    parsed = _parse(element['serialized'], self.label_key)
-    error = _validate(parsed, self.label_key, self.num_classes)
+    parsed = decode.parse(element['serialized'], self.label_key)
+    error = decode.validate(parsed, self.label_key, self.num_classes)
     return tf.cond(tf.equal(error, ''),
                    lambda: self._process(element, parsed),
                    lambda: self.placeholder(element, error))
 
-  def _decode_uint8(self, kept, seed) -> Tuple[tf.Tensor, tf.Tensor]:
+  def _host_pixels(self, kept, seed) -> tf.Tensor:
+    """float32 views: the pixel work on the host (`spl.inputs.pixels`)."""
+    s, opts = self.crop_size, self.opts
+    if self.is_training:
+      decoded, _, flip = geometry.training_window(kept, s, opts, seed)
+      return pixels.transform_and_resize(
+          decoded, [s, s], flip,
+          pixels.colour_params(opts, seed, is_training=True), opts)
+    colour = pixels.colour_params(opts, None, is_training=False)
+    return self._views(kept, lambda decoded, size: pixels.transform_and_resize(
+        decoded, size, tf.constant(False), colour, opts))
+
+  def _device_pixels(self, kept, seed) -> Tuple[tf.Tensor, tf.Tensor]:
     """Host half of `device_finishing`: uint8 frames and the VIDEO_FINISH row.
 
     Training: the decoded crop window, zero-padded at the bottom right to
@@ -852,72 +354,44 @@ class _RecordProcessor:
     left to `finish_video`. Evaluation: the views resized and cut on the host,
     rounded to uint8; `finish_video` only normalises.
     """
-    s = self.crop_size
+    s, opts = self.crop_size, self.opts
     if self.is_training:
-      window = _train_window(kept[0], s, self.opts, seed)
-      decoded = _decode_window(kept, window, self.opts.dct_method)
+      decoded, window, flip = geometry.training_window(kept, s, opts, seed)
       too_big = tf.reduce_any(window[2:] > s)
-      decoded = tf.cond(too_big, lambda: _to_uint8(tf.image.resize(
+      video = tf.cond(too_big, lambda: _to_uint8(tf.image.resize(
           decoded, [s, s], method='bilinear')), lambda: decoded)
-      valid = tf.minimum(window[2:], s)
-      video = decoded  # Padded to crop_size at the bottom right when batched.
-      flip = tf.constant(False)
-      if self.opts.random_flip:
-        flip = tf.random.stateless_uniform(
-            [], tf.random.experimental.stateless_fold_in(seed, 3)) < 0.5
-      colour = _colour_params(self.opts, seed, is_training=True)
-      return video, _finish_row(valid, flip, colour, self.opts)
-    window, size, ys, xs = _eval_window(kept[0], s, self.num_crops, self.opts)
-    decoded = _decode_window(kept, window, self.opts.dct_method)
-    union = _to_uint8(tf.image.resize(decoded, size, method='bilinear'))
-    crops = [union[:, ys[j]:ys[j] + s, xs[j]:xs[j] + s, :]
-             for j in range(self.num_crops)]
-    video = tf.reshape(tf.stack(crops, 0), [self.num_crops, self.num_clips,
-                                            self.num_frames, s, s, 3])
-    video = tf.transpose(video, [1, 0, 2, 3, 4, 5])
-    colour = _colour_params(self.opts, None, is_training=False)
-    return video, _finish_row(tf.constant([s, s]), tf.constant(False), colour,
-                              self.opts)
+      # Padded to crop_size at the bottom right when batched.
+      colour = pixels.colour_params(opts, seed, is_training=True)
+      return video, finish_row(tf.minimum(window[2:], s), flip, colour, opts)
+    video = self._views(kept, lambda decoded, size: _to_uint8(
+        tf.image.resize(decoded, size, method='bilinear')))
+    colour = pixels.colour_params(opts, None, is_training=False)
+    return video, finish_row(tf.constant([s, s]), tf.constant(False), colour,
+                             opts)
+
+  def _views(self, kept, resize) -> tf.Tensor:
+    return geometry.evaluation_views(
+        kept, crop_size=self.crop_size, num_crops=self.num_crops,
+        num_clips=self.num_clips, num_frames=self.num_frames, opts=self.opts,
+        resize=resize)
 
   def _process(self, element, parsed) -> Dict[str, tf.Tensor]:
     seed = element.get('seed')
     frames = parsed[schema.IMAGE_KEY]
     t_seed = (None if seed is None else
               tf.random.experimental.stateless_fold_in(seed, 0))
-    indices = _frame_indices(
+    indices = sample.frame_indices(
         tf.shape(frames)[0], num_frames=self.num_frames, stride=self.stride,
         is_training=self.is_training, num_clips=self.num_clips, seed=t_seed)
     if self.image_mode and not self.is_training:
       n = tf.shape(frames)[0]
       indices = ((n - 1) // 2)[None]
     kept = tf.gather(frames, indices)
-    s = self.crop_size
     extra = {}
     if self.device_finishing:
-      video, extra[VIDEO_FINISH] = self._decode_uint8(kept, seed)
-    elif self.is_training:
-      window = _train_window(kept[0], s, self.opts, seed)
-      decoded = _decode_window(kept, window, self.opts.dct_method)
-      flip = tf.constant(False)
-      if self.opts.random_flip:
-        flip = tf.random.stateless_uniform(
-            [], tf.random.experimental.stateless_fold_in(seed, 3)) < 0.5
-      video = _transform_and_resize(
-          decoded, [s, s], flip,
-          _colour_params(self.opts, seed, is_training=True), self.opts)
+      video, extra[VIDEO_FINISH] = self._device_pixels(kept, seed)
     else:
-      window, size, ys, xs = _eval_window(kept[0], s, self.num_crops,
-                                          self.opts)
-      decoded = _decode_window(kept, window, self.opts.dct_method)
-      union = _transform_and_resize(
-          decoded, size, tf.constant(False),
-          _colour_params(self.opts, None, is_training=False), self.opts)
-      crops = [union[:, ys[j]:ys[j] + s, xs[j]:xs[j] + s, :]
-               for j in range(self.num_crops)]
-      # [C, K*T, S, S, 3] -> [K*C, T, S, S, 3], clip-major.
-      video = tf.reshape(tf.stack(crops, 0), [self.num_crops, self.num_clips,
-                                              self.num_frames, s, s, 3])
-      video = tf.transpose(video, [1, 0, 2, 3, 4, 5])
+      video = self._host_pixels(kept, seed)
     if self.pads_in_batch:
       video = video[0] if self.image_mode else video
     else:
@@ -1090,7 +564,7 @@ def make_dataset(file_pattern: str, *, is_training: bool, batch_size: int,
   if on_bad_record not in ('error', 'skip'):
     raise ValueError(
         f"`on_bad_record` must be 'error' or 'skip', got {on_bad_record!r}")
-  opts = _make_options(crop_size, augmentation_kwargs)
+  opts = options_lib.make_options(crop_size, augmentation_kwargs)
   files = _list_files(file_pattern)
   if drop_remainder is None:
     drop_remainder = is_training

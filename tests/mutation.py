@@ -83,8 +83,7 @@ TARGETS: Dict[str, Target] = {
         functions=('*x_rewrite_shard*', '*_Pass1Fn*', '*_MatchClips*',
                    '*_ShardClips*')),
     'input_sampling': Target(
-        'spl/input_pipeline.py', ('tests/test_input_pipeline.py',),
-        functions=('*_frame_indices*', '*_train_window*', '*_eval_window*'),
+        'spl/inputs/sample.py', ('tests/test_input_pipeline.py',),
         select='window or frame_indices or start or middle or views or crops'),
 }
 

@@ -13,6 +13,10 @@ import pytest
 import tensorflow as tf
 
 from spl import input_pipeline as ip
+from spl.inputs import finish
+from spl.inputs import options as input_options
+from spl.inputs import pixels
+from spl.inputs import sample
 from tests import distribute_utils
 from tfrecords_tools import schema
 from tfrecords_tools import testing
@@ -215,7 +219,7 @@ def test_training_starts_cover_zero_to_the_last_start(num_available):
   # Window of 3 frames at stride 2 (L = 5): starts uniform in [0, n - L].
   starts = []
   for seed in range(120):
-    got = ip._frame_indices(
+    got = sample.frame_indices(
         tf.constant(num_available), num_frames=3, stride=2, is_training=True,
         num_clips=1, seed=tf.constant([seed, 3], tf.int64)).numpy().tolist()
     assert got == [got[0], got[0] + 2, got[0] + 4], got
@@ -281,15 +285,15 @@ def test_three_crops_are_start_centre_end_of_the_long_side(tmp_path):
 def test_eval_crops_are_placed_as_the_docstring_says(height, width):
   first = tf.constant(testing.encode_jpeg(np.zeros((height, width, 3),
                                                    np.uint8)))
-  opts = ip._make_options(16, dict(min_resize=18))
+  opts = input_options.make_options(16, dict(min_resize=18))
   rh, rw = height // 2, width // 2  # resized frame
   cy, cx = (rh - 16) // 2, (rw - 16) // 2  # centre crop: floor of half slack
-  window, size, ys, xs = (t.numpy().tolist() for t in ip._eval_window(
+  window, size, ys, xs = (t.numpy().tolist() for t in sample.eval_window(
       first, 16, 1, opts))
   assert window == [2 * cy, 2 * cx, 32, 32]  # in source pixels
   assert size == [16, 16] and ys == [0] and xs == [0]
   # Three crops: start, centre and end of the long side, centred across it.
-  window, size, ys, xs = (t.numpy().tolist() for t in ip._eval_window(
+  window, size, ys, xs = (t.numpy().tolist() for t in sample.eval_window(
       first, 16, 3, opts))
   along = [0, max(cy, cx), max(rh, rw) - 16]
   if width >= height:
@@ -304,8 +308,8 @@ def _train_windows(height, width, crop_size, num_seeds, **kwargs):
   """`_train_window` of a height x width frame for seeds 0..num_seeds - 1."""
   first = tf.constant(testing.encode_jpeg(np.zeros((height, width, 3),
                                                    np.uint8)))
-  opts = ip._make_options(crop_size, kwargs)
-  return np.array([ip._train_window(
+  opts = input_options.make_options(crop_size, kwargs)
+  return np.array([sample.train_window(
       first, crop_size, opts, tf.constant([seed, 5], tf.int64)).numpy()
                    for seed in range(num_seeds)])
 
@@ -420,35 +424,36 @@ def test_colour_transform_math():
       0, 256, (2, 4, 5, 3)), tf.uint8)
   mean, std = tf.constant(MEAN), tf.constant(STD)
 
-  def pixels(c, flip=False):
-    return to_pixels(ip._pixel_transform(
+  def transformed(c, flip=False):
+    return to_pixels(pixels.pixel_transform(
         x, tf.constant(flip), tf.constant(c, tf.float32), mean, std).numpy())
 
   xf = x.numpy().astype(np.float32)
   # Off: plain normalisation; flip reverses the width axis.
-  np.testing.assert_allclose(pixels([0, 2, 2, 2, .3]), xf, atol=1e-3)
-  np.testing.assert_allclose(pixels([0, 1, 1, 1, 0], True), xf[:, :, ::-1],
+  np.testing.assert_allclose(transformed([0, 2, 2, 2, .3]), xf, atol=1e-3)
+  np.testing.assert_allclose(transformed([0, 1, 1, 1, 0], True), xf[:, :, ::-1],
                              atol=1e-3)
   # Brightness x0.5, saturation 0 -> grey, contrast 0 -> constant.
-  np.testing.assert_allclose(pixels([1, .5, 1, 1, 0]), xf * .5, atol=1e-3)
-  grey = pixels([1, 1, 1, 0, 0])
+  np.testing.assert_allclose(transformed([1, .5, 1, 1, 0]), xf * .5, atol=1e-3)
+  grey = transformed([1, 1, 1, 0, 0])
   np.testing.assert_allclose(grey[..., 0], grey[..., 1], atol=1e-3)
-  np.testing.assert_allclose(grey[..., 0], xf @ np.array(ip._LUMA), atol=1e-2)
-  flat = pixels([1, 1, 0, 1, 0])
+  np.testing.assert_allclose(grey[..., 0], xf @ np.array(pixels.LUMA),
+                             atol=1e-2)
+  flat = transformed([1, 1, 0, 1, 0])
   assert np.ptp(flat) < 1e-3
   # A hue rotation keeps grey pixels grey, and a full turn is the identity.
-  np.testing.assert_allclose(pixels([1, 1, 1, 1, 1.0]), xf, atol=0.05)
+  np.testing.assert_allclose(transformed([1, 1, 1, 1, 1.0]), xf, atol=0.05)
   # XLA and plain TF agree.
   c = tf.constant([1, 1.2, .8, 1.3, .1])
   np.testing.assert_allclose(
-      ip._pixel_transform_xla(x, tf.constant(True), c, mean, std).numpy(),
-      ip._pixel_transform(x, tf.constant(True), c, mean, std).numpy(),
+      pixels.pixel_transform_xla(x, tf.constant(True), c, mean, std).numpy(),
+      pixels.pixel_transform(x, tf.constant(True), c, mean, std).numpy(),
       atol=1e-4)
 
 
 def test_eager_processing_matches_tf_data(clips):
   """The record processor gives the same clip eagerly and inside tf.data."""
-  opts = ip._make_options(16, {})
+  opts = input_options.make_options(16, {})
   proc = ip._RecordProcessor(
       is_training=True, num_frames=4, stride=2, crop_size=16, num_classes=3,
       label_key=schema.LABEL_INDEX_KEY, num_test_clips=1, num_test_crops=1,
@@ -467,7 +472,7 @@ def test_eager_processing_matches_tf_data(clips):
 
 
 def test_frame_indices_eagerly():
-  idx = lambda n, **kw: ip._frame_indices(  # pylint: disable=g-long-lambda
+  idx = lambda n, **kw: sample.frame_indices(  # pylint: disable=g-long-lambda
       tf.constant(n), num_frames=3, stride=2, **kw).numpy().tolist()
   assert idx(9, is_training=False, num_clips=1, seed=None) == [2, 4, 6]
   # Odd slack 5: the middle window starts at floor(5 / 2).
@@ -807,7 +812,7 @@ def test_interp_matrix_is_tf_image_resize(valid, size):
   x = np.random.default_rng(valid).uniform(0, 255, (valid, 1, 1)).astype(
       np.float32)
   want = tf.image.resize(x, [size, 1], method='bilinear').numpy()[:, 0, 0]
-  m = ip._interp_matrix(tf.constant([valid]), size).numpy()[0]
+  m = finish.interp_matrix(tf.constant([valid]), size).numpy()[0]
   padded = np.zeros(size, np.float32)
   padded[:valid] = x[:, 0, 0]
   padded[valid:] = 1e6  # Padding must get no weight.
@@ -820,7 +825,7 @@ def test_yiq_hue_turns_like_tf_image_adjust_hue_for_small_deltas():
   rgb = np.random.default_rng(0).uniform(40, 215, (256, 3)).astype(np.float32)
   for delta in (-0.03, 0.02):
     colour = tf.constant([[1.0, 1.0, 1.0, 1.0, delta]])
-    matrix, offset = ip._colour_affine(colour, tf.constant([0.0]))
+    matrix, offset = pixels.colour_affine(colour, tf.constant([0.0]))
     ours = rgb @ matrix[0].numpy() + offset[0].numpy() - rgb
     theirs = tf.image.adjust_hue(rgb[None] / 255.0, delta).numpy()[0] * 255
     theirs -= rgb
@@ -847,7 +852,7 @@ def test_window_that_fills_the_clip_starts_at_frame_zero(is_training,
   # 3 frames at stride 2 span L = 5 frames: [0, 2, 4] is the only window.
   seeds = range(40) if is_training else [None]
   for seed in seeds:
-    got = ip._frame_indices(
+    got = sample.frame_indices(
         tf.constant(5), num_frames=3, stride=2, is_training=is_training,
         num_clips=num_clips,
         seed=None if seed is None else tf.constant([seed, 1], tf.int64))
@@ -874,8 +879,8 @@ def test_eval_window_of_an_upscaled_frame_is_the_covering_pixels(
   first = tf.constant(testing.encode_jpeg(np.zeros((height, width, 3),
                                                    np.uint8)))
   # Short side 3 resized to 30: scale exactly 10; crops of 10 pixels.
-  opts = ip._make_options(10, dict(min_resize=30))
-  window, size, _, _ = (t.numpy().tolist() for t in ip._eval_window(
+  opts = input_options.make_options(10, dict(min_resize=30))
+  window, size, _, _ = (t.numpy().tolist() for t in sample.eval_window(
       first, 10, num_crops, opts))
   assert window == expected
   # The union of the crops is the window, resized.
