@@ -65,3 +65,58 @@ def ranking_loss(video_embeddings, text_embeddings, margin=RANKING_MARGIN):
   loss = v2t + t2v
   return loss, {'ranking/v2t/loss': v2t, 'ranking/t2v/loss': t2v,
                 'ranking/loss': loss}
+
+
+# ---- As loss modules of the CPD trainer ----
+# (video, text, indices) -> (loss, metrics), like `cpd.nce.CrossModalNCE`;
+# the trainer calls each with `num_rows` (bank rows = training clips) and
+# `dim` (embedding width); gin binds the rest.
+
+
+class RankingLoss(tf.Module):
+  """The ranking-loss baseline (Eq. 4, both directions) as a loss module.
+
+  `ranking_loss`: in-batch negatives, no bank, no state.
+  """
+
+  def __init__(self, *, num_rows: int, dim: int,
+               margin: float = RANKING_MARGIN,
+               name: str = 'ranking_loss'):
+    """Creates the loss.
+
+    Args:
+      num_rows: unused (no bank); the trainer passes it to every loss.
+      dim: unused, as `num_rows`.
+      margin: delta of Eq. 4, >= 0. Not in the paper: 0.2, the margin of
+        VSE++ (Faghri et al. 2018), as the CPD authors' code has no ranking
+        loss to take it from.
+      name: module name.
+    """
+    super().__init__(name=name)
+    del num_rows, dim
+    if margin < 0:
+      raise ValueError(f'`margin` must be >= 0, got {margin}')
+    self.margin = float(margin)
+
+  def __call__(self, video_embeddings, text_embeddings, indices):
+    del indices
+    return ranking_loss(video_embeddings, text_embeddings,
+                                  self.margin)
+
+
+class VideoSelfInstance(tf.Module):
+  """The self-instance baseline (Eq. 2) as a loss module: video AND text.
+
+  Each video-text pair is a class scored with both modalities against both
+  banks (`cpd.nce.SelfInstanceNCE`); the name is historical (gin:
+  `cpd_self_instance`).
+  """
+
+  def __init__(self, *, num_rows: int, dim: int, name: str = 'self_instance',
+               **kwargs):
+    """Creates the loss; kwargs are `cpd.nce.SelfInstanceNCE`'s options."""
+    super().__init__(name=name)
+    self.instance = nce.SelfInstanceNCE(num_rows, dim, **kwargs)
+
+  def __call__(self, video_embeddings, text_embeddings, indices):
+    return self.instance(video_embeddings, text_embeddings, indices)

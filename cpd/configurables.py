@@ -16,6 +16,7 @@ runner passes itself (features, labels, `num_classes`, `input_shape`,
 
 import gin
 
+from cpd import baselines
 from cpd import curriculum as cpd_curriculum
 from cpd import knn
 from cpd import linear_probe
@@ -33,9 +34,9 @@ cpd_run = gin.external_configurable(cpd_trainer.run_cpd, name='cpd_run')
 # @cpd_ranking_loss, @cpd_self_instance). Set by the trainer: num_rows, dim.
 cross_modal_nce = gin.external_configurable(cpd_nce.CrossModalNCE,
                                             name='cross_modal_nce')
-cpd_ranking_loss = gin.external_configurable(cpd_trainer.RankingLoss,
+cpd_ranking_loss = gin.external_configurable(baselines.RankingLoss,
                                              name='cpd_ranking_loss')
-cpd_self_instance = gin.external_configurable(cpd_trainer.VideoSelfInstance,
+cpd_self_instance = gin.external_configurable(baselines.VideoSelfInstance,
                                               name='cpd_self_instance')
 cpd_curriculum_fn = gin.external_configurable(cpd_curriculum.Curriculum,
                                               name='cpd_curriculum')

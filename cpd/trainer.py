@@ -5,7 +5,7 @@
 (`spl.loop.Controller`: steps per loop, progress, summaries, checkpoints,
 resume, metrics.json) as `CpdTask`: the
 strategy comes from the entry point, everything is built under its scope, and
-the step is single-replica code (`cpd.nce.cpd_train_step`) run by
+the step is single-replica code (`cpd.train_step.cpd_train_step`) run by
 `strategy.run`.
 
 What a checkpoint holds: the video model (with a `backbone` edge, so
@@ -40,7 +40,6 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from cpd import baselines
 from cpd import curriculum as curriculum_lib
 from cpd import heads
 from cpd import model_config
@@ -48,71 +47,18 @@ from cpd import nce
 from cpd import retrieval
 from cpd import text_cleaning
 from cpd import text_encoders
+from cpd import train_step
+from spl import evaluation
 from spl import input_pipeline
 from spl import loop as loop_lib
 from spl import metrics as spl_metrics
 from spl import optimization
-from spl import train_lib
 from spl.models import factory
 
 MODES = ('train', 'eval', 'train_and_eval')
 MIXED_PRECISION = (None, 'bfloat16')
 RETRIEVAL_FILENAME = 'retrieval.json'
 TITLES = 'titles'
-
-
-# ---- Losses: (video, text, indices) -> (loss, metrics) modules ----
-# CPD's own is `cpd.nce.CrossModalNCE`. The trainer calls each factory with `num_rows` (bank rows = training clips)
-# and `dim` (embedding width); gin binds the rest.
-
-
-class RankingLoss(tf.Module):
-  """The ranking-loss baseline (Eq. 4, both directions) as a loss module.
-
-  `cpd.baselines.ranking_loss`: in-batch negatives, no bank, no state.
-  """
-
-  def __init__(self, *, num_rows: int, dim: int,
-               margin: float = baselines.RANKING_MARGIN,
-               name: str = 'ranking_loss'):
-    """Creates the loss.
-
-    Args:
-      num_rows: unused (no bank); the trainer passes it to every loss.
-      dim: unused, as `num_rows`.
-      margin: delta of Eq. 4, >= 0. Not in the paper: 0.2, the margin of
-        VSE++ (Faghri et al. 2018), as the CPD authors' code has no ranking
-        loss to take it from.
-      name: module name.
-    """
-    super().__init__(name=name)
-    del num_rows, dim
-    if margin < 0:
-      raise ValueError(f'`margin` must be >= 0, got {margin}')
-    self.margin = float(margin)
-
-  def __call__(self, video_embeddings, text_embeddings, indices):
-    del indices
-    return baselines.ranking_loss(video_embeddings, text_embeddings,
-                                  self.margin)
-
-
-class VideoSelfInstance(tf.Module):
-  """The self-instance baseline (Eq. 2) as a loss module: video AND text.
-
-  Each video-text pair is a class scored with both modalities against both
-  banks (`cpd.nce.SelfInstanceNCE`); the name is historical (gin:
-  `cpd_self_instance`).
-  """
-
-  def __init__(self, *, num_rows: int, dim: int, name: str = 'self_instance',
-               **kwargs):
-    """Creates the loss; kwargs are `cpd.nce.SelfInstanceNCE`'s options."""
-    super().__init__(name=name)
-    self.instance = nce.SelfInstanceNCE(num_rows, dim, **kwargs)
-
-  def __call__(self, video_embeddings, text_embeddings, indices):
-    return self.instance(video_embeddings, text_embeddings, indices)
 
 
 # ---- Text encoders: () -> layer mapping titles to [B, H] ----
@@ -200,7 +146,7 @@ def make_embed_step(models: CpdModels, strategy: tf.distribute.Strategy):
     inputs = input_pipeline.finish_features(inputs)
     return (models.embed_videos(inputs[input_pipeline.VIDEO]),
             models.embed_titles(inputs[TITLES]),
-            inputs[input_pipeline.LABEL], inputs[train_lib.VALID])
+            inputs[input_pipeline.LABEL], inputs[evaluation.VALID])
 
   @tf.function(reduce_retracing=True)
   def step(inputs):
@@ -230,8 +176,8 @@ def embed_pairs(models: CpdModels, strategy: tf.distribute.Strategy,
   """
   loop_lib.check_positive(global_batch_size=global_batch_size)
   loop_lib.list_files(file_pattern, 'eval_file_pattern')
-  train_lib.average_replica_statistics(models.video_model, models.text_encoder,
-                                       models.text_head)
+  evaluation.average_replica_statistics(
+      models.video_model, models.text_encoder, models.text_head)
 
   def make(ctx: tf.distribute.InputContext):
     batch_size = ctx.get_per_replica_batch_size(global_batch_size)
@@ -242,11 +188,11 @@ def embed_pairs(models: CpdModels, strategy: tf.distribute.Strategy,
         **input_pipeline.video_features(e),
         input_pipeline.LABEL: e[input_pipeline.LABEL],
         TITLES: _titles(e, clean_titles),
-        train_lib.VALID: tf.ones_like(e[input_pipeline.LABEL], tf.int32)})
+        evaluation.VALID: tf.ones_like(e[input_pipeline.LABEL], tf.int32)})
     # Full batches on every replica at every step (the last ones padded):
     # otherwise the pairs that do not fill the last step leave some
     # replicas an empty batch, which the networks cannot take.
-    return train_lib.pad_batches(ds, batch_size)
+    return evaluation.pad_batches(ds, batch_size)
 
   step = step or make_embed_step(models, strategy)
   out = {'video': [], 'text': [], 'label': []}
@@ -338,7 +284,7 @@ class CpdTask(loop_lib.Task):
       tf.debugging.assert_less(
           indices, tf.cast(self.num_rows, indices.dtype),
           message='a clip/index is >= num_train_examples (the bank size)')
-    return nce.cpd_train_step(
+    return train_step.cpd_train_step(
         self.loss_module, self.models.video_model, self.models.text_encoder,
         self.models.text_head, self.curriculum, self.optimizers,
         inputs[input_pipeline.VIDEO], inputs[TITLES], indices, stage,
@@ -505,7 +451,7 @@ def run_cpd(*,
     global_batch_size: training batch over replicas.
     video_backbone: `spl.models.factory` backbone name.
     loss_fn: (num_rows=, dim=) -> loss module (v, t, indices) ->
-      (loss, metrics): `cpd.nce.CrossModalNCE`, `RankingLoss`,
+      (loss, metrics): `cpd.nce.CrossModalNCE`, `cpd.baselines.RankingLoss`,
       `VideoSelfInstance`.
     curriculum_fn: () -> `cpd.curriculum.Curriculum`. Its saturation switch
       (`patience` set) needs `eval_file_pattern` in every training mode
@@ -513,7 +459,7 @@ def run_cpd(*,
       validations run only while it waits for them (stage 1).
     optimizer_fn: learning rate -> tf_keras optimizer (one per group).
     weight_decay: coupled L2 weight decay of the trained kernels and
-      embeddings (`cpd.nce.cpd_train_step`); the authors' pre-training
+      embeddings (`cpd.train_step.cpd_train_step`); the authors' pre-training
       command uses 1e-4.
     clip_norm: clip the summed gradient of every trained variable to this
       global norm (the authors' code clips to 20); None: no clipping.

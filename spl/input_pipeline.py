@@ -151,7 +151,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from absl import logging
 import tensorflow as tf
@@ -193,6 +193,8 @@ _LOST_REASON = (
     'as a C++ warning, shown when TF_CPP_MIN_LOG_LEVEL < 2; if every record '
     'fails, that error is the cause, not the data')
 _AUTOTUNE = tf.data.AUTOTUNE
+# What the trainers take as a dataset function: `make_dataset`'s signature.
+DatasetFn = Callable[..., tf.data.Dataset]
 # The dataset functions have no Python control flow on tensors: AutoGraph
 # would only slow tracing down (and re-read this file's source).
 _plain = tf.autograph.experimental.do_not_convert

@@ -1,4 +1,4 @@
-"""Training, evaluation and prediction loops of `spl.main`.
+"""SPL's job behind `spl.main`: training, evaluation and prediction (`run`).
 
 Everything here takes a `tf.distribute.Strategy` made by the entry point and
 writes single-replica step code (STYLE rule 7): the model, optimizer and
@@ -9,7 +9,7 @@ are those of the global batch), and the only cross-replica code is
 
 The loop itself (steps per loop, progress, summaries, checkpoints, resume,
 metrics.json) is `spl.loop.Controller`; `ClassificationTask` is what SPL
-gives it.
+gives it. Evaluation is `spl.evaluation`, prediction `spl.prediction`.
 
 No gin here: `spl/configurables.py` makes `run` configurable.
 """
@@ -19,22 +19,21 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from absl import logging
-import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from spl import evaluation
 from spl import input_pipeline
 from spl import loop as loop_lib
 from spl import losses
-from spl import metrics
 from spl import optimization
+from spl import prediction
 from spl.models import classifier
 from spl.models import factory
 from spl.models import inflation
-from tfrecords_tools import atomic_files
 from tfrecords_tools import label_spaces
 from tfrecords_tools import records
 from tfrecords_tools import schema
@@ -43,17 +42,6 @@ from tfrecords_tools import tfrecord_io
 MODES = ('train', 'eval', 'train_and_eval', 'predict')
 MIXED_PRECISION = (None, 'bfloat16', 'float16')
 METRICS_FILENAME = loop_lib.METRICS_FILENAME
-EVAL_DETAILS_FILENAME = 'eval_details.json'
-PREDICTIONS_PREFIX = 'predictions'
-
-# Only these features go to the replicas: strings cannot go to a TPU, and
-# every extra tensor costs a host-to-device copy per step.
-_VIDEO_HASH = 'video_id_hash'
-# 1 for real records, 0 for the padding of `pad_batches` (int32: all-gathers
-# take no bool).
-VALID = 'valid'
-
-DatasetFn = Callable[..., tf.data.Dataset]
 
 
 # ---- Checks ----
@@ -194,283 +182,6 @@ def _train_features(element):
   return {**input_pipeline.video_features(element),
           input_pipeline.LABEL: element[input_pipeline.LABEL],
           input_pipeline.CLIP_INDEX: element[input_pipeline.CLIP_INDEX]}
-
-
-def _eval_features(element):
-  label = element[input_pipeline.LABEL]
-  return {**input_pipeline.video_features(element),
-          input_pipeline.LABEL: label,
-          _VIDEO_HASH: tf.strings.to_hash_bucket_fast(
-              element[input_pipeline.VIDEO_ID], 2**62),
-          VALID: tf.ones_like(label, tf.int32)}
-
-
-def _predict_features(element):
-  index = element[input_pipeline.CLIP_INDEX]
-  return {**input_pipeline.video_features(element),
-          input_pipeline.CLIP_INDEX: index,
-          VALID: tf.ones_like(index, tf.int32)}
-
-
-def pad_batches(dataset: tf.data.Dataset,
-                batch_size: int) -> tf.data.Dataset:
-  """Static-shape batches: the last one padded, then padding forever.
-
-  TPUs compile one program per input shape, so an evaluation that must see
-  every record cannot drop the last partial batch and cannot let it change
-  shape either. Every batch is padded to `batch_size` with zero examples
-  whose `VALID` is 0, and all-padding batches follow without end, so
-  every replica of every host gets a full batch at every step however the
-  records are split over input pipelines. The caller stops at the first step
-  in which no replica holds a real record (decided on the all-gathered mask,
-  so all hosts stop together) and drops padding before any metric or output.
-
-  Args:
-    dataset: Batches of dicts that carry `VALID` ([batch] int32).
-    batch_size: The batch size of `dataset`.
-
-  Returns:
-    An infinite dataset of batches with static leading dimension.
-  """
-  def pad(batch):
-    missing = batch_size - tf.shape(batch[VALID])[0]
-
-    def pad_one(t):
-      t = tf.pad(t, [[0, missing]] + [[0, 0]] * (t.shape.rank - 1))
-      return tf.ensure_shape(t, [batch_size] + t.shape.as_list()[1:])
-    return tf.nest.map_structure(pad_one, batch)
-
-  padded = dataset.map(pad)
-  dummy = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype),
-                                padded.element_spec)
-  return padded.concatenate(tf.data.Dataset.from_tensors(dummy).repeat())
-
-
-def _is_tpu(strategy: tf.distribute.Strategy) -> bool:
-  return isinstance(strategy, (tf.distribute.TPUStrategy,
-                               tf.distribute.experimental.TPUStrategy))
-
-
-# ---- Evaluation ----
-
-
-def average_replica_statistics(*modules: tf.Module) -> None:
-  """Gives every replica the cross-replica mean of each ON_READ variable.
-
-  Batch-norm moving statistics are ON_READ: each replica updates its own copy
-  in training and the checkpoint saves their mean. Evaluating with the local
-  copies would make a record's output depend on the replica that runs it, and
-  differ from the saved model's; call this (cross-replica context) before an
-  evaluation so every replica evaluates the model the checkpoint holds. A
-  no-op with one replica.
-  """
-  for module in modules:
-    for v in module.variables:
-      if v.synchronization == tf.VariableSynchronization.ON_READ:
-        v.assign(v.read_value())
-
-
-def evaluate(model: tf_keras.Model,
-             strategy: tf.distribute.Strategy,
-             dataset_fn: DatasetFn,
-             file_pattern: str,
-             *,
-             num_classes: int,
-             global_batch_size: int,
-             top_k: Sequence[int] = (1, 5),
-             background_class: Optional[int] = None,
-             pad: bool = False) -> Dict[str, Any]:
-  """Evaluates `model` on every record of `file_pattern` exactly once.
-
-  Args:
-    model: Classifier built under `strategy.scope()`.
-    strategy: The run's strategy.
-    dataset_fn: `input_pipeline.make_dataset`-like callable.
-    file_pattern: Eval records.
-    num_classes: Classifier width.
-    global_batch_size: Records per step summed over replicas.
-    top_k: Accuracies to report.
-    background_class: Class left out of `map` (SoccerNet).
-    pad: Static-shape batches (`pad_batches`), as a TPU needs.
-
-  Returns:
-    `metrics.classification_metrics` of the whole set.
-  """
-  loop_lib.check_positive(global_batch_size=global_batch_size)
-  average_replica_statistics(model)
-
-  def make(ctx: tf.distribute.InputContext):
-    batch_size = ctx.get_per_replica_batch_size(global_batch_size)
-    ds = dataset_fn(
-        file_pattern, is_training=False, batch_size=batch_size,
-        input_context=ctx, num_classes=num_classes, repeat=False,
-        drop_remainder=False).map(_eval_features)
-    return pad_batches(ds, batch_size) if pad else ds
-
-  spec_ds = make(tf.distribute.InputContext())
-  views_shape = spec_ds.element_spec[input_pipeline.VIDEO].shape
-  num_views = views_shape[1]
-  if num_views is None:
-    raise ValueError(f'eval clips must have a static number of views, got '
-                     f'{views_shape}')
-  dist = strategy.distribute_datasets_from_function(make)
-
-  def replica_fn(inputs):
-    inputs = input_pipeline.finish_features(inputs)
-    video = inputs[input_pipeline.VIDEO]
-    flat = tf.reshape(video, tf.concat([[-1], tf.shape(video)[2:]], 0))
-    logits = tf.cast(model(flat, training=False), tf.float32)
-    return (metrics.average_views(logits, num_views),
-            inputs[input_pipeline.LABEL], inputs[_VIDEO_HASH], inputs[VALID])
-
-  @tf.function(reduce_retracing=True)
-  def step(inputs):
-    return metrics.gather_across_replicas(
-        strategy, strategy.run(replica_fn, args=(inputs,)))
-
-  probs, labels, videos = [], [], []
-  for inputs in dist:
-    p, l, v, valid = (t.numpy() for t in step(inputs))
-    valid = valid.astype(bool)
-    if not valid.any():
-      break  # Only padding is left (`pad_batches`).
-    probs.append(p[valid])
-    labels.append(l[valid])
-    videos.append(v[valid])
-  if not probs:
-    raise ValueError(f'eval records {file_pattern!r} gave no batch')
-  return metrics.classification_metrics(
-      np.concatenate(probs), np.concatenate(labels), np.concatenate(videos),
-      num_classes=num_classes, top_k=top_k, background_class=background_class)
-
-
-def _write_eval(model_dir: str, step: int, result: Dict[str, Any],
-                writer) -> None:
-  scalars = loop_lib.scalars(result)
-  with writer.as_default(step=step):
-    for k, v in scalars.items():
-      tf.summary.scalar(k, v)
-  writer.flush()
-  loop_lib.write_json(os.path.join(model_dir, EVAL_DETAILS_FILENAME),
-              dict(result, step=step))
-  logging.info('eval at step %d: %s', step,
-               ' '.join(f'{k}={v:.4f}' for k, v in sorted(scalars.items())))
-
-
-# ---- Prediction ----
-
-
-def _clip_keys(path: str) -> Dict[int, str]:
-  """clip/index -> clip/key of every record of one shard (no JPEG decode)."""
-  context = {schema.CLIP_INDEX_KEY: tf.io.FixedLenFeature([], tf.int64),
-             schema.CLIP_KEY_KEY: tf.io.FixedLenFeature([], tf.string)}
-  ds = tf.data.TFRecordDataset(path).map(
-      lambda s: tf.io.parse_single_sequence_example(s, context)[0],
-      num_parallel_calls=tf.data.AUTOTUNE).batch(4096)
-  out: Dict[int, str] = {}
-  for batch in ds:
-    for i, k in zip(batch[schema.CLIP_INDEX_KEY].numpy(),
-                    batch[schema.CLIP_KEY_KEY].numpy()):
-      if int(i) in out:
-        raise ValueError(f'{path!r}: clip index {int(i)} appears twice')
-      out[int(i)] = k.decode('utf-8')
-  return out
-
-
-def predict(model: tf_keras.Model,
-            strategy: tf.distribute.Strategy,
-            dataset_fn: DatasetFn,
-            file_pattern: str,
-            output_dir: str,
-            *,
-            num_classes: int,
-            global_batch_size: int,
-            top_k: int = 5,
-            pad: bool = False) -> List[str]:
-  """Writes teacher predictions: one output shard per input shard.
-
-  Each output is `predictions-<i>-of-<n>.tfrecord` for input shard i of n
-  (sorted), written under a temporary name and renamed, so a finished shard
-  is never partial and a rerun skips it. Every shard's output is checked to
-  hold each clip of the input exactly once before it is renamed. With
-  several workers, worker w takes shards w, w + W, ...; within a worker the
-  batch is split over its replicas. `pad` gives static-shape batches
-  (`pad_batches`), as a TPU needs.
-
-  Returns:
-    The output paths this worker wrote (skipped ones excluded).
-  """
-  loop_lib.check_positive(global_batch_size=global_batch_size, top_k=top_k)
-  files = loop_lib.list_files(file_pattern, 'predict_file_pattern')
-  average_replica_statistics(model)
-  worker, num_workers = loop_lib.worker_info(strategy)
-  k = min(top_k, num_classes)
-  tf.io.gfile.makedirs(output_dir)
-
-  def replica_fn(inputs):
-    inputs = input_pipeline.finish_features(inputs)
-    video = inputs[input_pipeline.VIDEO]
-    num_views = video.shape[1]
-    flat = tf.reshape(video, tf.concat([[-1], tf.shape(video)[2:]], 0))
-    probs = metrics.average_views(
-        tf.cast(model(flat, training=False), tf.float32), num_views)
-    scores, classes = tf.math.top_k(probs, k=k)
-    return (inputs[input_pipeline.CLIP_INDEX], classes, scores,
-            inputs[VALID])
-
-  if num_workers == 1:
-    @tf.function(reduce_retracing=True)
-    def step(inputs):
-      return metrics.gather_across_replicas(
-          strategy, strategy.run(replica_fn, args=(inputs,)))
-  else:
-    # Workers hold different shards, so no collective may run: each worker
-    # runs its own model (built outside the strategy by `run`) on its own.
-    step = tf.function(replica_fn, reduce_retracing=True)
-
-  written = []
-  for i, path in enumerate(files):
-    if i % num_workers != worker:
-      continue
-    out = os.path.join(output_dir, schema.shard_name(
-        i, len(files), prefix=PREDICTIONS_PREFIX))
-    if tf.io.gfile.exists(out):
-      logging.info('predict: %s exists, skipped', out)
-      continue
-    keys = _clip_keys(path)
-    ds = dataset_fn(path, is_training=False, batch_size=global_batch_size,
-                    input_context=None, num_classes=None, repeat=False,
-                    drop_remainder=False).map(_predict_features)
-    if pad:
-      ds = pad_batches(ds, global_batch_size)
-    if num_workers == 1:
-      ds = strategy.experimental_distribute_dataset(ds)
-    seen = set()
-    with atomic_files.replacing(out) as tmp, \
-        tf.io.TFRecordWriter(tmp) as writer:
-      for inputs in ds:
-        idx, classes, scores, valid = (t.numpy() for t in step(inputs))
-        valid = valid.astype(bool)
-        if not valid.any():
-          break  # Only padding is left (`pad_batches`).
-        for c, cls, sc in zip(idx[valid], classes[valid], scores[valid]):
-          c = int(c)
-          if c in seen or c not in keys:
-            raise RuntimeError(f'predict: clip {c} of {path!r} predicted '
-                               'twice or unknown')
-          seen.add(c)
-          writer.write(records.make_prediction_example(
-              clip_index=c, clip_key=keys[c], num_classes=num_classes,
-              top_k_index=[int(x) for x in cls],
-              top_k_score=[float(x) for x in sc]).SerializeToString())
-      missing = sorted(set(keys) - seen)
-      if missing:
-        raise RuntimeError(f'predict: {len(missing)} clips of {path!r} got '
-                           f'no prediction (first: {missing[:5]}); the input '
-                           'pipeline skipped records')
-    written.append(out)
-    logging.info('predict: wrote %d clips to %s', len(seen), out)
-  return written
 
 
 # ---- Training ----
@@ -662,8 +373,8 @@ def run(*,
         num_classes: Optional[int] = None,
         label_space_path: Optional[str] = None,
         label_space_variant: Optional[str] = None,
-        dataset_fn: DatasetFn = input_pipeline.make_dataset,
-        eval_dataset_fn: Optional[DatasetFn] = None,
+        dataset_fn: input_pipeline.DatasetFn = input_pipeline.make_dataset,
+        eval_dataset_fn: Optional[input_pipeline.DatasetFn] = None,
         train_file_pattern: Optional[str] = None,
         eval_file_pattern: Optional[str] = None,
         predict_file_pattern: Optional[str] = None,
@@ -823,7 +534,7 @@ def run(*,
     # A TPU needs static shapes. With several replicas a short last step can
     # leave a replica an empty batch, which oneDNN's CPU convolutions (TF 2.20)
     # return with the input's shape, breaking the next layer: pad there too.
-    pad_eval_batches = (_is_tpu(strategy) or
+    pad_eval_batches = (evaluation.is_tpu(strategy) or
                         strategy.num_replicas_in_sync > 1)
   training = mode in ('train', 'train_and_eval')
   evaluating = mode in ('eval', 'train_and_eval')
@@ -966,12 +677,12 @@ def run(*,
     if mode == 'predict':
       if setup_done:
         setup_done()
-      out_dir = predictions_dir or os.path.join(model_dir, PREDICTIONS_PREFIX)
-      written = predict(model, strategy, eval_dataset_fn,
-                        predict_file_pattern, out_dir,
-                        num_classes=num_classes,
-                        global_batch_size=eval_global_batch_size,
-                        top_k=predict_top_k, pad=pad_eval_batches)
+      out_dir = predictions_dir or os.path.join(
+          model_dir, prediction.PREDICTIONS_PREFIX)
+      written = prediction.predict(
+          model, strategy, eval_dataset_fn, predict_file_pattern, out_dir,
+          num_classes=num_classes, global_batch_size=eval_global_batch_size,
+          top_k=predict_top_k, pad=pad_eval_batches)
       return {'predictions_dir': out_dir, 'written': written,
               'checkpoint': restored_from}
 
@@ -980,14 +691,13 @@ def run(*,
                    else tf.summary.create_noop_writer())
 
     def do_eval(step):
-      result = evaluate(model, strategy, eval_dataset_fn, eval_file_pattern,
-                        num_classes=num_classes,
-                        global_batch_size=eval_global_batch_size,
-                        top_k=eval_top_k,
-                        background_class=eval_background_class,
-                        pad=pad_eval_batches)
+      result = evaluation.evaluate(
+          model, strategy, eval_dataset_fn, eval_file_pattern,
+          num_classes=num_classes, global_batch_size=eval_global_batch_size,
+          top_k=eval_top_k, background_class=eval_background_class,
+          pad=pad_eval_batches)
       if chief:
-        _write_eval(model_dir, step, result, eval_writer)
+        evaluation.write_eval(model_dir, step, result, eval_writer)
       return result
 
     if mode == 'eval':

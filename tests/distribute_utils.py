@@ -48,7 +48,7 @@ def split_global_batch(strategy, data):
 
 
 class CpdStepRun:
-  """The real CPD train step (`cpd.nce.cpd_train_step`) on linear models.
+  """The real CPD train step (`cpd.train_step.cpd_train_step`) on linear models.
 
   Video model: one Dense + L2 normalisation (`cpd.heads.VideoHead`); text
   encoder: one Dense (frozen in stage 1); text head: Dense + L2
@@ -130,7 +130,7 @@ class CpdStepRun:
       (metrics, weights): per step, the metrics averaged over replicas (dict
       of floats) and every model variable's value after the step.
     """
-    from cpd import nce  # pylint: disable=g-import-not-at-top
+    from cpd import train_step  # pylint: disable=g-import-not-at-top
 
     strategy = self.strategy
     args = (self.loss_module, self.video_model, self.text_encoder,
@@ -139,8 +139,8 @@ class CpdStepRun:
     @tf.function
     def step(clips, titles, indices):
       per_replica = strategy.run(
-          nce.cpd_train_step, args=args + (clips, titles, indices,
-                                           self.stage), kwargs=step_kwargs)
+          train_step.cpd_train_step,
+          args=args + (clips, titles, indices, self.stage), kwargs=step_kwargs)
       return {k: strategy.reduce('MEAN', v, axis=None)
               for k, v in per_replica.items()}
 

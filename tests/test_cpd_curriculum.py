@@ -15,6 +15,7 @@ from cpd import curriculum as curriculum_lib
 from cpd import heads
 from cpd import nce
 from cpd import text_encoders
+from cpd import train_step
 from cpd import trainer as cpd_trainer
 from spl import main
 from tests import distribute_utils
@@ -97,7 +98,7 @@ def test_stage1_freezes_exactly_the_text_encoder_then_stage2_trains_it(
 
     @tf.function
     def step(clips, tokens, idx):
-      return strategy.run(nce.cpd_train_step, args=(
+      return strategy.run(train_step.cpd_train_step, args=(
           loss_fn, video, text, head, curriculum, opts, clips, tokens, idx,
           stage))
     return step
@@ -178,7 +179,7 @@ def _one_stage1_step(strategy, **step_kwargs):
   @tf.function
   def step(clips, tokens, idx):
     return strategy.run(
-        nce.cpd_train_step,
+        train_step.cpd_train_step,
         args=(loss_fn, video, text, head, curriculum, opts, clips, tokens,
               idx, 1), kwargs=step_kwargs)
 

@@ -1,6 +1,6 @@
 """CPD train step and memory bank under MirroredStrategy on logical CPUs.
 
-Every test drives the real step (`cpd.nce.cpd_train_step`, through
+Every test drives the real step (`cpd.train_step.cpd_train_step`, through
 `distribute_utils.CpdStepRun`: linear models, plain SGD) on replicas made of
 logical CPUs (see conftest.py). Replicated copies stay bit-identical; sharded
 == replicated for the same negatives; one replica == many for the same global

@@ -20,7 +20,6 @@ import tensorflow as tf
 from cpd import baselines
 from cpd import memory_bank as mb
 from cpd import nce
-from cpd import trainer
 from tests import distribute_utils
 
 N, B, M, D, TAU, MU = 50, 5, 8, 6, 0.07, 0.25
@@ -117,18 +116,18 @@ def test_ranking_loss_is_eq4(n, delta, unit):
 def test_ranking_loss_module_and_margin():
   rng = np.random.RandomState(0)
   v, t = _unit(rng, 4, D), _unit(rng, 4, D)
-  module = trainer.RankingLoss(num_rows=10, dim=D, margin=0.3)
+  module = baselines.RankingLoss(num_rows=10, dim=D, margin=0.3)
   loss, metrics = module(v.astype(np.float32), t.astype(np.float32),
                          np.arange(4))
   np.testing.assert_allclose(loss.numpy(), sum(_eq4(v, t, 0.3)), rtol=1e-6)
   assert 'ranking/loss' in metrics
   # The default delta (VSE++'s, not in the paper) is the one gin binds.
-  assert trainer.RankingLoss(num_rows=1, dim=1).margin == 0.2
+  assert baselines.RankingLoss(num_rows=1, dim=1).margin == 0.2
   assert baselines.RANKING_MARGIN == 0.2
   with pytest.raises(ValueError, match='margin'):
     baselines.ranking_loss(v, t, -0.1)
   with pytest.raises(ValueError, match='margin'):
-    trainer.RankingLoss(num_rows=1, dim=1, margin=-1.0)
+    baselines.RankingLoss(num_rows=1, dim=1, margin=-1.0)
 
 
 # ---- Eq. 2 by NCE (Eq. 5): self-instance discrimination ----
@@ -226,7 +225,7 @@ def test_self_instance_is_eq2_nce(z_policy, sharing):
 
 
 def _module(seed):
-  return trainer.VideoSelfInstance(num_rows=N, dim=D, num_negatives=M,
+  return baselines.VideoSelfInstance(num_rows=N, dim=D, num_negatives=M,
                                    temperature=TAU, bank_momentum=MU,
                                    seed=seed)
 

@@ -16,6 +16,7 @@ import tf_keras
 from cpd import curriculum as curriculum_lib
 from cpd import heads
 from cpd import nce
+from cpd import train_step
 
 N, D, IN = 12, 4, 5
 
@@ -51,7 +52,7 @@ def test_models_run_in_the_mode_of_their_stage(stage):
   rng = np.random.default_rng(0)
   clips = tf.constant(rng.normal(size=(4, IN)), tf.float32)
   titles = tf.constant(rng.normal(size=(4, IN)), tf.float32)
-  metrics = nce.cpd_train_step(loss_module, video_model, text_encoder,
+  metrics = train_step.cpd_train_step(loss_module, video_model, text_encoder,
                                text_head, curriculum, optimizers, clips,
                                titles, tf.constant([0, 3, 7, 11]), stage)
   assert np.isfinite(float(metrics['nce/loss']))
@@ -75,7 +76,7 @@ def test_video_batch_norm_statistics_move_in_a_step():
   rng = np.random.default_rng(1)
   clips = tf.constant(rng.normal(3.0, 1.0, size=(4, IN)), tf.float32)
   titles = tf.constant(rng.normal(size=(4, IN)), tf.float32)
-  nce.cpd_train_step(nce.CrossModalNCE(N, D, num_negatives=3), video_model,
+  train_step.cpd_train_step(nce.CrossModalNCE(N, D, num_negatives=3), video_model,
                      text_encoder, text_head, curriculum, optimizers, clips,
                      titles, tf.constant([1, 2, 5, 8]), 1)
   np.testing.assert_allclose(bn.moving_mean.numpy(),
@@ -109,7 +110,7 @@ def _step(stage=2, optimizers=None, lr=0.1, **kwargs):
                text_head.trainable_variables)
   before = [v.numpy().copy() for v in variables]
   rng = np.random.default_rng(0)
-  metrics = nce.cpd_train_step(
+  metrics = train_step.cpd_train_step(
       loss_module, video_model, text_encoder, text_head, curriculum,
       optimizers, tf.constant(rng.normal(size=(4, IN)), tf.float32),
       tf.constant(rng.normal(size=(4, IN)), tf.float32),

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from spl import demo
+from spl import evaluation
 from spl import train_lib
 from tfrecords_tools import records
 from tfrecords_tools import schema
@@ -38,7 +39,7 @@ def _check_run(model_dir, steps, loss_steps, evaluated):
 
 def _check_eval(model_dir, steps, val):
   """The evaluation of a run saw each validation clip once; returns it."""
-  with open(os.path.join(model_dir, train_lib.EVAL_DETAILS_FILENAME)) as f:
+  with open(os.path.join(model_dir, evaluation.EVAL_DETAILS_FILENAME)) as f:
     details = json.load(f)
   labels = [c[schema.LABEL_INDEX_KEY] for c in val]
   assert details['step'] == steps
@@ -138,7 +139,7 @@ def test_demo_pipeline_end_to_end(tmp_path):
                                  for c in clips['val'])
   labels = {c[schema.CLIP_INDEX_KEY]: c[schema.LABEL_INDEX_KEY]
             for c in clips['val']}
-  with open(os.path.join(ft_dir, train_lib.EVAL_DETAILS_FILENAME)) as f:
+  with open(os.path.join(ft_dir, evaluation.EVAL_DETAILS_FILENAME)) as f:
     details = json.load(f)
   matrix = np.zeros((3, 3), int)
   for i, p in probs.items():

@@ -17,9 +17,11 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
+from spl import evaluation
 from spl import input_pipeline
 from spl import loop
 from spl import optimization
+from spl import prediction
 from spl import train_lib
 from spl.models import factory
 from tests import distribute_utils
@@ -67,7 +69,7 @@ def _replica_copies(model):
 def mirrored_run(tmp_path_factory):
   """A 2-replica train_and_eval run, its replicas' copies at evaluation.
 
-  Then `train_lib.predict` on the run's model with the copies put back as
+  Then `prediction.predict` on the run's model with the copies put back as
   training left them (the evaluation has averaged them since).
 
   Returns:
@@ -85,14 +87,14 @@ def mirrored_run(tmp_path_factory):
   strategy = distribute_utils.mirrored_strategy(
       [d.name for d in tf.config.list_logical_devices('CPU')[:2]])
   copies = []
-  real_evaluate = train_lib.evaluate
+  real_evaluate = evaluation.evaluate
 
   def evaluate(model, *args, **kwargs):
     copies.append(_replica_copies(model))
     return real_evaluate(model, *args, **kwargs)
 
   with pytest.MonkeyPatch.context() as monkeypatch:
-    monkeypatch.setattr(train_lib, 'evaluate', evaluate)
+    monkeypatch.setattr(evaluation, 'evaluate', evaluate)
     result = _run(mode='train_and_eval', model_dir=model_dir,
                   strategy=strategy, train_file_pattern=train,
                   eval_file_pattern=eval_data)
@@ -102,10 +104,10 @@ def mirrored_run(tmp_path_factory):
     for component, value in zip(v.values, c):
       component.assign(value)
   out_dir = str(root / 'mirrored_predictions')
-  train_lib.predict(model, strategy, DATASET_FN, eval_data, out_dir,
-                    num_classes=NUM_CLASSES, global_batch_size=4,
-                    top_k=NUM_CLASSES)
-  with open(os.path.join(model_dir, train_lib.EVAL_DETAILS_FILENAME)) as f:
+  prediction.predict(model, strategy, DATASET_FN, eval_data, out_dir,
+                     num_classes=NUM_CLASSES, global_batch_size=4,
+                     top_k=NUM_CLASSES)
+  with open(os.path.join(model_dir, evaluation.EVAL_DETAILS_FILENAME)) as f:
     details = json.load(f)
   return {'model_dir': model_dir, 'eval_data': eval_data, 'eval': details,
           'copies': copies[0],
@@ -138,7 +140,7 @@ def test_multi_replica_eval_equals_the_checkpoint_on_one_device(
        strategy=tf.distribute.OneDeviceStrategy('/cpu:0'),
        eval_file_pattern=mirrored_run['eval_data'],
        init_checkpoint=mirrored_run['model_dir'])
-  with open(tmp_path / 'single' / train_lib.EVAL_DETAILS_FILENAME) as f:
+  with open(tmp_path / 'single' / evaluation.EVAL_DETAILS_FILENAME) as f:
     reference = json.load(f)
   got = mirrored_run['eval']
   assert got['num_clips'] == reference['num_clips'] == NUM_EVAL_CLIPS
@@ -182,7 +184,7 @@ def test_multi_replica_eval_and_predict_of_a_short_last_step(
   for name, strategy in (('two', two), ('one', one)):
     _run(mode='eval', model_dir=str(tmp_path / name), strategy=strategy,
          eval_file_pattern=data, init_checkpoint=mirrored_run['model_dir'])
-    with open(tmp_path / name / train_lib.EVAL_DETAILS_FILENAME) as f:
+    with open(tmp_path / name / evaluation.EVAL_DETAILS_FILENAME) as f:
       details = json.load(f)
     out_dir = str(tmp_path / f'{name}_predictions')
     _run(mode='predict', model_dir=str(tmp_path / f'{name}_p'),

@@ -14,10 +14,12 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
+from spl import evaluation
 from spl import input_pipeline
 from spl import loop
 from spl import losses
 from spl import optimization
+from spl import prediction
 from spl import train_lib
 from spl.models import factory
 from tests import distribute_utils
@@ -196,7 +198,7 @@ def test_train_and_eval_writes_checkpoints_summaries_metrics(trained):
   # Without `num_train_examples` the run is one epoch.
   assert written['train']['epoch'] == 1.0
   assert written['train']['loss'] == pytest.approx(train_loss[-1][1])
-  with open(os.path.join(model_dir, train_lib.EVAL_DETAILS_FILENAME)) as f:
+  with open(os.path.join(model_dir, evaluation.EVAL_DETAILS_FILENAME)) as f:
     details = json.load(f)
   assert details['step'] == 11
   for key, value in written['eval'].items():
@@ -239,7 +241,7 @@ def test_eval_numbers_agree_with_the_saved_predictions(trained, eval_data,
   prediction with another clip's label or another clip's video.
   """
   model_dir, _ = trained
-  with open(os.path.join(model_dir, train_lib.EVAL_DETAILS_FILENAME)) as f:
+  with open(os.path.join(model_dir, evaluation.EVAL_DETAILS_FILENAME)) as f:
     details = json.load(f)
   out_dir = str(tmp_path / 'pred')
   _run(mode='predict', model_dir=model_dir, predict_file_pattern=eval_data,
@@ -709,7 +711,7 @@ def test_padded_eval_and_predict_equal_unpadded(trained, data, tmp_path,
   tf.train.Checkpoint(model=model).read(
       tf.train.latest_checkpoint(model_dir)).expect_partial()
   dataset_fn = functools.partial(input_pipeline.make_dataset, **TINY_DATA)
-  results = {pad: train_lib.evaluate(
+  results = {pad: evaluation.evaluate(
       model, strategy, dataset_fn, data, num_classes=NUM_CLASSES,
       global_batch_size=4, pad=pad) for pad in (False, True)}
   assert results[True]['num_clips'] == results[False]['num_clips'] == 7
@@ -720,17 +722,17 @@ def test_padded_eval_and_predict_equal_unpadded(trained, data, tmp_path,
     if isinstance(value, float):
       assert results[True][key] == pytest.approx(value, abs=1e-6), key
 
-  padded = train_lib.pad_batches(
+  padded = evaluation.pad_batches(
       dataset_fn(data, is_training=False, batch_size=4, repeat=False,
                  drop_remainder=False, input_context=None,
-                 num_classes=None).map(train_lib._predict_features), 4)
+                 num_classes=None).map(prediction.predict_features), 4)
   assert padded.element_spec[input_pipeline.VIDEO].shape[0] == 4
 
   preds = {}
   for pad in (False, True):
     out_dir = str(tmp_path / f'pred_{pad}')
-    train_lib.predict(model, strategy, dataset_fn, data, out_dir,
-                      num_classes=NUM_CLASSES, global_batch_size=4, pad=pad)
+    prediction.predict(model, strategy, dataset_fn, data, out_dir,
+                       num_classes=NUM_CLASSES, global_batch_size=4, pad=pad)
     preds[pad] = {
         p[schema.CLIP_INDEX_KEY]: p for p in (
             records.parse_prediction_example(r) for r in
