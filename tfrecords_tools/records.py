@@ -16,22 +16,22 @@ from tfrecords_tools import clip_proto
 from tfrecords_tools import schema
 
 
-def _int64(values: Iterable[int]) -> tf.train.Feature:
+def int64_feature(values: Iterable[int]) -> tf.train.Feature:
   return tf.train.Feature(int64_list=tf.train.Int64List(value=list(values)))
 
 
-def _float(values: Iterable[float]) -> tf.train.Feature:
+def float_feature(values: Iterable[float]) -> tf.train.Feature:
   return tf.train.Feature(float_list=tf.train.FloatList(value=list(values)))
 
 
-def _bytes(values: Iterable[Any]) -> tf.train.Feature:
+def bytes_feature(values: Iterable[Any]) -> tf.train.Feature:
   return tf.train.Feature(bytes_list=tf.train.BytesList(
       value=[v.encode('utf-8') if isinstance(v, str) else bytes(v)
              for v in values]))
 
 
-_FEATURES = {clip_proto.INT64: _int64, clip_proto.FLOAT: _float,
-             clip_proto.BYTES: _bytes}
+_FEATURES = {clip_proto.INT64: int64_feature, clip_proto.FLOAT: float_feature,
+             clip_proto.BYTES: bytes_feature}
 
 
 def make_clip_example(
@@ -86,13 +86,13 @@ def make_clip_example(
   context = {key: _FEATURES[kind](values)
              for key, (kind, values) in fields.items()}
   if teacher_index is not None:
-    context[schema.TEACHER_INDEX_KEY] = _int64([teacher_index])
+    context[schema.TEACHER_INDEX_KEY] = int64_feature([teacher_index])
   if teacher_score is not None:
-    context[schema.TEACHER_SCORE_KEY] = _float([teacher_score])
+    context[schema.TEACHER_SCORE_KEY] = float_feature([teacher_score])
   if label_space_id is not None:
-    context[schema.LABEL_SPACE_ID_KEY] = _bytes([label_space_id])
+    context[schema.LABEL_SPACE_ID_KEY] = bytes_feature([label_space_id])
   image_list = tf.train.FeatureList(
-      feature=[_bytes([f]) for f in frames])
+      feature=[bytes_feature([f]) for f in frames])
   return tf.train.SequenceExample(
       context=tf.train.Features(feature=context),
       feature_lists=tf.train.FeatureLists(
@@ -142,11 +142,11 @@ def make_prediction_example(
         f'clip {clip_key!r}: top-k index/score must be non-empty and of equal '
         f'length, got {len(top_k_index)} and {len(top_k_score)}')
   return tf.train.Example(features=tf.train.Features(feature={
-      schema.CLIP_INDEX_KEY: _int64([clip_index]),
-      schema.CLIP_KEY_KEY: _bytes([clip_key]),
-      schema.PREDICTION_NUM_CLASSES_KEY: _int64([num_classes]),
-      schema.PREDICTION_TOP_K_INDEX_KEY: _int64(top_k_index),
-      schema.PREDICTION_TOP_K_SCORE_KEY: _float(top_k_score),
+      schema.CLIP_INDEX_KEY: int64_feature([clip_index]),
+      schema.CLIP_KEY_KEY: bytes_feature([clip_key]),
+      schema.PREDICTION_NUM_CLASSES_KEY: int64_feature([num_classes]),
+      schema.PREDICTION_TOP_K_INDEX_KEY: int64_feature(top_k_index),
+      schema.PREDICTION_TOP_K_SCORE_KEY: float_feature(top_k_score),
   }))
 
 

@@ -109,19 +109,6 @@ def _text(feature_map, key: str) -> str:
   return feature_map[key].bytes_list.value[0].decode('utf-8', 'replace')
 
 
-def _int64_feature(value: int) -> tf.train.Feature:
-  return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
-
-
-def _bytes_feature(value: str) -> tf.train.Feature:
-  return tf.train.Feature(
-      bytes_list=tf.train.BytesList(value=[value.encode('utf-8')]))
-
-
-def _float_feature(value: float) -> tf.train.Feature:
-  return tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
-
-
 # ---- Pass 1: contexts and predictions ----
 
 # Pass 1 joins clips and predictions on `clip/index` in buckets of this many
@@ -364,10 +351,12 @@ def rewrite_shard(in_path: str, out_path: str,
   # copying bytes.
   n = len(space['input_classes'])
   table = label_spaces.relabel_lookup(space).tolist()
-  label_features = [_int64_feature(c['index']) for c in space['classes']]
-  text_features = [_bytes_feature(c['name']) for c in space['classes']]
-  teacher_features = [_int64_feature(t) for t in range(n)]
-  id_feature = _bytes_feature(space['id'])
+  label_features = [records.int64_feature([c['index']])
+                    for c in space['classes']]
+  text_features = [records.bytes_feature([c['name']])
+                   for c in space['classes']]
+  teacher_features = [records.int64_feature([t]) for t in range(n)]
+  id_feature = records.bytes_feature([space['id']])
   class_counts = [0] * space['num_classes']
   stats = {'shard': posixpath.basename(out_path), 'input': 0, 'written': 0,
            'dropped': 0, 'bytes_in': 0, 'bytes_out': 0}
