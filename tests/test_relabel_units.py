@@ -295,3 +295,29 @@ def test_rewrite_shard_refuses_a_shard_that_changed_after_pass_1(
                           _space('spl'))
   assert str(e.value).startswith(in_path) and message in str(e.value)
   assert not os.listdir(out_dir)
+
+
+def test_rewrite_shard_writes_under_a_hidden_name_per_attempt(tmp_path,
+                                                              monkeypatch):
+  """A Beam runner may run a shard twice (retries, speculative attempts):
+  each attempt writes its own hidden temporary file beside the output, so
+  two attempts never write into one file, and only the rename publishes."""
+  in_path, out_path = str(tmp_path / 'in'), str(tmp_path / 'clips-out')
+  _write(in_path, [_example(0, label_index=1).SerializeToString()])
+  created = []
+  real_create = relabel.beam_utils.create
+
+  def create(path):
+    created.append(path)
+    assert not os.path.exists(out_path) or len(created) > 1
+    return real_create(path)
+
+  monkeypatch.setattr(relabel.beam_utils, 'create', create)
+  for _ in range(2):
+    relabel.rewrite_shard(in_path, out_path, {0: (1, 0.5)}, _space('spl'))
+  assert len(created) == 2 and created[0] != created[1]
+  for path in created:
+    assert os.path.dirname(path) == str(tmp_path)
+    assert os.path.basename(path).startswith('.clips-out.tmp-')
+    assert not os.path.exists(path)
+  assert sorted(os.listdir(tmp_path)) == ['clips-out', 'in']
