@@ -390,6 +390,9 @@ class CpdTask(loop_lib.Task):
     if self.report_eval and self.do_eval is not None:
       self.eval_result = self.do_eval(step)
 
+  def evaluate(self, step):
+    return self.do_eval(step)
+
   def summary(self):
     summary = {'stage': self.curriculum.stage}
     if self.eval_result is not None:
@@ -621,19 +624,6 @@ def run_cpd(*,
                    ' '.join(f'{k}={v:.4f}' for k, v in sorted(result.items())))
       return result
 
-    if mode == 'eval':
-      if setup_done:
-        setup_done()
-      summary = {'eval': do_eval(int(step_counter.numpy())),
-                 'checkpoint': latest}
-      loop_lib.write_metrics(model_dir, summary, chief)
-      return summary
-
-    step = int(step_counter.numpy())
-    if step == 0 and curriculum.update(0):
-      logging.info('curriculum: stage 2 from the start (switch epoch 0)')
-    logging.info('CPD training: %d bank rows, stage %d; curriculum: %s',
-                 num_train_examples, curriculum.stage, curriculum.describe())
     task = CpdTask(
         strategy=strategy, models=models, loss_module=loss_module,
         curriculum=curriculum, optimizers=optimizers,
@@ -646,10 +636,19 @@ def run_cpd(*,
         do_eval=do_eval if evaluating or curriculum_validates else None,
         report_eval=evaluating, validate_every_epochs=validate_every_epochs,
         retrieval_metric=f'mean_R@{max(retrieval_ks)}')
-    summary = loop_lib.Controller(
+    controller = loop_lib.Controller(
         strategy=strategy, task=task, model_dir=model_dir, config=loop,
         total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-        name='CPD training').train(setup_done)
+        name='CPD training')
+    step = int(step_counter.numpy())
+    if mode == 'eval':
+      return controller.evaluate(step, latest, setup_done)
+
+    if step == 0 and curriculum.update(0):
+      logging.info('curriculum: stage 2 from the start (switch epoch 0)')
+    logging.info('CPD training: %d bank rows, stage %d; curriculum: %s',
+                 num_train_examples, curriculum.stage, curriculum.describe())
+    summary = controller.train(setup_done)
     summary['model'] = models
     return summary
   finally:

@@ -4,10 +4,12 @@
 compiled loop, the progress line, TensorBoard scalars, checkpoints (period,
 retention, the chief / non-chief directories), resume from the run's own
 latest checkpoint, and `metrics.json`. A method supplies a `Task`: its models
-and state, its input iterator, the compiled steps, and what happens at a loop
-boundary (evaluation, a schedule that watches it, a curriculum). SPL
-classification (`spl.train_lib`) and CPD pre-training (`cpd.trainer`) are two
-tasks; neither writes a loop of its own.
+and state, its input iterator, the compiled steps, what happens at a loop
+boundary (evaluation, a schedule that watches it, a curriculum), and its
+evaluation and prediction. SPL classification (`spl.train_lib`) and CPD
+pre-training (`cpd.trainer`) are two tasks; neither writes a loop of its own.
+Every mode of `spl.main` runs through the Controller: `train` (and
+'train_and_eval'), `evaluate` ('eval'), `predict`.
 
 Loops follow orbit's pattern: a task's `train_steps` runs `num_steps` steps
 in one `tf.function` call (a `tf.range` loop), so Python is entered once per
@@ -216,22 +218,36 @@ class Task:
     """What the task adds to `metrics.json` (e.g. the last evaluation)."""
     return {}
 
+  def evaluate(self, step: int) -> Dict[str, Any]:
+    """One evaluation of the current state (mode 'eval'); its result."""
+    raise NotImplementedError(f'{type(self).__name__} does not evaluate')
+
+  def predict(self) -> Dict[str, Any]:
+    """Predictions of the current model (mode 'predict'); what it wrote."""
+    raise NotImplementedError(f'{type(self).__name__} does not predict')
+
 
 # Entries the Controller adds to every train result.
 _LOOP_KEYS = ('step', 'epoch', 'loss', 'clips_per_second')
 
 
 class Controller:
-  """Runs a `Task` from its restored step to `total_steps`."""
+  """Runs a `Task`: training to `total_steps`, one evaluation, or prediction.
+
+  Every mode of `spl.main` runs through it: `train` (also 'train_and_eval':
+  the task evaluates at its boundaries), `evaluate` ('eval') and `predict`.
+  The state is built and restored by the job before (`resume`).
+  """
 
   def __init__(self, *, strategy: tf.distribute.Strategy, task: Task,
-               model_dir: str, config: LoopConfig, total_steps: int,
-               steps_per_epoch: int, name: str = 'training'):
-    config.check()
+               model_dir: str, config: Optional[LoopConfig] = None,
+               total_steps: int = 0, steps_per_epoch: int = 1,
+               name: str = 'training'):
+    self.config = config or LoopConfig()
+    self.config.check()
     self.strategy = strategy
     self.task = task
     self.model_dir = model_dir
-    self.config = config
     self.total_steps = total_steps
     self.steps_per_epoch = steps_per_epoch
     self.name = name
@@ -239,10 +255,31 @@ class Controller:
     worker, _ = worker_info(strategy)
     self._ckpt_dir = model_dir if self.chief else os.path.join(
         model_dir, f'.worker_{worker}_scratch')
-    self.manager = tf.train.CheckpointManager(
-        task.checkpoint, self._ckpt_dir,
-        max_to_keep=config.max_checkpoints_to_keep,
-        step_counter=task.step_counter)
+
+  def evaluate(self, step: int, checkpoint: Optional[str],
+               setup_done=None) -> Dict[str, Any]:
+    """Mode 'eval': one evaluation of the restored state, as of `step`.
+
+    Its scalars and the checkpoint evaluated go to `metrics.json`.
+    """
+    if setup_done:
+      setup_done()
+    logging.info('evaluating %s (step %d)', checkpoint, step)
+    summary = {'eval': scalars(self.task.evaluate(step)),
+               'checkpoint': checkpoint}
+    write_metrics(self.model_dir, summary, self.chief)
+    return summary
+
+  def predict(self, checkpoint: Optional[str],
+              setup_done=None) -> Dict[str, Any]:
+    """Mode 'predict': the task's predictions of the restored model.
+
+    `metrics.json` is left alone (it holds the training run's metrics).
+    """
+    if setup_done:
+      setup_done()
+    logging.info('predicting with %s', checkpoint)
+    return dict(self.task.predict(), checkpoint=checkpoint)
 
   def _loop_size(self, step: int) -> int:
     every = self.config.checkpoint_every_steps
@@ -259,6 +296,10 @@ class Controller:
       setup_done: called once the input exists, before the first step.
     """
     task = self.task
+    manager = tf.train.CheckpointManager(
+        task.checkpoint, self._ckpt_dir,
+        max_to_keep=self.config.max_checkpoints_to_keep,
+        step_counter=task.step_counter)
     step = int(task.step_counter.numpy())
     iterator = task.train_iterator(step)
     writer = (tf.summary.create_file_writer(
@@ -296,7 +337,7 @@ class Controller:
              step == self.total_steps)
       if task.end_loop(step, due) or due:
         # Every worker saves (ON_READ variables need a collective read).
-        self.manager.save(checkpoint_number=step)
+        manager.save(checkpoint_number=step)
     if not result:
       task.end_without_steps(step)
     if not self.chief:

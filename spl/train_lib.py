@@ -199,7 +199,7 @@ class ClassificationTask(loop_lib.Task):
                global_batch_size, steps_per_epoch, weight_decay,
                mixed_precision, jit_compile, clip_norm=None, checkpoint=None,
                dataset_fn=None, train_file_pattern=None, do_eval=None,
-               lr_schedule=None):
+               lr_schedule=None, do_predict=None):
     self.strategy = strategy
     self.model = model
     self.optimizer = optimizer
@@ -211,12 +211,19 @@ class ClassificationTask(loop_lib.Task):
     self.weight_decay = weight_decay
     self.clip_norm = clip_norm
     self.checkpoint = checkpoint
-    self.step_counter = optimizer.iterations
     self.dataset_fn = dataset_fn
     self.train_file_pattern = train_file_pattern
     self.do_eval = do_eval
+    self.do_predict = do_predict
     self.lr_schedule = lr_schedule
     self.eval_result: Optional[Dict[str, Any]] = None
+    if optimizer is None:
+      # Evaluation or prediction only: no step, no training state. (With a
+      # worker-local model for multi-worker prediction nothing may be
+      # created under the strategy: it could start a collective.)
+      self.step_counter = None
+      return
+    self.step_counter = optimizer.iterations
     self.variables = list(model.trainable_variables) + list(
         getattr(loss_fn, 'trainable_variables', ()))
     # A loss with `apply_gradients` updates its own variables (own learning
@@ -339,6 +346,12 @@ class ClassificationTask(loop_lib.Task):
     if self.eval_result is None:
       return {}
     return {'eval': loop_lib.scalars(self.eval_result)}
+
+  def evaluate(self, step):
+    return self.do_eval(step)
+
+  def predict(self):
+    return self.do_predict()
 
 
 def _loss_owns_update(loss_fn) -> bool:
@@ -613,7 +626,7 @@ def run(*,
         # mirrored like the model's.
         loss_fn.build(num_classes=num_classes)
       steps_per_epoch = total_steps = 1
-      optimizer = None
+      optimizer = lr = None
       if training:
         steps_per_epoch = max(1, (num_train_examples or 0) //
                               global_batch_size) if num_train_examples else 0
@@ -674,20 +687,8 @@ def run(*,
       logging.info('backbone inflated (%s) from ImageNet checkpoint %s',
                    inflation_method, restored_from)
 
-    if mode == 'predict':
-      if setup_done:
-        setup_done()
-      out_dir = predictions_dir or os.path.join(
-          model_dir, prediction.PREDICTIONS_PREFIX)
-      written = prediction.predict(
-          model, strategy, eval_dataset_fn, predict_file_pattern, out_dir,
-          num_classes=num_classes, global_batch_size=eval_global_batch_size,
-          top_k=predict_top_k, pad=pad_eval_batches)
-      return {'predictions_dir': out_dir, 'written': written,
-              'checkpoint': restored_from}
-
     eval_writer = (tf.summary.create_file_writer(
-        os.path.join(model_dir, 'eval')) if chief
+        os.path.join(model_dir, 'eval')) if chief and evaluating
                    else tf.summary.create_noop_writer())
 
     def do_eval(step):
@@ -700,15 +701,15 @@ def run(*,
         evaluation.write_eval(model_dir, step, result, eval_writer)
       return result
 
-    if mode == 'eval':
-      if setup_done:
-        setup_done()
-      result = do_eval(int(restored_from.rsplit('-', 1)[-1])
-                       if restored_from.rsplit('-', 1)[-1].isdigit() else 0)
-      summary = {'eval': loop_lib.scalars(result),
-                 'checkpoint': restored_from}
-      loop_lib.write_metrics(model_dir, summary, chief)
-      return summary
+    out_dir = predictions_dir or os.path.join(model_dir,
+                                              prediction.PREDICTIONS_PREFIX)
+
+    def do_predict():
+      written = prediction.predict(
+          model, strategy, eval_dataset_fn, predict_file_pattern, out_dir,
+          num_classes=num_classes, global_batch_size=eval_global_batch_size,
+          top_k=predict_top_k, pad=pad_eval_batches)
+      return {'predictions_dir': out_dir, 'written': written}
 
     task = ClassificationTask(
         strategy=strategy, model=model, optimizer=optimizer, loss_fn=loss_fn,
@@ -717,11 +718,18 @@ def run(*,
         mixed_precision=mixed_precision, jit_compile=jit_compile,
         clip_norm=clip_norm, checkpoint=checkpoint, dataset_fn=dataset_fn,
         train_file_pattern=train_file_pattern,
-        do_eval=do_eval if evaluating else None, lr_schedule=lr)
-    summary = loop_lib.Controller(
+        do_eval=do_eval if evaluating else None, lr_schedule=lr,
+        do_predict=do_predict)
+    controller = loop_lib.Controller(
         strategy=strategy, task=task, model_dir=model_dir, config=loop,
-        total_steps=total_steps, steps_per_epoch=steps_per_epoch).train(
-            setup_done)
+        total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+    if mode == 'predict':
+      return controller.predict(restored_from, setup_done)
+    if mode == 'eval':
+      name = restored_from.rsplit('-', 1)[-1]
+      return controller.evaluate(int(name) if name.isdigit() else 0,
+                                 restored_from, setup_done)
+    summary = controller.train(setup_done)
     summary['model'] = model
     return summary
   finally:

@@ -54,6 +54,12 @@ class CountingTask(loop.Task):
   def summary(self):
     return {'eval': {'top1': 0.25}}
 
+  def evaluate(self, step):
+    return {'top1': 0.5, 'step_seen': step, 'per_class': [0.5, 0.5]}
+
+  def predict(self):
+    return {'written': ['a', 'b']}
+
 
 def _checkpoint_steps(model_dir):
   state = tf.train.get_checkpoint_state(model_dir)
@@ -169,3 +175,25 @@ def test_loop_config_is_checked(tmp_path, field):
   with pytest.raises(ValueError, match=f'`{field}` must be > 0, got 0'):
     _controller(CountingTask(), tmp_path, 5, **{field: 0})
   assert not os.path.exists(tmp_path / loop.METRICS_FILENAME)
+
+
+def test_evaluate_and_predict_run_through_the_controller(tmp_path):
+  """Mode 'eval' writes the evaluation's scalars and the checkpoint to
+  metrics.json; mode 'predict' returns the task's result and leaves
+  metrics.json (a training run's) alone. Both call setup_done first."""
+  calls = []
+  summary = _controller(CountingTask(), tmp_path, 0).evaluate(
+      7, 'ckpt-7', setup_done=lambda: calls.append('setup'))
+  assert calls == ['setup']
+  assert summary == {'eval': {'top1': 0.5, 'step_seen': 7},
+                     'checkpoint': 'ckpt-7'}
+  with open(tmp_path / loop.METRICS_FILENAME) as f:
+    assert json.load(f) == summary
+  os.remove(tmp_path / loop.METRICS_FILENAME)
+  result = _controller(CountingTask(), tmp_path, 0).predict(
+      'ckpt-7', setup_done=lambda: calls.append('setup'))
+  assert calls == ['setup', 'setup']
+  assert result == {'written': ['a', 'b'], 'checkpoint': 'ckpt-7'}
+  assert not os.path.exists(tmp_path / loop.METRICS_FILENAME)
+  with pytest.raises(NotImplementedError, match='does not predict'):
+    loop.Task().predict()
