@@ -88,8 +88,6 @@ def write_operative_config(directory: str, name: str,
   parameter the job used. Tools that only read values (`gin.query_parameter`)
   write the whole parsed config (`operative=False`).
   """
-  tf.io.gfile.makedirs(directory)
-  path = os.path.join(directory, name)
-  atomic_files.write(path, gin.operative_config_str() if operative
-                     else gin.config_str())
-  return path
+  return atomic_files.record_run_config(
+      directory, name,
+      gin.operative_config_str() if operative else gin.config_str())

@@ -67,3 +67,20 @@ def test_beam_writes_do_not_import_tensorflow(tmp_path):
   subprocess.run([sys.executable, '-c', code], check=True)
   with open(path) as f:
     assert f.read() == '{}'
+
+
+@pytest.mark.parametrize('fs', FILE_SYSTEMS)
+def test_record_run_config_makes_the_directory_and_logs_the_path(
+    tmp_path, fs, caplog):
+  caplog.set_level('INFO')
+  directory = tmp_path / 'new' / 'out'
+  path = atomic_files.record_run_config(str(directory), 'config_x.flags',
+                                        '--a=1\n', fs)
+  assert path == str(directory / 'config_x.flags')
+  assert os.listdir(directory) == ['config_x.flags']
+  assert (directory / 'config_x.flags').read_text() == '--a=1\n'
+  assert f'run config recorded in {path}' in caplog.text
+  # A rerun replaces it (the directory exists now).
+  atomic_files.record_run_config(str(directory), 'config_x.flags', '--a=2\n',
+                                 fs)
+  assert (directory / 'config_x.flags').read_text() == '--a=2\n'

@@ -22,6 +22,7 @@ copy is complete (which both stores guarantee for a single object).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import posixpath
 import uuid
@@ -50,6 +51,9 @@ class _TfFileSystem:
   def remove(self, path: str) -> None:
     self._gfile().remove(path)
 
+  def makedirs(self, path: str) -> None:
+    self._gfile().makedirs(path)
+
 
 class _BeamFileSystem:
   """Beam's `FileSystems` (uncompressed channels)."""
@@ -76,6 +80,13 @@ class _BeamFileSystem:
 
   def remove(self, path: str) -> None:
     self._fs().delete([path])
+
+  def makedirs(self, path: str) -> None:
+    try:
+      self._fs().mkdirs(path)
+    except IOError:  # Exists already (or an object store without folders).
+      if not self._fs().exists(path):
+        raise
 
 
 TF = _TfFileSystem()
@@ -117,3 +128,18 @@ def write(path: str, data: Union[bytes, str], fs=TF) -> None:
   with replacing(path, fs) as tmp:
     with fs.open(tmp, binary) as f:
       f.write(data)
+
+
+def record_run_config(directory: str, name: str, text: str, fs=TF) -> str:
+  """Records how a job was run: `directory/name`, written atomically.
+
+  Every entry point calls it once its job is set up: the gin ones with their
+  operative config (`spl.job.write_operative_config`), the Beam tools with
+  their flags (`beam_utils.write_run_config`). Returns the path written.
+  """
+  fs.makedirs(directory)
+  path = (posixpath.join(directory, name) if '://' in directory
+          else os.path.join(directory, name))
+  write(path, text, fs)
+  logging.info('run config recorded in %s', path)
+  return path

@@ -100,11 +100,7 @@ def exists(path: str) -> bool:
 
 def makedirs(path: str) -> None:
   """Creates `path` and its parents; no-op when it exists (or on object stores)."""
-  try:
-    _fs().mkdirs(path)
-  except IOError:
-    if not _fs().exists(path):
-      raise
+  atomic_files.BEAM.makedirs(path)
 
 
 def rename(src: str, dst: str) -> None:
@@ -166,7 +162,6 @@ def write_run_config(output_dir: str, tool: str, flag_values,
     if flag_values[name].value is not None:
       lines.append(flag_values[name].serialize())
   lines.extend(beam_args)
-  makedirs(output_dir)
-  path = join(output_dir, f'config_{tool}.flags')
-  write_bytes_atomic(path, ('\n'.join(lines) + '\n').encode('utf-8'))
-  return path
+  return atomic_files.record_run_config(
+      output_dir, f'config_{tool}.flags', '\n'.join(lines) + '\n',
+      atomic_files.BEAM)
