@@ -614,14 +614,8 @@ def run_cpd(*,
                         ks=retrieval_ks, clean_titles=clean_titles,
                         step=embed_step)
       if chief:
-        with eval_writer.as_default(step=step):
-          for k, v in result.items():
-            tf.summary.scalar(k, v)
-        eval_writer.flush()
-        loop_lib.write_json(os.path.join(model_dir, RETRIEVAL_FILENAME),
-                            dict(result, step=step))
-      logging.info('validation retrieval at step %d: %s', step,
-                   ' '.join(f'{k}={v:.4f}' for k, v in sorted(result.items())))
+        loop_lib.record_evaluation(model_dir, RETRIEVAL_FILENAME, step, result,
+                                   eval_writer, 'validation retrieval')
       return result
 
     task = CpdTask(

@@ -7,10 +7,8 @@ TPUs need them (`pad_batches`). Used by SPL's training task and
 batch padding and replica statistics.
 """
 
-import os
 from typing import Any, Dict, Optional, Sequence
 
-from absl import logging
 import numpy as np
 import tensorflow as tf
 import tf_keras
@@ -165,16 +163,3 @@ def evaluate(model: tf_keras.Model,
   return metrics.classification_metrics(
       np.concatenate(probs), np.concatenate(labels), np.concatenate(videos),
       num_classes=num_classes, top_k=top_k, background_class=background_class)
-
-
-def write_eval(model_dir: str, step: int, result: Dict[str, Any],
-                writer) -> None:
-  scalars = loop_lib.scalars(result)
-  with writer.as_default(step=step):
-    for k, v in scalars.items():
-      tf.summary.scalar(k, v)
-  writer.flush()
-  loop_lib.write_json(os.path.join(model_dir, EVAL_DETAILS_FILENAME),
-              dict(result, step=step))
-  logging.info('eval at step %d: %s', step,
-               ' '.join(f'{k}={v:.4f}' for k, v in sorted(scalars.items())))

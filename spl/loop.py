@@ -99,6 +99,21 @@ def write_metrics(model_dir: str, summary: Dict[str, Any],
     write_json(os.path.join(model_dir, METRICS_FILENAME), summary)
 
 
+def record_evaluation(model_dir: str, filename: str, step: int,
+                      result: Dict[str, Any], writer, what: str) -> None:
+  """Where an evaluation's result goes (chief only): its scalars to the
+  TensorBoard `writer` at `step`, the whole result with the step to
+  `model_dir/filename`, and one log line headed `what`."""
+  values = scalars(result)
+  with writer.as_default(step=step):
+    for k, v in values.items():
+      tf.summary.scalar(k, v)
+  writer.flush()
+  write_json(os.path.join(model_dir, filename), dict(result, step=step))
+  logging.info('%s at step %d: %s', what, step,
+               ' '.join(f'{k}={v:.4f}' for k, v in sorted(values.items())))
+
+
 # ---- Checkpoints ----
 
 

@@ -698,7 +698,8 @@ def run(*,
           top_k=eval_top_k, background_class=eval_background_class,
           pad=pad_eval_batches)
       if chief:
-        evaluation.write_eval(model_dir, step, result, eval_writer)
+        loop_lib.record_evaluation(model_dir, evaluation.EVAL_DETAILS_FILENAME,
+                                   step, result, eval_writer, 'eval')
       return result
 
     out_dir = predictions_dir or os.path.join(model_dir,

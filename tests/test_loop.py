@@ -197,3 +197,21 @@ def test_evaluate_and_predict_run_through_the_controller(tmp_path):
   assert not os.path.exists(tmp_path / loop.METRICS_FILENAME)
   with pytest.raises(NotImplementedError, match='does not predict'):
     loop.Task().predict()
+
+
+def test_record_evaluation(tmp_path, caplog):
+  """Scalars to TensorBoard at the step, the whole result (with the step)
+  to the JSON file, one log line."""
+  caplog.set_level('INFO')
+  writer = tf.summary.create_file_writer(str(tmp_path / 'eval'))
+  result = {'top1': 0.5, 'num_clips': 9, 'per_class': [1.0, 0.0]}
+  loop.record_evaluation(str(tmp_path), 'details.json', 12, result, writer,
+                         'eval')
+  with open(tmp_path / 'details.json') as f:
+    assert json.load(f) == dict(result, step=12)
+  values = {v.tag: (e.step, tf.make_ndarray(v.tensor).item())
+            for f in tf.io.gfile.glob(str(tmp_path / 'eval' / '*'))
+            for e in tf.compat.v1.train.summary_iterator(f)
+            for v in e.summary.value}
+  assert values == {'top1': (12, 0.5), 'num_clips': (12, 9.0)}
+  assert 'eval at step 12: num_clips=9.0000 top1=0.5000' in caplog.text
