@@ -275,7 +275,6 @@ class CpdTask(loop_lib.Task):
     self.retrieval_metric = retrieval_metric
     self.eval_result: Optional[Dict[str, Any]] = None
     self._loops = {}
-    self._loss_key = None  # the loss module's 'direction/loss' metric
 
   def _replica_step(self, inputs, stage):
     inputs = input_pipeline.finish_features(inputs)
@@ -341,19 +340,17 @@ class CpdTask(loop_lib.Task):
     stage = self.curriculum.stage
     rates = _set_learning_rates(self.optimizers, self.curriculum, stage)
     step_metrics = self.run_steps(iterator, num_steps, stage)
-    loss_key = next((k for k in step_metrics if k.endswith('/loss') and
-                     k.count('/') == 1), None)
+    loss_key = _loss_key(step_metrics)
     result = dict(step_metrics, stage=stage,
                   loss=step_metrics[loss_key] if loss_key else float('nan'))
     for name, rate in rates.items():
       result[f'learning_rate/{name}'] = rate
-    self._loss_key = loss_key
     return result
 
   def progress(self, result):
     return f'stage {result["stage"]}  ' + ' '.join(
         f'{k}={v:.4g}' for k, v in sorted(result.items())
-        if '/' in k and k != self._loss_key and
+        if '/' in k and k != _loss_key(result) and
         not k.startswith('learning_rate/'))
 
   def end_loop(self, step, checkpoint_due):
@@ -398,6 +395,12 @@ class CpdTask(loop_lib.Task):
     if self.eval_result is not None:
       summary['eval'] = self.eval_result
     return summary
+
+
+def _loss_key(metrics):
+  """The loss module's total loss among its metrics ('<name>/loss')."""
+  return next((k for k in metrics if k.endswith('/loss') and
+               k.count('/') == 1), None)
 
 
 def _set_learning_rates(optimizers, curriculum, stage):

@@ -29,6 +29,7 @@ No gin here: `spl/configurables.py` registers `LoopConfig` as `loop`, so
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 import os
@@ -184,8 +185,9 @@ class LoopConfig:
                    max_checkpoints_to_keep=self.max_checkpoints_to_keep)
 
 
-class Task:
-  """What a method gives the `Controller`; override the methods below.
+class Task(abc.ABC):
+  """What a method gives the `Controller`: the two abstract methods, and
+  overrides of the others where its loop needs them.
 
   Attributes:
     checkpoint: the `tf.train.Checkpoint` of the whole run state.
@@ -200,14 +202,14 @@ class Task:
   global_batch_size: int
   loops_end_at_epochs: bool = False
 
+  @abc.abstractmethod
   def train_iterator(self, step: int) -> Iterator[Any]:
     """The distributed training input, for a run starting at `step`."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def train_steps(self, iterator: Iterator[Any],
                   num_steps: int) -> Dict[str, Any]:
     """Runs `num_steps` steps; returns their scalars, 'loss' among them."""
-    raise NotImplementedError
 
   def progress(self, result: Dict[str, Any]) -> str:
     """The task's part of the progress line (default: every other scalar)."""
@@ -233,6 +235,8 @@ class Task:
     """What the task adds to `metrics.json` (e.g. the last evaluation)."""
     return {}
 
+  # A method without evaluation or prediction (CPD predicts nothing) keeps
+  # these: the mode is refused by name.
   def evaluate(self, step: int) -> Dict[str, Any]:
     """One evaluation of the current state (mode 'eval'); its result."""
     raise NotImplementedError(f'{type(self).__name__} does not evaluate')

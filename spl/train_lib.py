@@ -664,7 +664,7 @@ def run(*,
     restored_from = loop_lib.resume(checkpoint, model_dir, 'the run state',
                                     training)
     if restored_from:
-      pass  # Resuming: nothing else initialises the model.
+      pass  # Resuming (loop.resume logged it): nothing else initialises.
     elif mode in ('eval', 'predict'):
       if not init_checkpoint:
         raise ValueError(f'`model_dir` {model_dir!r} holds no checkpoint to '

@@ -195,8 +195,20 @@ def test_evaluate_and_predict_run_through_the_controller(tmp_path):
   assert calls == ['setup', 'setup']
   assert result == {'written': ['a', 'b'], 'checkpoint': 'ckpt-7'}
   assert not os.path.exists(tmp_path / loop.METRICS_FILENAME)
-  with pytest.raises(NotImplementedError, match='does not predict'):
-    loop.Task().predict()
+
+
+  class TrainOnly(loop.Task):
+
+    def train_iterator(self, step):
+      return iter(())
+
+    def train_steps(self, iterator, num_steps):
+      return {'loss': 0.0}
+
+  with pytest.raises(NotImplementedError, match='TrainOnly does not predict'):
+    TrainOnly().predict()
+  with pytest.raises(TypeError, match='abstract'):
+    loop.Task()  # pylint: disable=abstract-class-instantiated
 
 
 def test_record_evaluation(tmp_path, caplog):

@@ -93,6 +93,11 @@ TF = _TfFileSystem()
 BEAM = _BeamFileSystem()
 
 
+def _join(directory: str, name: str) -> str:
+  return (posixpath.join(directory, name) if '://' in directory
+          else os.path.join(directory, name))
+
+
 def temporary_name(path: str, fs=TF, unique: Optional[bool] = None) -> str:
   """Where `path` is written before its rename (see the module docstring);
   `unique` overrides the file system's default."""
@@ -100,9 +105,7 @@ def temporary_name(path: str, fs=TF, unique: Optional[bool] = None) -> str:
     return f'{path}.tmp-partial'
   directory, name = (posixpath.split(path) if '://' in path
                      else os.path.split(path))
-  hidden = f'.{name}.tmp-{uuid.uuid4().hex}'
-  return posixpath.join(directory, hidden) if '://' in path else os.path.join(
-      directory, hidden)
+  return _join(directory, f'.{name}.tmp-{uuid.uuid4().hex}')
 
 
 @contextlib.contextmanager
@@ -138,8 +141,7 @@ def record_run_config(directory: str, name: str, text: str, fs=TF) -> str:
   their flags (`beam_utils.write_run_config`). Returns the path written.
   """
   fs.makedirs(directory)
-  path = (posixpath.join(directory, name) if '://' in directory
-          else os.path.join(directory, name))
+  path = _join(directory, name)
   write(path, text, fs)
   logging.info('run config recorded in %s', path)
   return path
