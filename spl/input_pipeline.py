@@ -132,16 +132,23 @@ different sizes, malformed protos) are as below. Only the frames a view
 keeps are decoded, so a corrupt frame outside the sampled window goes
 unnoticed in that epoch (evaluation with enough test clips touches all).
 
+A damaged shard (truncated, random bytes, a record whose CRC does not
+match) is read up to the damage; the bytes its records account for are then
+compared with the file's size (stat'ed once per shard when the dataset is
+made), so the damage is found at the end of that file's records.
+
 * `on_bad_record='error'` (default): an `InvalidArgumentError` is raised when
   the record is reached, whose message names the file, the record number in
-  the file and the key / reason.
+  the file and the key / reason; for a damaged shard, the file, the byte
+  offset and the first record not read.
 * `on_bad_record='skip'`: the record is dropped, a warning naming file,
   record and reason is logged, and it is counted (each time it is met, so
-  once per epoch when repeating). `num_skipped_records()`
-  returns the number skipped in this process since the last
-  `reset_skipped_records()`; `skipped_record_messages()` the messages (the
-  last 1000). The count is kept on the host in Python, so it works under any
-  strategy whose input pipeline runs in this process.
+  once per epoch when repeating); of a damaged shard the records before the
+  damage are used and the file is counted once. The counts live on the host
+  (`spl.inputs.bad_input`; re-exported here: `num_skipped_records()`,
+  `skipped_record_messages()` (the last 1000), `damaged_files()`,
+  `reset_skipped_records()`), so they work under any strategy whose input
+  pipeline runs in this process; the training loop reports them.
 
 A pattern that matches no file raises `ValueError` naming the pattern, at
 call time. A label is never silently replaced or clipped.
@@ -149,13 +156,12 @@ call time. A label is never silently replaced or clipped.
 
 from __future__ import annotations
 
-import collections
-import threading
+import concurrent.futures
 from typing import Callable, Dict, List, Optional, Tuple
 
-from absl import logging
 import tensorflow as tf
 
+from spl.inputs import bad_input
 from spl.inputs import decode
 from spl.inputs import geometry
 from spl.inputs import options as options_lib
@@ -199,45 +205,16 @@ DatasetFn = Callable[..., tf.data.Dataset]
 # would only slow tracing down (and re-read this file's source).
 _plain = tf.autograph.experimental.do_not_convert
 
-# ---- Skip counting (host side) ----
-_skip_lock = threading.Lock()
-_skip_count = 0
-_skip_messages: collections.deque = collections.deque(maxlen=1000)
-
-
-def num_skipped_records() -> int:
-  """Records skipped with `on_bad_record='skip'` since the last reset."""
-  with _skip_lock:
-    return _skip_count
-
-
-def skipped_record_messages() -> List[str]:
-  """Why the last (up to 1000) skipped records were skipped."""
-  with _skip_lock:
-    return list(_skip_messages)
-
-
-def reset_skipped_records() -> None:
-  """Sets the skip count to 0 and forgets the messages."""
-  global _skip_count
-  with _skip_lock:
-    _skip_count = 0
-    _skip_messages.clear()
+# ---- Host-side counts of what `on_bad_record='skip'` dropped ----
+num_skipped_records = bad_input.num_skipped_records
+skipped_record_messages = bad_input.skipped_record_messages
+damaged_files = bad_input.damaged_files
+reset_skipped_records = bad_input.reset
 
 
 def _record_skip(message: tf.Tensor) -> tf.Tensor:
-  _count_skip(message.numpy().decode('utf-8', errors='replace'))
+  bad_input.count_record(message.numpy().decode('utf-8', errors='replace'))
   return tf.constant(True)
-
-
-def _count_skip(text: str) -> None:
-  global _skip_count
-  with _skip_lock:
-    _skip_count += 1
-    _skip_messages.append(text)
-    count = _skip_count
-  if count <= 100 or count % 1000 == 0:
-    logging.warning('Skipping bad record (%d so far): %s', count, text)
 
 
 # ---- Argument checks ----
@@ -268,9 +245,78 @@ def _to_uint8(x: tf.Tensor) -> tf.Tensor:
   return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 255.0)), tf.uint8)
 
 
-def _read_file(path: tf.Tensor) -> tf.data.Dataset:
-  return tf.data.TFRecordDataset(path).enumerate().map(_plain(
-      lambda i, r: {'path': path, 'record': i, 'serialized': r}))
+# A TFRecord is framed by 16 bytes: length (8), its CRC (4), data CRC (4).
+_FRAMING_BYTES = 16
+_DAMAGE_REASON = (
+    'the rest of the file cannot be read: it is truncated, a record is '
+    'corrupt (CRC mismatch) or it is not a TFRecord file')
+
+
+def _file_sizes(files: List[str]) -> List[int]:
+  """Sizes of the shards, stat'ed in parallel (a GCS stat is a request)."""
+  with concurrent.futures.ThreadPoolExecutor(
+      min(32, max(1, len(files)))) as pool:
+    return list(pool.map(lambda f: tf.io.gfile.stat(f).length, files))
+
+
+def _damage_message(path, offset, size, record):
+  return tf.strings.join([
+      path, ': damaged at byte ', tf.strings.as_string(offset), ' of ',
+      tf.strings.as_string(size), ' (record #', tf.strings.as_string(record),
+      ' onwards): ', _DAMAGE_REASON])
+
+
+def _record_damage(path: tf.Tensor, message: tf.Tensor) -> tf.Tensor:
+  bad_input.count_damaged_file(
+      path.numpy().decode('utf-8', errors='replace'),
+      message.numpy().decode('utf-8', errors='replace'))
+  return tf.constant(True)
+
+
+def _read_file(path: tf.Tensor, size: tf.Tensor,
+               on_bad_record: str) -> tf.data.Dataset:
+  """The records of one shard, numbered; damage is found, never fatal.
+
+  The reader stops at the first damaged byte (`ignore_errors` ends a
+  TFRecordDataset there). An end-of-file marker then compares the bytes the
+  records account for with the file's size: a shortfall is damage at that
+  offset, raised naming the file, offset and record ('error') or counted
+  once per file, keeping the records before it ('skip'). A file cut exactly
+  at a record boundary is not detectable here (the writers' completion
+  records list their files for that).
+  """
+  records = tf.data.TFRecordDataset(path).ignore_errors(log_warning=True)
+  marked = records.map(_plain(lambda r: (r, False))).concatenate(
+      tf.data.Dataset.from_tensors((tf.constant(''), True)))
+
+  def number(state, element):
+    offset, index = state
+    serialized, end = element
+    length = tf.cast(tf.strings.length(serialized), tf.int64)
+    out = {'path': path, 'record': index, 'serialized': serialized,
+           'offset': offset, 'end': end}
+    return (offset + length + _FRAMING_BYTES, index + 1), out
+
+  def check_end(element):
+    damaged = tf.logical_and(element['end'], element['offset'] != size)
+    message = _damage_message(path, element['offset'], size,
+                              element['record'])
+    if on_bad_record == 'error':
+      checks = [tf.debugging.Assert(tf.logical_not(damaged), [message],
+                                    summarize=1)]
+    else:
+      checks = [tf.cond(
+          damaged,
+          lambda: tf.py_function(_record_damage, [path, message], tf.bool),
+          lambda: tf.constant(False))]
+    with tf.control_dependencies(checks):
+      return tf.logical_not(tf.identity(element['end']))
+
+  zero = tf.constant(0, tf.int64)
+  return marked.scan((zero, zero), _plain(number)).filter(
+      _plain(check_end)).map(_plain(lambda e: {
+          'path': e['path'], 'record': e['record'],
+          'serialized': e['serialized']}))
 
 
 class _RecordProcessor:
@@ -471,7 +517,7 @@ def _raise_if_bad(element):
 def _record_lost(lost: tf.Tensor) -> tf.Tensor:
   for name in lost.numpy().decode('utf-8', errors='replace').split(
       _LOST_SEPARATOR):
-    _count_skip(f'{name}: {_LOST_REASON}')
+    bad_input.count_record(f'{name}: {_LOST_REASON}')
   return tf.constant(True)
 
 
@@ -584,13 +630,15 @@ def make_dataset(file_pattern: str, *, is_training: bool, batch_size: int,
     files = files[pipeline_id::num_pipelines]
   pipeline_seed = None if seed is None else seed * 1_000_003 + pipeline_id
 
-  ds = tf.data.Dataset.from_tensor_slices(files)
+  ds = tf.data.Dataset.from_tensor_slices(
+      (files, tf.constant(_file_sizes(files), tf.int64)))
   if is_training and not shard_records and len(files) > 1:
     ds = ds.shuffle(len(files), seed=pipeline_seed,
                     reshuffle_each_iteration=True)
   cycle = min(len(files), opts.file_cycle_length)
   ds = ds.interleave(
-      _plain(_read_file), cycle_length=cycle, block_length=1,
+      _plain(lambda path, size: _read_file(path, size, on_bad_record)),
+      cycle_length=cycle, block_length=1,
       num_parallel_calls=cycle if cycle > 1 else None,
       deterministic=(bool(deterministic or shard_records) if cycle > 1
                      else None))

@@ -16,6 +16,11 @@ in one `tf.function` call (a `tf.range` loop), so Python is entered once per
 loop, not once per step; this is what keeps the trainer at the speed of a
 bare `tf.function` step (`benchmarks/bench_trainer.py`).
 
+Bad input: with `on_bad_record='skip'` the records and damaged shards the
+input pipeline skipped (`spl.inputs.bad_input`) are counted in the progress
+line, as TensorBoard scalars `input/skipped_records` and
+`input/damaged_files`, and under 'input' in `metrics.json` (which files).
+
 Faults: a `tf.train.CheckpointManager` saves the task's checkpoint (with its
 step counter) every `checkpoint_every_steps` and at the last step; rerunning
 the same command restores the latest checkpoint and continues. Under
@@ -40,6 +45,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from absl import logging
 import tensorflow as tf
 
+from spl.inputs import bad_input
 from tfrecords_tools import file_patterns
 from tfrecords_tools import records
 
@@ -248,6 +254,15 @@ class Task(abc.ABC):
 
 # Entries the Controller adds to every train result.
 _LOOP_KEYS = ('step', 'epoch', 'loss', 'clips_per_second')
+# Counts of skipped input (`on_bad_record='skip'`) shown as they grow.
+_SKIP_KEYS = ('skipped_records', 'damaged_files')
+
+
+def _skip_line(skipped: Dict[str, Any]) -> str:
+  if not skipped:
+    return ''
+  return (f'  skipped {skipped["skipped_records"]} records, '
+          f'{skipped["damaged_files"]} damaged files (metrics.json: input)')
 
 
 class Controller:
@@ -284,8 +299,11 @@ class Controller:
     if setup_done:
       setup_done()
     logging.info('evaluating %s (step %d)', checkpoint, step)
+    bad_input.reset()
     summary = {'eval': scalars(self.task.evaluate(step)),
                'checkpoint': checkpoint}
+    if bad_input.report():
+      summary['input'] = bad_input.report()
     write_metrics(self.model_dir, summary, self.chief)
     return summary
 
@@ -320,6 +338,7 @@ class Controller:
         max_to_keep=self.config.max_checkpoints_to_keep,
         step_counter=task.step_counter)
     step = int(task.step_counter.numpy())
+    bad_input.reset()  # This job's skips, reported as they grow.
     iterator = task.train_iterator(step)
     writer = (tf.summary.create_file_writer(
         os.path.join(self.model_dir, 'train')) if self.chief
@@ -343,15 +362,20 @@ class Controller:
       result = dict(metrics, step=step, loss=loss,
                     epoch=step / self.steps_per_epoch,
                     clips_per_second=num * task.global_batch_size / elapsed)
+      skipped = bad_input.report()
       with writer.as_default(step=step):
         for k, v in scalars(result).items():
           if k != 'step':
             tf.summary.scalar(k, v)
+        for k in _SKIP_KEYS:
+          if skipped:
+            tf.summary.scalar(f'input/{k}', skipped[k])
       writer.flush()
       logging.info('step %d/%d  epoch %.2f  loss %.4f  %s  %.1f clips/s  '
-                   'eta %.0fs', step, self.total_steps, result['epoch'], loss,
+                   'eta %.0fs%s', step, self.total_steps, result['epoch'], loss,
                    task.progress(result), result['clips_per_second'],
-                   (self.total_steps - step) * elapsed / max(num, 1))
+                   (self.total_steps - step) * elapsed / max(num, 1),
+                   _skip_line(skipped))
       due = (step % self.config.checkpoint_every_steps == 0 or
              step == self.total_steps)
       if task.end_loop(step, due) or due:
@@ -362,5 +386,7 @@ class Controller:
     if not self.chief:
       shutil.rmtree(self._ckpt_dir, ignore_errors=True)
     summary = dict({'train': result, 'step': step}, **task.summary())
+    if bad_input.report():
+      summary['input'] = bad_input.report()
     write_metrics(self.model_dir, summary, self.chief)
     return summary

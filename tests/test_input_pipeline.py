@@ -605,6 +605,100 @@ def test_lost_records_are_found_wherever_they_fall_in_a_task(
   assert 'could not be parsed or decoded' in err.value.message
 
 
+# ---- Damaged shards ----
+# A TFRecord is a sequence of [length: uint64 LE][crc of length: 4 bytes]
+# [data][crc of data: 4 bytes] (TensorFlow's record format).
+
+
+def _record_offsets(data):
+  """Start byte of every record of an intact TFRecord file, and its end."""
+  offsets, at = [], 0
+  while at < len(data):
+    offsets.append(at)
+    at += 8 + 4 + int.from_bytes(data[at:at + 8], 'little') + 4
+  return offsets + [at]
+
+
+def _damage(path, kind):
+  """Damages a shard in place; returns (first record lost, its offset)."""
+  with open(path, 'rb') as f:
+    data = bytearray(f.read())
+  offsets = _record_offsets(data)
+  if kind == 'truncated':  # Cut inside the last record.
+    data = data[:-500]
+    first = len(offsets) - 2
+  elif kind == 'crc':  # One byte of record #2's data flipped.
+    first = 2
+    data[offsets[2] + 12 + 40] ^= 0xFF
+  else:  # 'random': not a TFRecord file at all.
+    data = bytearray(np.random.default_rng(0).bytes(3000))
+    first = 0
+  with open(path, 'wb') as f:
+    f.write(bytes(data))
+  return first, offsets[first]
+
+
+DAMAGE = ('truncated', 'crc', 'random')
+
+
+@pytest.mark.parametrize('kind', DAMAGE)
+def test_damaged_shard_is_an_error_naming_file_and_offset(tmp_path, kind):
+  path = write(str(tmp_path / 'damaged.tfrecord'),
+               [testing.make_fake_clip(c) for c in range(5)])
+  first, offset = _damage(path, kind)
+  size = os.path.getsize(path)
+  with pytest.raises(tf.errors.InvalidArgumentError) as err:
+    take_all(ip.make_dataset(path, is_training=False, batch_size=2,
+                             num_frames=2, crop_size=16, num_classes=3,
+                             repeat=False, deterministic=True))
+  assert (f'{path}: damaged at byte {offset} of {size} (record #{first} '
+          f'onwards)') in err.value.message, err.value.message
+  assert 'truncated' in err.value.message
+
+
+@pytest.mark.parametrize('kind', DAMAGE)
+def test_damaged_shard_is_read_up_to_the_damage_in_skip_mode(tmp_path, kind):
+  """The records before the damage are used, every other shard entirely,
+  and the damaged file is counted once however often it is read."""
+  damaged = write(str(tmp_path / 'a.tfrecord'),
+                  [testing.make_fake_clip(c) for c in range(5)])
+  write(str(tmp_path / 'b.tfrecord'),
+        [testing.make_fake_clip(c) for c in range(10, 13)])
+  first, offset = _damage(damaged, kind)
+  ds = ip.make_dataset(str(tmp_path / '*.tfrecord'), is_training=False,
+                       batch_size=2, num_frames=2, crop_size=16,
+                       num_classes=3, repeat=False, drop_remainder=False,
+                       on_bad_record='skip', deterministic=True)
+  ip.reset_skipped_records()
+  for _ in range(2):
+    out = take_all(ds)
+    assert sorted(out[ip.CLIP_INDEX].tolist()) == (
+        list(range(first)) + [10, 11, 12])
+  assert list(ip.damaged_files()) == [damaged]
+  assert f'damaged at byte {offset}' in ip.damaged_files()[damaged]
+  assert ip.num_skipped_records() == 0
+  ip.reset_skipped_records()
+  assert ip.damaged_files() == {}
+
+
+def test_training_reads_past_a_damaged_shard_into_the_next_epoch(tmp_path):
+  """Repeating training input keeps going: the damaged shard's good records
+  come again each epoch, the other shards entirely."""
+  damaged = write(str(tmp_path / 'a.tfrecord'),
+                  [testing.make_fake_clip(c) for c in range(4)])
+  write(str(tmp_path / 'b.tfrecord'),
+        [testing.make_fake_clip(c) for c in range(10, 14)])
+  _damage(damaged, 'truncated')  # Records 0-2 stay readable.
+  ds = ip.make_dataset(str(tmp_path / '*.tfrecord'), is_training=True,
+                       batch_size=7, num_frames=2, crop_size=16,
+                       num_classes=3, on_bad_record='skip', seed=3)
+  ip.reset_skipped_records()
+  seen = [sorted(b[ip.CLIP_INDEX].numpy().tolist()) for b in ds.take(3)]
+  assert seen[0] == [0, 1, 2, 10, 11, 12, 13]  # One epoch is 7 records.
+  assert list(ip.damaged_files()) == [damaged]
+  ip.reset_skipped_records()
+
+
 def test_argument_errors(clips, tmp_path):
   with pytest.raises(ValueError, match='matches no file'):
     ip.make_dataset(str(tmp_path / 'none-*.tfrecord'), is_training=True,

@@ -796,3 +796,35 @@ def test_training_writes_the_model_config_that_rebuilds_the_run(trained,
     f.write('{"class_name": "Nothing"')
   with pytest.raises(ValueError, match='cannot rebuild a model from'):
     factory.classifier_from_config_file(path)
+
+
+def test_skipped_input_is_reported_by_training(tmp_path, caplog):
+  """A truncated shard in 'skip' mode: training goes on with the records
+  before the damage, and the damaged file is in the progress line, in
+  TensorBoard and (by name) in metrics.json."""
+  root = str(tmp_path / 'data')
+  pattern = _write_clips(root, [dict(num_frames=4)] * 8, num_shards=2)
+  damaged = os.path.join(root, schema.shard_name(0, 2))
+  with open(damaged, 'rb') as f:
+    data = f.read()
+  with open(damaged, 'wb') as f:
+    f.write(data[:-300])
+  model_dir = str(tmp_path / 'run')
+  caplog.set_level('INFO')
+  result = _run(mode='train', model_dir=model_dir, train_file_pattern=pattern,
+                train_steps=3, dataset_fn=functools.partial(
+                    input_pipeline.make_dataset, on_bad_record='skip',
+                    **TINY_DATA))
+  assert result['step'] == 3
+  with open(os.path.join(model_dir, train_lib.METRICS_FILENAME)) as f:
+    written = json.load(f)
+  assert written['input']['damaged_files'] == 1
+  assert list(written['input']['damaged']) == [damaged]
+  assert 'damaged at byte' in written['input']['damaged'][damaged]
+  # Found when the reader reaches the shard's end: by step 3 (12 of the 7
+  # readable records a epoch) at the latest.
+  assert _summaries(os.path.join(model_dir, 'train'),
+                    'input/damaged_files')[-1] == (3, 1.0)
+  progress = [r.getMessage() for r in caplog.records
+              if r.getMessage().startswith('step 3/3')]
+  assert progress and 'skipped 0 records, 1 damaged files' in progress[0]
