@@ -168,8 +168,8 @@ def run_cpd_demo(output_dir: str, size: CpdDemoSize = SIZES['small'], *,
       f'cpd_run.train_steps={size.steps}', 'cpd_run.train_epochs=None',
       f'cpd_run.validate_every_epochs={max(1, size.switch_epoch // 2)}',
       'loop.steps_per_loop=50', 'loop.checkpoint_every_steps=100000',
-      'loop.max_checkpoints_to_keep=1', 'cpd_run.deterministic=True',
-      f'cpd_run.seed={seed}', 'train/make_dataset.shuffle_buffer_size=64',
+      'loop.max_checkpoints_to_keep=1', 'loop.deterministic=True',
+      f'loop.seed={seed}', 'train/make_dataset.shuffle_buffer_size=64',
       'hf_text_encoder.max_length=16',
   ]
   run_file = _RUN_FILE

@@ -13,12 +13,9 @@ What a checkpoint holds: the video model (with a `backbone` edge, so
 encoder and head, both optimizers, the loss module (memory banks, Z of each
 direction, the negative sampler's step) and the curriculum (stage and
 early-switch bookkeeping). Rerunning the same command resumes from the latest
-checkpoint with all of it. The input position is not part of a checkpoint
-(`tf.distribute` iterators cannot be saved); with `deterministic` (seeded
-initialisation, input order and augmentation) the resumed run re-reads and
-skips the batches already consumed, so it continues exactly like an
-uninterrupted run (costs a pass over the consumed data: meant
-for reproducibility checks, not for resuming week-long runs).
+checkpoint with all of it; with `loop.deterministic` also from the same input
+position (`spl.loop.training_input`), so it ends exactly like an
+uninterrupted run.
 
 Loop: a `tf.function` runs up to `loop.steps_per_loop` steps; loops stop at
 epoch boundaries, where validation retrieval runs (`train_and_eval`, every
@@ -248,8 +245,7 @@ class CpdTask(loop_lib.Task):
                optimizers, num_rows, weight_decay, clip_norm,
                checkpoint=None, global_batch_size=None, steps_per_epoch=1,
                total_steps=0, dataset_fn=None, train_file_pattern=None,
-               train_kwargs=None, clean_titles=True, deterministic=False,
-               do_eval=None, report_eval=True, validate_every_epochs=1,
+               clean_titles=True, input_seed=None, do_eval=None, report_eval=True, validate_every_epochs=1,
                retrieval_metric=None):
     self.strategy = strategy
     self.models = models
@@ -266,9 +262,8 @@ class CpdTask(loop_lib.Task):
     self.total_steps = total_steps
     self.dataset_fn = dataset_fn
     self.train_file_pattern = train_file_pattern
-    self.train_kwargs = train_kwargs or {}
     self.clean_titles = clean_titles
-    self.deterministic = deterministic
+    self.input_seed = input_seed
     self.do_eval = do_eval
     self.report_eval = report_eval
     self.validate_every_epochs = validate_every_epochs
@@ -320,21 +315,13 @@ class CpdTask(loop_lib.Task):
   # ---- The `loop.Task` interface ----
 
   def train_iterator(self, step):
-    def make(ctx: tf.distribute.InputContext):
-      ds = self.dataset_fn(self.train_file_pattern, is_training=True,
-                           batch_size=ctx.get_per_replica_batch_size(
-                               self.global_batch_size),
-                           input_context=ctx, **self.train_kwargs)
-      if self.deterministic and step:
-        # Each pipeline feeds its replicas one batch each per step.
-        per_pipeline = ctx.num_replicas_in_sync // ctx.num_input_pipelines
-        ds = ds.skip(step * per_pipeline)
-      return ds.map(lambda e: {
-          **input_pipeline.video_features(e),
-          input_pipeline.CLIP_INDEX: e[input_pipeline.CLIP_INDEX],
-          TITLES: _titles(e, self.clean_titles)})
-
-    return iter(self.strategy.distribute_datasets_from_function(make))
+    return loop_lib.training_input(
+        self.strategy, self.dataset_fn, self.train_file_pattern,
+        global_batch_size=self.global_batch_size, step=step,
+        seed=self.input_seed, map_fn=lambda e: {
+            **input_pipeline.video_features(e),
+            input_pipeline.CLIP_INDEX: e[input_pipeline.CLIP_INDEX],
+            TITLES: _titles(e, self.clean_titles)})
 
   def train_steps(self, iterator, num_steps):
     stage = self.curriculum.stage
@@ -438,8 +425,6 @@ def run_cpd(*,
             validate_every_epochs: int = 1,
             mixed_precision: Optional[str] = None,
             loop: Optional[loop_lib.LoopConfig] = None,
-            deterministic: bool = False,
-            seed: int = 0,
             setup_done: Optional[Callable[[], None]] = None
             ) -> Dict[str, Any]:
   """Pre-trains CPD, or evaluates its retrieval; the job behind `spl.main`.
@@ -486,11 +471,8 @@ def run_cpd(*,
       validation counts once for the curriculum's patience.
     mixed_precision: None or 'bfloat16' (NCE logits and banks stay float32).
     loop: steps per loop, checkpoint period (checkpoints are also saved at
-      every epoch end) and retention (`spl.loop.LoopConfig`, gin `loop.*`).
-    deterministic: seeded weight initialisation (the process-wide seeds are
-      set), reproducible input order and augmentation; a resumed run skips
-      the batches already consumed (see module docstring).
-    seed: the seed of `deterministic`.
+      every epoch end) and retention, seed and exact runs
+      (`spl.loop.LoopConfig`, gin `loop.*`).
     setup_done: called once everything is built and restored.
 
   Returns:
@@ -549,11 +531,9 @@ def run_cpd(*,
         f'for R34, 110 for R50)')
   if evaluating or curriculum_validates:
     loop_lib.list_files(eval_file_pattern, 'eval_file_pattern')
-  train_kwargs = dict(deterministic=True, seed=seed) if (
-      deterministic) else {}
   if training:
     probe = dataset_fn(train_file_pattern, is_training=True, batch_size=1,
-                       input_context=None, **train_kwargs)
+                       input_context=None)
     clip_shape = input_pipeline.clip_shape(probe, 1)
   else:
     probe = eval_dataset_fn(
@@ -566,11 +546,10 @@ def run_cpd(*,
   chief = loop_lib.is_chief(strategy)
   if chief:
     tf.io.gfile.makedirs(model_dir)
-  if deterministic:
-    tf_keras.utils.set_random_seed(seed)
   previous_policy = tf_keras.mixed_precision.global_policy()
   if mixed_precision:
     tf_keras.mixed_precision.set_global_policy('mixed_bfloat16')
+  end_seeding = loop.seed_job()
   try:
     with strategy.scope():
       models = CpdModels(video_backbone=video_backbone, clip_shape=clip_shape,
@@ -628,8 +607,8 @@ def run_cpd(*,
         clip_norm=clip_norm, checkpoint=checkpoint,
         global_batch_size=global_batch_size, steps_per_epoch=steps_per_epoch,
         total_steps=total_steps, dataset_fn=dataset_fn,
-        train_file_pattern=train_file_pattern, train_kwargs=train_kwargs,
-        clean_titles=clean_titles, deterministic=deterministic,
+        train_file_pattern=train_file_pattern, clean_titles=clean_titles,
+        input_seed=loop.input_seed,
         do_eval=do_eval if evaluating or curriculum_validates else None,
         report_eval=evaluating, validate_every_epochs=validate_every_epochs,
         retrieval_metric=f'mean_R@{max(retrieval_ks)}')
@@ -650,3 +629,4 @@ def run_cpd(*,
     return summary
   finally:
     tf_keras.mixed_precision.set_global_policy(previous_policy)
+    end_seeding()

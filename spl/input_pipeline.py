@@ -555,6 +555,7 @@ def make_dataset(file_pattern: str, *, is_training: bool, batch_size: int,
                  drop_remainder: Optional[bool] = None,
                  repeat: Optional[bool] = None,
                  device_finishing: bool = False,
+                 skip_batches: int = 0,
                  **augmentation_kwargs) -> tf.data.Dataset:
   """Batches of model-ready clips from clip records (see module docstring).
 
@@ -586,6 +587,15 @@ def make_dataset(file_pattern: str, *, is_training: bool, batch_size: int,
       4x fewer bytes to the device and ~1.5x the clips per host CPU-second.
       For accelerators: on a CPU-only machine the resampling matmuls cost
       more than the host path saves.
+    skip_batches: start this many batches into the stream, by skipping
+      `skip_batches * batch_size` records after their order and augmentation
+      seeds are drawn and before anything is parsed or decoded (a resumed
+      deterministic run: the skipped records are read, not decoded). With
+      `deterministic` and no record dropped (`on_bad_record='error'`, or no
+      bad record before that point) the output equals
+      `make_dataset(...).skip(skip_batches)`; a record dropped by 'skip' mode
+      shifts every later batch by one record. Damaged shards are read only
+      to the damage either way, so they shift nothing.
     **augmentation_kwargs: fields of `AugmentationOptions`.
 
   Returns:
@@ -612,6 +622,8 @@ def make_dataset(file_pattern: str, *, is_training: bool, batch_size: int,
   if on_bad_record not in ('error', 'skip'):
     raise ValueError(
         f"`on_bad_record` must be 'error' or 'skip', got {on_bad_record!r}")
+  if skip_batches < 0:
+    raise ValueError(f'`skip_batches` must be >= 0, got {skip_batches}')
   opts = options_lib.make_options(crop_size, augmentation_kwargs)
   files = _list_files(file_pattern)
   if drop_remainder is None:
@@ -654,6 +666,8 @@ def make_dataset(file_pattern: str, *, is_training: bool, batch_size: int,
         seed=None if pipeline_seed is None else pipeline_seed + 1).batch(2)
     ds = tf.data.Dataset.zip((ds, seeds)).map(
         _plain(lambda e, s: dict(e, seed=s)))
+  if skip_batches:
+    ds = ds.skip(skip_batches * batch_size)
 
   processor = _RecordProcessor(
       is_training=is_training, num_frames=num_frames, stride=stride,

@@ -40,10 +40,12 @@ import math
 import os
 import shutil
 import time
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from absl import logging
 import tensorflow as tf
+from tensorflow.python.framework import config as tf_config
+import tf_keras
 
 from spl.inputs import bad_input
 from tfrecords_tools import file_patterns
@@ -180,15 +182,79 @@ class LoopConfig:
     checkpoint_every_steps: checkpoint period (a task may save more often,
       e.g. CPD at every epoch end); also at the last step.
     max_checkpoints_to_keep: older checkpoints are deleted.
+    seed: seeds the process (weight initialisation, dropout: Python, NumPy
+      and TensorFlow's global seed) in every run, and with `deterministic`
+      the input order and augmentation.
+    deterministic: exact runs: op determinism on for the job, the input
+      order and augmentation fixed by `seed`, and a resumed run starts the
+      input where the checkpoint stopped (`training_input`), so a run killed
+      at any point and rerun ends with the weights of an uninterrupted run.
+      Off by default: deterministic kernels and a fixed input order cost
+      speed on accelerators (not measured here: no GPU runs this stack).
   """
   steps_per_loop: int = 100
   checkpoint_every_steps: int = 1000
   max_checkpoints_to_keep: int = 5
+  seed: int = 0
+  deterministic: bool = False
 
   def check(self) -> None:
     check_positive(steps_per_loop=self.steps_per_loop,
                    checkpoint_every_steps=self.checkpoint_every_steps,
                    max_checkpoints_to_keep=self.max_checkpoints_to_keep)
+    if not isinstance(self.seed, int) or self.seed < 0:
+      raise ValueError(f'`seed` (gin loop.seed) must be an int >= 0, got '
+                       f'{self.seed!r}')
+
+  @property
+  def input_seed(self) -> Optional[int]:
+    """The input pipeline's seed: `seed` when deterministic, else None."""
+    return self.seed if self.deterministic else None
+
+  def seed_job(self) -> Callable[[], None]:
+    """Seeds the process (and turns op determinism on when deterministic)
+    before a job builds anything; returns what undoes op determinism."""
+    tf_keras.utils.set_random_seed(self.seed)
+    was_deterministic = tf_config.is_op_determinism_enabled()
+    if self.deterministic:
+      tf.config.experimental.enable_op_determinism()
+
+    def restore():
+      if not was_deterministic:
+        tf_config.disable_op_determinism()
+    return restore
+
+
+def training_input(strategy: tf.distribute.Strategy,
+                   dataset_fn: Callable[..., tf.data.Dataset],
+                   file_pattern: str, *, global_batch_size: int, step: int,
+                   seed: Optional[int], map_fn: Callable[[Any], Any],
+                   **kwargs) -> Iterator[Any]:
+  """The distributed training input of a run that starts at `step`.
+
+  With a `seed` (`LoopConfig.input_seed`) the order and augmentation are
+  fixed by it and a resumed run starts where the checkpoint stopped: each
+  pipeline skips the records of the `step` steps done (it feeds
+  `replicas / pipelines` batches a step) before decoding anything
+  (`make_dataset`'s `skip_batches`). The input position is thus part of the
+  checkpoint through the step counter, at the cost of reading (not
+  decoding) the consumed records once when resuming. Without a seed a
+  resumed run starts a fresh random order.
+  """
+  def make(ctx: tf.distribute.InputContext):
+    extra = {}
+    if seed is not None:
+      extra = dict(deterministic=True, seed=seed)
+      if step:
+        per_pipeline = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+        extra['skip_batches'] = step * per_pipeline
+    ds = dataset_fn(file_pattern, is_training=True,
+                    batch_size=ctx.get_per_replica_batch_size(
+                        global_batch_size),
+                    input_context=ctx, **kwargs, **extra)
+    return ds.map(map_fn)
+
+  return iter(strategy.distribute_datasets_from_function(make))
 
 
 class Task(abc.ABC):

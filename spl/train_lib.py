@@ -199,7 +199,7 @@ class ClassificationTask(loop_lib.Task):
                global_batch_size, steps_per_epoch, weight_decay,
                mixed_precision, jit_compile, clip_norm=None, checkpoint=None,
                dataset_fn=None, train_file_pattern=None, do_eval=None,
-               lr_schedule=None, do_predict=None):
+               lr_schedule=None, do_predict=None, input_seed=None):
     self.strategy = strategy
     self.model = model
     self.optimizer = optimizer
@@ -213,6 +213,7 @@ class ClassificationTask(loop_lib.Task):
     self.checkpoint = checkpoint
     self.dataset_fn = dataset_fn
     self.train_file_pattern = train_file_pattern
+    self.input_seed = input_seed
     self.do_eval = do_eval
     self.do_predict = do_predict
     self.lr_schedule = lr_schedule
@@ -304,16 +305,11 @@ class ClassificationTask(loop_lib.Task):
   # ---- The `loop.Task` interface ----
 
   def train_iterator(self, step):
-    del step  # The input restarts from its beginning (issue 17).
-
-    def make(ctx: tf.distribute.InputContext):
-      ds = self.dataset_fn(self.train_file_pattern, is_training=True,
-                           batch_size=ctx.get_per_replica_batch_size(
-                               self.global_batch_size),
-                           input_context=ctx, num_classes=self.num_classes)
-      return ds.map(_train_features)
-
-    return iter(self.strategy.distribute_datasets_from_function(make))
+    return loop_lib.training_input(
+        self.strategy, self.dataset_fn, self.train_file_pattern,
+        global_batch_size=self.global_batch_size, step=step,
+        seed=self.input_seed, map_fn=_train_features,
+        num_classes=self.num_classes)
 
   def train_steps(self, iterator, num_steps):
     self.run_steps(iterator, num_steps)
@@ -617,6 +613,7 @@ def run(*,
   if mixed_precision:
     tf_keras.mixed_precision.set_global_policy(
         'mixed_bfloat16' if mixed_precision == 'bfloat16' else 'mixed_float16')
+  end_seeding = loop.seed_job()
   try:
     with contextlib.nullcontext() if local_model else strategy.scope():
       model = _build_model(model_fn, num_classes=num_classes,
@@ -720,7 +717,7 @@ def run(*,
         clip_norm=clip_norm, checkpoint=checkpoint, dataset_fn=dataset_fn,
         train_file_pattern=train_file_pattern,
         do_eval=do_eval if evaluating else None, lr_schedule=lr,
-        do_predict=do_predict)
+        do_predict=do_predict, input_seed=loop.input_seed)
     controller = loop_lib.Controller(
         strategy=strategy, task=task, model_dir=model_dir, config=loop,
         total_steps=total_steps, steps_per_epoch=steps_per_epoch)
@@ -735,3 +732,4 @@ def run(*,
     return summary
   finally:
     tf_keras.mixed_precision.set_global_policy(previous_policy)
+    end_seeding()

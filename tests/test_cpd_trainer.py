@@ -236,7 +236,7 @@ def test_train_and_eval_two_steps_word2vec(data, tmp_path, monkeypatch):
 
 
 def test_resume_continues_identically(data, tmp_path):
-  det = ['cpd_run.deterministic=True', 'cpd_run.train_steps=4',
+  det = ['loop.deterministic=True', 'cpd_run.train_steps=4',
          'loop.checkpoint_every_steps=100']
   straight = _state(_run(data, tmp_path / 'straight', bindings=det))
   _run(data, tmp_path / 'resumed',

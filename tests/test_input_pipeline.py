@@ -501,6 +501,26 @@ def test_deterministic_mode_is_reproducible(clips):
   assert not np.array_equal(a[ip.VIDEO], c[ip.VIDEO])
 
 
+@pytest.mark.parametrize('replicas', [1, 2])
+def test_skip_batches_starts_where_the_skipped_batches_end(clips, replicas):
+  """A resumed deterministic run's input: the same batches, clips and
+  augmentation as the uninterrupted stream from that batch on (skipped
+  before decoding), per input pipeline of a sharded input."""
+  for pipeline in range(replicas):
+    context = tf.distribute.InputContext(num_input_pipelines=replicas,
+                                         input_pipeline_id=pipeline)
+    kwargs = dict(is_training=True, batch_size=3, num_frames=2,
+                  crop_size=16, deterministic=True, seed=4,
+                  input_context=context)
+    whole = take_all(ip.make_dataset(clips, **kwargs).skip(5).take(4))
+    resumed = take_all(ip.make_dataset(clips, skip_batches=5,
+                                       **kwargs).take(4))
+    for key in (ip.CLIP_INDEX, ip.VIDEO):
+      np.testing.assert_array_equal(resumed[key], whole[key])
+  with pytest.raises(ValueError, match='`skip_batches` must be >= 0'):
+    ip.make_dataset(clips, is_training=True, batch_size=3, skip_batches=-1)
+
+
 # ---- Bad input ----
 
 

@@ -821,10 +821,70 @@ def test_skipped_input_is_reported_by_training(tmp_path, caplog):
   assert written['input']['damaged_files'] == 1
   assert list(written['input']['damaged']) == [damaged]
   assert 'damaged at byte' in written['input']['damaged'][damaged]
-  # Found when the reader reaches the shard's end: by step 3 (12 of the 7
-  # readable records a epoch) at the latest.
+  # Found when the reader reaches the shard's end: by step 3 (12 records;
+  # an epoch has 7 readable ones) at the latest.
   assert _summaries(os.path.join(model_dir, 'train'),
                     'input/damaged_files')[-1] == (3, 1.0)
   progress = [r.getMessage() for r in caplog.records
               if r.getMessage().startswith('step 3/3')]
   assert progress and 'skipped 0 records, 1 damaged files' in progress[0]
+
+
+def _back_to_checkpoint(model_dir, step):
+  """What a kill right after checkpoint `step` leaves: later ones removed."""
+  for path in tf.io.gfile.glob(os.path.join(model_dir, 'ckpt-*')):
+    if int(os.path.basename(path).split('.')[0][len('ckpt-'):]) > step:
+      os.remove(path)
+  tf.compat.v1.train.update_checkpoint_state(
+      model_dir, os.path.join(model_dir, f'ckpt-{step}'))
+
+
+@pytest.mark.parametrize('replicas', [1, 2])
+def test_deterministic_resume_ends_with_the_weights_of_a_straight_run(
+    data, tmp_path, logical_cpus, replicas):
+  """`loop.deterministic`: taken back to its checkpoint at step 3 of 6 (a
+  kill) and rerun, a run ends bit for bit where the uninterrupted one did,
+  on one device and on 2 replicas: seeds, op determinism and the input
+  position (the resumed input skips the 3 steps' records) all hold. Resumed
+  with an input that starts again from its beginning, it does not."""
+  def train(model_dir, **kwargs):
+    strategy = (tf.distribute.OneDeviceStrategy(logical_cpus[0])
+                if replicas == 1 else _mirrored(logical_cpus[:2]))
+    return _run(mode='train', model_dir=str(tmp_path / model_dir),
+                strategy=strategy, train_file_pattern=data, train_steps=6,
+                loop=loop.LoopConfig(steps_per_loop=2,
+                                     checkpoint_every_steps=3,
+                                     deterministic=True, seed=5), **kwargs)
+
+  def weights(result):
+    # Trainable first; the batch-norm moving statistics after.
+    model = result['model']
+    return ([w.numpy() for w in model.trainable_weights],
+            [w.numpy() for w in model.non_trainable_weights])
+
+  straight = weights(train('straight'))
+  for name in ('resumed', 'restarted'):
+    shutil.copytree(tmp_path / 'straight', tmp_path / name)
+    _back_to_checkpoint(str(tmp_path / name), 3)
+  resumed = weights(train('resumed'))
+  assert tf.train.latest_checkpoint(str(tmp_path / 'resumed')).endswith(
+      'ckpt-6')
+  for a, b in zip(straight[0], resumed[0]):
+    np.testing.assert_array_equal(a, b)
+  # A checkpoint holds the replicas' mean of each batch-norm moving
+  # statistic (ON_READ variables, saved as tf.distribute reads them) and a
+  # restore gives every replica that mean; the statistics' updates are
+  # linear, so the later means equal the uninterrupted run's up to float
+  # rounding (one replica: exactly). They never enter a training step.
+  for a, b in zip(straight[1], resumed[1]):
+    if replicas == 1:
+      np.testing.assert_array_equal(a, b)
+    else:
+      np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+
+  def from_the_start(*args, skip_batches=0, **kwargs):
+    del skip_batches
+    return input_pipeline.make_dataset(*args, **{**TINY_DATA, **kwargs})
+  restarted = weights(train('restarted', dataset_fn=from_the_start))
+  assert any(not np.array_equal(a, b)
+             for a, b in zip(straight[0], restarted[0]))
