@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import json
 import math
 import os
 import shutil
@@ -106,6 +107,22 @@ def write_metrics(model_dir: str, summary: Dict[str, Any],
   """`model_dir/metrics.json` (chief only), the job's result."""
   if chief:
     write_json(os.path.join(model_dir, METRICS_FILENAME), summary)
+
+
+def _previous_train_result(model_dir: str, step: int) -> Dict[str, Any]:
+  """The 'train' entry of `metrics.json` if it was written at `step`."""
+  path = os.path.join(model_dir, METRICS_FILENAME)
+  if not tf.io.gfile.exists(path):
+    return {}
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      previous = json.load(f)
+  except ValueError:
+    return {}
+  train = previous.get('train') if isinstance(previous, dict) else None
+  if isinstance(train, dict) and train.get('step') == step:
+    return train
+  return {}
 
 
 def record_evaluation(model_dir: str, filename: str, step: int,
@@ -448,7 +465,9 @@ class Controller:
         # Every worker saves (ON_READ variables need a collective read).
         manager.save(checkpoint_number=step)
     if not result:
+      # A finished run rerun: keep the training result it wrote.
       task.end_without_steps(step)
+      result = _previous_train_result(self.model_dir, step)
     if not self.chief:
       shutil.rmtree(self._ckpt_dir, ignore_errors=True)
     summary = dict({'train': result, 'step': step}, **task.summary())

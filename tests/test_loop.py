@@ -119,7 +119,10 @@ def test_resume_continues_from_the_latest_checkpoint(tmp_path):
   loop.resume(done.checkpoint, str(tmp_path), 'the count', training=True)
   summary = _controller(done, tmp_path, 11).train()
   assert done.loops == [] and done.without_steps == [11]
-  assert summary['train'] == {} and summary['step'] == 11
+  assert summary['step'] == 11
+  # metrics.json keeps the result of the run that trained (step 11).
+  assert summary['train']['step'] == 11
+  assert summary['train']['loss'] == pytest.approx(1 / 11)
   assert _checkpoint_steps(tmp_path) == [5, 7, 10, 11]
 
 
