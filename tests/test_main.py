@@ -84,6 +84,25 @@ def test_missing_gin_file_is_named(tmp_path):
     main.parse_gin([str(tmp_path / 'nope.gin')], [])
 
 
+def test_cli_names_the_gin_file_and_line_of_a_missing_import(tmp_path):
+  """The command's last words name the file and line (each kind of error:
+  tests/test_gin_errors.py); it used to be a bare ModuleNotFoundError."""
+  bad = tmp_path / 'bad.gin'
+  bad.write_text("# overlay\nimport no_such_module_for_gin\n")
+  model_dir = tmp_path / 'model'
+  done = subprocess.run(
+      [sys.executable, '-m', 'spl.main', f'--gin_file={bad}',
+       f'--model_dir={model_dir}'], cwd=str(tmp_path), env=_env(),
+      capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode != 0
+  last = done.stderr.strip().splitlines()[-1]
+  assert last == (
+      f"ValueError: bad gin config (files ['{bad}'], bindings []): file "
+      f"'{bad}', line 2: No module named 'no_such_module_for_gin'"), (
+          done.stderr[-3000:])
+  assert not model_dir.exists()
+
+
 def test_strategies_are_built_by_name():
   assert isinstance(main.build_strategy('one_device'),
                     tf.distribute.OneDeviceStrategy)

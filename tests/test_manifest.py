@@ -263,3 +263,142 @@ def test_read_label_list_is_utf8_whatever_the_locale(tmp_path):
   module_file, names = json.loads(done.stdout)
   assert os.path.samefile(module_file, manifest_lib.__file__)
   assert names == ['café', 'naïve']
+
+
+# ---- Field types: a wrong type is a bad row, never a coerced value ----
+
+
+def _jsonl(tmp_path, rows):
+  return _write(tmp_path / 'm.jsonl',
+                ''.join(json.dumps(r) + '\n' for r in rows))
+
+
+@pytest.mark.parametrize('field,value,got', [
+    ('path', 5, 'number 5'),
+    ('path', ['a.mp4'], 'array ["a.mp4"]'),
+    ('path', True, 'boolean true'),
+    ('label', ['x'], 'array ["x"]'),
+    ('label', 3, 'number 3'),
+    ('label', {'name': 'x'}, 'object {"name": "x"}'),
+    ('label', False, 'boolean false'),
+    ('video_id', 42, 'number 42'),
+    ('video_id', ['v'], 'array ["v"]'),
+    ('title', 1.5, 'number 1.5'),
+    ('title', ['a', 'b'], 'array ["a", "b"]'),
+])
+def test_jsonl_text_field_of_another_type_is_a_bad_row(tmp_path, field, value,
+                                                       got):
+  """`"label": ["x"]` is not the class "['x']", `"path": 5` not a file `5`."""
+  good = {'path': 'a.mp4', 'label': 'dog', 'video_id': 'va', 'title': 't'}
+  path = _jsonl(tmp_path, [
+      {'path': 'b.mp4', 'label': 'cat'},
+      dict(good, **{field: value}),
+      {'path': 'c.mp4', 'label': 'dog'}])
+  entries, rejects, class_names, _ = manifest_lib.read_manifest(path)
+  [reject] = rejects
+  assert reject == _reject(
+      2, good['path'] if field != 'path' else '',
+      good['video_id'] if field != 'video_id' else '', manifest_lib.BAD_ROW,
+      f'row 2: `{field}` must be a string, got {got}')
+  # The rejected row adds no class and shifts no index.
+  assert class_names == ['cat', 'dog']
+  assert entries == [_entry(0, 1, tmp_path / 'b.mp4', 'b', 'cat', 0),
+                     _entry(1, 3, tmp_path / 'c.mp4', 'c', 'dog', 1)]
+
+
+@pytest.mark.parametrize('field', ['start', 'end'])
+@pytest.mark.parametrize('value,problem', [
+    (True, 'must be a number of seconds, got boolean true'),
+    ([1], 'must be a number of seconds, got array [1]'),
+    ({'s': 1}, 'must be a number of seconds, got object {"s": 1}'),
+    ('soon', 'must be a number of seconds, got string "soon"'),
+    (float('inf'), 'must be a finite number of seconds, got number Infinity'),
+    ('inf', 'must be a finite number of seconds, got string "inf"'),
+    (10**400, 'must be a finite number of seconds, got number 1000'),
+], ids=['bool', 'array', 'object', 'word', 'inf', 'inf_string', 'huge_int'])
+def test_jsonl_time_of_another_type_is_a_bad_row(tmp_path, field, value,
+                                                 problem):
+  """A boolean is not 1 s, a list does not crash the job, inf is refused."""
+  path = _jsonl(tmp_path, [
+      {'path': 'a.mp4', 'label': 'odd', field: value},
+      {'path': 'b.mp4', 'label': 'dog', 'start': 1, 'end': '2.5'}])
+  entries, rejects, class_names, _ = manifest_lib.read_manifest(path)
+  [reject] = rejects
+  assert {k: v for k, v in reject.items() if k != 'message'} == {
+      'row': 1, 'path': 'a.mp4', 'video_id': '',
+      'reason': manifest_lib.BAD_ROW}
+  assert reject['message'].startswith(f'row 1: `{field}` {problem}'), (
+      reject['message'])
+  # Numbers, and strings that spell one (as in CSV), are seconds.
+  assert entries == [_entry(0, 2, tmp_path / 'b.mp4', 'b', 'dog', 0,
+                            start=1.0, end=2.5)]
+  assert class_names == ['dog']
+
+
+def test_jsonl_null_and_blank_optional_fields_are_absent(tmp_path):
+  """null (or a blank string) is an absent optional field, not a bad row."""
+  path = _jsonl(tmp_path, [
+      {'path': 'a.mp4', 'label': 'dog', 'video_id': None, 'title': None,
+       'start': None, 'end': None},
+      {'path': 'b.mp4', 'label': 'dog', 'video_id': ' ', 'title': '',
+       'start': '', 'end': ' '}])
+  entries, rejects, _, _ = manifest_lib.read_manifest(path)
+  assert rejects == []
+  assert entries == [_entry(0, 1, tmp_path / 'a.mp4', 'a', 'dog', 0),
+                     _entry(1, 2, tmp_path / 'b.mp4', 'b', 'dog', 0)]
+
+
+@pytest.mark.parametrize('field', ['start', 'end'])
+def test_csv_time_that_is_not_a_finite_number_is_a_bad_row(tmp_path, field):
+  """CSV cells are text: a time must spell a finite number of seconds."""
+  rows = ''.join(
+      f'{name}.mp4,dog,{cell if field == "start" else ""},'
+      f'{cell if field == "end" else ""}\n'
+      for name, cell in [('a', 'inf'), ('b', 'ten'), ('c', '1e999'),
+                         ('d', '2')])
+  path = _write(tmp_path / 'm.csv', 'path,label,start,end\n' + rows)
+  entries, rejects, _, _ = manifest_lib.read_manifest(path)
+  bad = manifest_lib.BAD_ROW
+  assert rejects == [
+      _reject(1, 'a.mp4', '', bad, f'row 1: `{field}` must be a finite number'
+              ' of seconds, got string "inf"'),
+      _reject(2, 'b.mp4', '', bad, f'row 2: `{field}` must be a number of '
+              'seconds, got string "ten"'),
+      _reject(3, 'c.mp4', '', bad, f'row 3: `{field}` must be a finite number'
+              ' of seconds, got string "1e999"')]
+  assert [(e.row, e.start, e.end) for e in entries] == [
+      (4, 2.0 if field == 'start' else None,
+       2.0 if field == 'end' else None)]
+
+
+def test_csv_row_with_more_cells_than_the_header_is_a_bad_row(tmp_path):
+  """An unquoted comma shifts the columns after it: reject, don't drop."""
+  path = _write(tmp_path / 'm.csv', (
+      'path,label,title,video_id\n'
+      'a.mp4,dog,hello, world,va\n'
+      'b.mp4,cat,"hello, world",vb\n'
+      'c.mp4,bird\n'))
+  entries, rejects, class_names, _ = manifest_lib.read_manifest(path)
+  assert rejects == [_reject(
+      1, 'a.mp4', ' world', manifest_lib.BAD_ROW,
+      'row 1: 5 cells, the header has 4 (an unquoted comma?)')]
+  assert entries == [
+      _entry(0, 2, tmp_path / 'b.mp4', 'vb', 'cat', 1, 'hello, world'),
+      _entry(1, 3, tmp_path / 'c.mp4', 'c', 'bird', 0)]
+  assert class_names == ['bird', 'cat']
+
+
+def test_rejected_rows_never_add_a_class(tmp_path):
+  """Classes come from usable rows only: a duplicate's label is no class."""
+  path = _write(tmp_path / 'm.csv', (
+      'path,label,video_id,end\n'
+      'a.mp4,dog,v1,\n'
+      'b.mp4,ant,v1,\n'
+      'c.mp4,bee,v3,-1\n'
+      'd.mp4,cat,v4,\n'))
+  entries, rejects, class_names, _ = manifest_lib.read_manifest(path)
+  assert [(r['row'], r['reason']) for r in rejects] == [
+      (3, manifest_lib.BAD_ROW), (2, manifest_lib.DUPLICATE_VIDEO_ID)]
+  assert class_names == ['cat', 'dog']
+  assert [(e.video_id, e.label_index) for e in entries] == [('v1', 1),
+                                                           ('v4', 0)]

@@ -3,7 +3,15 @@
 A manifest is CSV with a header row, or JSONL (one object per line), with
 columns `path`, `label`, `title` and optional `video_id`, `start`, `end`
 (seconds; a trimmed segment of the file). Rows that cannot be used become
-rejects with a reason; they never stop the job.
+rejects with a reason; they never stop the job, and never add a class.
+
+Field types are checked, never coerced: `path`, `label`, `video_id` and
+`title` are strings (a JSONL `"label": ["x"]` is a bad row, not the class
+"['x']"); `start` and `end` are finite numbers of seconds, written as JSON
+numbers or as text that spells one (CSV cells are text; a JSONL made from a
+CSV reads the same). An absent optional field, JSON null or a blank string is
+"not given". A CSV row with more cells than the header (an unquoted comma
+shifts every column after it) is a bad row.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -52,7 +61,11 @@ def _read_text(path: str) -> Tuple[str, bool]:
 
 
 def _rows(path: str, text: str) -> List[Tuple[int, Optional[Dict], str]]:
-  """(row number, row dict or None, error) for every data row."""
+  """(row number, row dict or None, error) for every data row.
+
+  A non-empty error makes the row a reject; its dict, when there is one, still
+  names the row's path and video id in the reject.
+  """
   if path.endswith(('.jsonl', '.json')):
     out = []
     for i, line in enumerate(text.splitlines(), start=1):
@@ -74,15 +87,61 @@ def _rows(path: str, text: str) -> List[Tuple[int, Optional[Dict], str]]:
   if missing:
     raise ValueError(f'manifest {path!r}: header {reader.fieldnames} lacks '
                      f'column(s) {missing}')
-  return [(i, {k.strip(): v for k, v in r.items() if k is not None}, '')
-          for i, r in enumerate(reader, start=1)]
+  out = []
+  for i, r in enumerate(reader, start=1):
+    # DictReader puts a row's cells beyond the header under the key None.
+    extra = r.get(None) or []
+    error = (f'{len(reader.fieldnames) + len(extra)} cells, the header has '
+             f'{len(reader.fieldnames)} (an unquoted comma?)' if extra else '')
+    out.append((i, {k.strip(): v for k, v in r.items() if k is not None},
+                error))
+  return out
+
+
+def _describe(value) -> str:
+  """`value` as the JSON type and text a user wrote, e.g. 'array ["x"]'."""
+  kind = {bool: 'boolean', int: 'number', float: 'number', str: 'string',
+          list: 'array', dict: 'object'}.get(type(value),
+                                             type(value).__name__)
+  text = json.dumps(value, ensure_ascii=False, default=repr)
+  return f'{kind} {text if len(text) <= 40 else text[:37] + "..."}'
+
+
+def _text(row: Dict, name: str) -> str:
+  """A text field: '' if absent or null; any type but a string is refused."""
+  value = row.get(name)
+  if value is None:
+    return ''
+  if not isinstance(value, str):
+    raise ValueError(f'`{name}` must be a string, got {_describe(value)}')
+  return value
+
+
+def _shown(row: Dict, name: str) -> str:
+  """A text field for a reject: what the row says, '' if not a string."""
+  value = row.get(name)
+  return value if isinstance(value, str) else ''
 
 
 def _seconds(value, name: str) -> Optional[float]:
+  """Seconds from a JSON number or text spelling one; None if not given."""
   if value is None or (isinstance(value, str) and not value.strip()):
     return None
-  v = float(value)
-  if not v >= 0:
+  # bool is an int in Python: `true` must not become 1 second.
+  if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+    raise ValueError(
+        f'`{name}` must be a number of seconds, got {_describe(value)}')
+  try:
+    v = float(value)
+  except ValueError:
+    raise ValueError(f'`{name}` must be a number of seconds, got '
+                     f'{_describe(value)}') from None
+  except OverflowError:  # An int beyond float's range.
+    v = math.inf
+  if not math.isfinite(v):
+    raise ValueError(f'`{name}` must be a finite number of seconds, got '
+                     f'{_describe(value)}')
+  if v < 0:
     raise ValueError(f'`{name}` must be >= 0 seconds, got {value!r}')
   return v
 
@@ -140,13 +199,17 @@ def read_manifest(path: str, labels: Optional[Sequence[str]] = None
       rejects.append(make_reject(row=row, path='', video_id='', reason=BAD_ROW,
                                  message=error))
       continue
-    raw_path = str(obj.get('path') or '').strip()
-    label = str(obj.get('label') or '').strip()
+    raw_path = _shown(obj, 'path').strip()
     try:
-      if not raw_path:
+      if error:
+        raise ValueError(error)
+      if not _text(obj, 'path').strip():
         raise ValueError('empty `path`')
+      label = _text(obj, 'label').strip()
       if not label:
         raise ValueError('empty `label`')
+      video_id = _text(obj, 'video_id').strip()
+      title = _text(obj, 'title')
       start = _seconds(obj.get('start'), 'start')
       end = _seconds(obj.get('end'), 'end')
       # No `start` means the file's start (0 s): `end` 0 is empty too.
@@ -154,26 +217,20 @@ def read_manifest(path: str, labels: Optional[Sequence[str]] = None
         raise ValueError(f'`end` ({end}) must be > `start` ({start or 0.0})')
     except ValueError as e:
       rejects.append(make_reject(row=row, path=raw_path,
-                                 video_id=str(obj.get('video_id') or ''),
+                                 video_id=_shown(obj, 'video_id'),
                                  reason=BAD_ROW, message=f'row {row}: {e}'))
       continue
     full = raw_path if os.path.isabs(raw_path) else os.path.join(
         manifest_dir, raw_path)
     full = os.path.normpath(full)
-    video_id = str(obj.get('video_id') or '').strip() or default_video_id(
-        full, manifest_dir)
-    parsed.append((row, full, video_id, label, str(obj.get('title') or ''),
-                   start, end))
+    video_id = video_id or default_video_id(full, manifest_dir)
+    parsed.append((row, full, video_id, label, title, start, end))
 
-  if labels is None:
-    class_names = sorted({p[3] for p in parsed})
-  else:
-    class_names = sorted(labels)
-  index = {name: i for i, name in enumerate(class_names)}
-  entries: List[VideoEntry] = []
+  allowed = None if labels is None else set(labels)
+  kept = []
   first_row: Dict[str, int] = {}
   for row, full, video_id, label, title, start, end in parsed:
-    if label not in index:
+    if allowed is not None and label not in allowed:
       rejects.append(make_reject(
           row=row, path=full, video_id=video_id, reason=UNKNOWN_LABEL,
           message=f'row {row}: label {label!r} is not in the label list'))
@@ -185,10 +242,17 @@ def read_manifest(path: str, labels: Optional[Sequence[str]] = None
           f'{first_row[video_id]}'))
       continue
     first_row[video_id] = row
-    entries.append(VideoEntry(
-        ordinal=len(entries), row=row, path=full, video_id=video_id,
-        label=label, label_index=index[label], title=title, start=start,
-        end=end))
+    kept.append((row, full, video_id, label, title, start, end))
+  # Classes come from the usable rows only: a rejected row (a duplicate's
+  # label, say) must not add a class and shift every later index.
+  class_names = sorted(labels if labels is not None else
+                       {p[3] for p in kept})
+  index = {name: i for i, name in enumerate(class_names)}
+  entries = [
+      VideoEntry(ordinal=i, row=row, path=full, video_id=video_id, label=label,
+                 label_index=index[label], title=title, start=start, end=end)
+      for i, (row, full, video_id, label, title, start, end)
+      in enumerate(kept)]
   notes = {'titles_not_utf8': sum('\ufffd' in e.title for e in entries)
                                 if bad_utf8 else 0}
   return entries, rejects, class_names, notes

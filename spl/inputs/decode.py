@@ -1,5 +1,16 @@
 """Phase 2 and the decode of phase 4: parse and validate a clip record;
-decode a window of its JPEG frames."""
+decode a window of its JPEG frames.
+
+A record must say which schema version wrote it (`schema/version`, one value
+in `[1, schema.SCHEMA_VERSION]`). A newer version is refused by name, before
+any other check: a newer schema may rename or reinterpret keys, so its records
+could otherwise train on the wrong values, or fail with a misleading missing
+key. A record without the key is refused like any missing required key, not
+read as version 1: every writer of this codebase (`clip_proto.clip_context`,
+behind the clip writer and `records.make_clip_example`; the relabel, holdout
+and title-tree jobs copy the context) has written it since the schema's first
+version, so a record without it was not written by this project.
+"""
 
 from typing import Dict, Optional
 
@@ -11,6 +22,7 @@ from tfrecords_tools import schema
 def parse(serialized: tf.Tensor, label_key: str) -> Dict[str, tf.Tensor]:
   context_spec = {
       label_key: tf.io.VarLenFeature(tf.int64),
+      schema.SCHEMA_VERSION_KEY: tf.io.VarLenFeature(tf.int64),
       schema.CLIP_INDEX_KEY: tf.io.VarLenFeature(tf.int64),
       schema.CLIP_KEY_KEY: tf.io.VarLenFeature(tf.string),
       schema.VIDEO_ID_KEY: tf.io.VarLenFeature(tf.string),
@@ -29,6 +41,7 @@ def parse(serialized: tf.Tensor, label_key: str) -> Dict[str, tf.Tensor]:
 
 _REQUIRED_KEYS = (schema.CLIP_INDEX_KEY, schema.CLIP_KEY_KEY,
                   schema.VIDEO_ID_KEY, schema.CAPTION_KEY)
+_VERSION = schema.SCHEMA_VERSION_KEY
 
 
 def _label_upper(num_classes: Optional[int]) -> int:
@@ -43,10 +56,13 @@ def validate(parsed: Dict[str, tf.Tensor], label_key: str,
   one (string ops on every record cost ~5% of a small clip's CPU time).
   """
   sizes = tf.stack([tf.size(parsed[k])
-                    for k in (label_key,) + _REQUIRED_KEYS])
+                    for k in (_VERSION, label_key) + _REQUIRED_KEYS])
   label = parsed[label_key]
+  version = parsed[_VERSION]
   ok = tf.reduce_all([
       tf.reduce_all(tf.equal(sizes, 1)),
+      tf.reduce_all(version >= 1),
+      tf.reduce_all(version <= schema.SCHEMA_VERSION),
       tf.size(parsed[schema.IMAGE_KEY]) > 0,
       tf.reduce_all(label >= 0),
       tf.reduce_all(label < _label_upper(num_classes))])
@@ -62,7 +78,19 @@ def _describe_problem(parsed: Dict[str, tf.Tensor], label_key: str,
   def first(error, bad, message):
     return tf.where(tf.logical_and(tf.equal(error, ''), bad), message, error)
 
-  for key in (label_key,) + _REQUIRED_KEYS:
+  # The version first: a newer schema may have renamed the other keys.
+  version = tf.concat([parsed[_VERSION], tf.ones([1], tf.int64)], 0)[0]
+  error = first(
+      error, version > schema.SCHEMA_VERSION,
+      tf.strings.join([
+          f'{_VERSION} ', tf.strings.as_string(version),
+          f' is newer than this code reads ({schema.SCHEMA_VERSION}): update '
+          'the code or rewrite the records']))
+  error = first(
+      error, version < 1,
+      tf.strings.join([f'{_VERSION} ', tf.strings.as_string(version),
+                       ' is not a version (versions start at 1)']))
+  for key in (_VERSION, label_key) + _REQUIRED_KEYS:
     n = tf.size(parsed[key])
     error = first(error, tf.equal(n, 0), f'missing required key `{key}`')
     error = first(
