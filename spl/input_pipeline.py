@@ -290,33 +290,28 @@ def _read_file(path: tf.Tensor, size: tf.Tensor,
       tf.data.Dataset.from_tensors((tf.constant(''), True)))
 
   def number(state, element):
+    """Numbers the records; at the end marker, checks the byte count."""
     offset, index = state
     serialized, end = element
-    length = tf.cast(tf.strings.length(serialized), tf.int64)
-    out = {'path': path, 'record': index, 'serialized': serialized,
-           'offset': offset, 'end': end}
-    return (offset + length + _FRAMING_BYTES, index + 1), out
-
-  def check_end(element):
-    damaged = tf.logical_and(element['end'], element['offset'] != size)
-    message = _damage_message(path, element['offset'], size,
-                              element['record'])
+    damaged = tf.logical_and(end, offset != size)
+    message = _damage_message(path, offset, size, index)
     if on_bad_record == 'error':
-      checks = [tf.debugging.Assert(tf.logical_not(damaged), [message],
-                                    summarize=1)]
+      check = tf.debugging.Assert(tf.logical_not(damaged), [message],
+                                  summarize=1)
     else:
-      checks = [tf.cond(
+      check = tf.cond(
           damaged,
           lambda: tf.py_function(_record_damage, [path, message], tf.bool),
-          lambda: tf.constant(False))]
-    with tf.control_dependencies(checks):
-      return tf.logical_not(tf.identity(element['end']))
+          lambda: tf.constant(False))
+    with tf.control_dependencies([check]):
+      out = {'path': path, 'record': tf.identity(index),
+             'serialized': serialized, 'end': end}
+    length = tf.cast(tf.strings.length(serialized), tf.int64)
+    return (offset + length + _FRAMING_BYTES, index + 1), out
 
   zero = tf.constant(0, tf.int64)
   return marked.scan((zero, zero), _plain(number)).filter(
-      _plain(check_end)).map(_plain(lambda e: {
-          'path': e['path'], 'record': e['record'],
-          'serialized': e['serialized']}))
+      _plain(lambda e: tf.logical_not(e.pop('end'))))
 
 
 class _RecordProcessor:
