@@ -38,6 +38,11 @@ _CONFIG_ERRORS = (ValueError, SyntaxError, KeyError, OSError, TypeError,
                   ImportError, tokenize.TokenError)
 
 
+class GinConfigError(ValueError):
+  """A gin file or binding that cannot be used (the entry points print it as
+  one line, without a traceback)."""
+
+
 @contextlib.contextmanager
 def _working_directory(path: str) -> Iterator[None]:
   previous = os.getcwd()
@@ -75,7 +80,7 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str], *,
     elif tf.io.gfile.exists(os.path.join(REPO_ROOT, path)):
       files.append(os.path.join(REPO_ROOT, path))
     else:
-      raise ValueError(f'--gin_file {path!r} does not exist')
+      raise GinConfigError(f'--gin_file {path!r} does not exist')
   if clear:
     gin.clear_config()
   global _search_path_added
@@ -101,7 +106,7 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str], *,
       if finalize:
         gin.finalize()
   except _CONFIG_ERRORS as e:
-    raise ValueError(
+    raise GinConfigError(
         f'bad gin config (files {list(gin_files)}, bindings '
         f'{list(gin_bindings)}): '
         f'{_describe_error(e, phase, parsed, defaults, gin_bindings)}') from e
