@@ -72,8 +72,9 @@ def _main(argv):
   f = flags.FLAGS
   # Defaults first, so that the experiment files (and then the command line)
   # override them (e.g. the paper's 8 frames at stride 4 of eval_common.gin).
-  job.parse_gin(f.gin_file, f.gin_bindings,
-                defaults=configurables.DEFAULT_BINDINGS, finalize=True)
+  with job.config_errors_exit('cpd.evaluate'):
+    job.parse_gin(f.gin_file, f.gin_bindings,
+                  defaults=configurables.DEFAULT_BINDINGS, finalize=True)
   strategy = strategies.build_strategy(f.strategy)
   kwargs = {}
   for name in ('files', 'train_features', 'test_features'):

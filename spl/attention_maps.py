@@ -397,14 +397,15 @@ def run(*, output_dir: str, records_pattern: str,
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  results = run(
-      output_dir=FLAGS.output_dir, records_pattern=FLAGS.records,
-      model_dir=FLAGS.model_dir, checkpoint=FLAGS.checkpoint,
-      gin_files=FLAGS.gin_file, gin_bindings=FLAGS.gin_bindings,
-      clip_keys=FLAGS.clip_keys, num_clips=FLAGS.num_clips,
-      class_name=FLAGS.class_name, class_index=FLAGS.class_index,
-      label_space=FLAGS.label_space, max_frames=FLAGS.max_frames,
-      alpha=FLAGS.alpha)
+  with job.config_errors_exit('spl.attention_maps'):
+    results = run(
+        output_dir=FLAGS.output_dir, records_pattern=FLAGS.records,
+        model_dir=FLAGS.model_dir, checkpoint=FLAGS.checkpoint,
+        gin_files=FLAGS.gin_file, gin_bindings=FLAGS.gin_bindings,
+        clip_keys=FLAGS.clip_keys, num_clips=FLAGS.num_clips,
+        class_name=FLAGS.class_name, class_index=FLAGS.class_index,
+        label_space=FLAGS.label_space, max_frames=FLAGS.max_frames,
+        alpha=FLAGS.alpha)
   for r in results:
     print(f'{os.path.join(FLAGS.output_dir, r["png"])}  '
           f'"{r["class_name"]}" p={r["probability"]:.3f}')

@@ -16,6 +16,7 @@ run actually used) next to its outputs with `write_operative_config`.
 import contextlib
 import os
 import re
+import sys
 import tokenize
 from typing import Iterator, Optional, Sequence, Tuple
 
@@ -41,6 +42,16 @@ _CONFIG_ERRORS = (ValueError, SyntaxError, KeyError, OSError, TypeError,
 class GinConfigError(ValueError):
   """A gin file or binding that cannot be used (the entry points print it as
   one line, without a traceback)."""
+
+
+@contextlib.contextmanager
+def config_errors_exit(program: str) -> Iterator[None]:
+  """An entry point's body: a `GinConfigError` ends the program with its one
+  line (`<program>: <error>`, exit status 1) instead of a traceback."""
+  try:
+    yield
+  except GinConfigError as e:
+    sys.exit(f'{program}: {e}')
 
 
 @contextlib.contextmanager

@@ -14,7 +14,6 @@ only one that touches gin. It builds the distribution strategy
 Multi-worker runs read the cluster from TF_CONFIG; `--tpu` names the TPU.
 """
 
-import sys
 from typing import Sequence
 
 from absl import app
@@ -82,12 +81,10 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   strategy = build_strategy(FLAGS.strategy, FLAGS.tpu)
-  try:
+  with job.config_errors_exit('spl.main'):
     result = run(FLAGS.gin_file, FLAGS.gin_bindings,
                  model_dir=FLAGS.model_dir, mode=FLAGS.mode,
                  strategy=strategy)
-  except job.GinConfigError as e:
-    sys.exit(f'spl.main: {e}')  # A config error is one line, no traceback.
   result.pop('model', None)
   logging.info('done: %s', result)
 
