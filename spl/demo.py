@@ -5,8 +5,11 @@ r"""The whole SPL pipeline on synthetic data, on a laptop, in minutes (`make dem
 generate synthetic videos -> write clip records (Beam) -> train the teacher on
 the target set -> predict every web clip -> relabel (weak, teacher, agreement,
 SPL-B, SPL-M, SPL-D) -> pre-train on each -> fine-tune on the target set ->
-evaluate; then a results table in the shape of the SPL paper's Table 1, plots
-and `report.md` in the output directory.
+evaluate; then a results table in the shape of the SPL paper's Table 1 (each
+row's label space: classes, SCR, noise ratio; the teacher's accuracy above
+it), plots and `report.md` in the output directory (`results.json` holds the
+same numbers). Loss plots divide each run's loss by ln C of its label space,
+so spaces of different sizes share one axis.
 
 Every stage is the real tool users run at scale (`write_clips`, `spl.main`'s
 `run`, `relabel`), called in-process so TensorFlow starts once. Numbers are
@@ -24,7 +27,7 @@ import os
 import shutil
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -158,20 +161,110 @@ def _read_scalars(event_dir: str, tag: str) -> List[tuple]:
   return sorted(out)
 
 
-def _plot_curves(curves: Dict[str, List[tuple]], path: str, title: str):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for name, points in curves.items():
-    if points:
-      ax.plot([p[0] for p in points], [p[1] for p in points], label=name)
+@dataclasses.dataclass
+class LossCurve:
+  """One run's loss curves, as the demo's loss plots draw them.
+
+  Attributes:
+    name: legend label (e.g. 'pre-train spl_b').
+    num_classes: C, the classes of the run's label space: the loss is drawn
+      divided by ln C.
+    train: (step, training loss) points (TensorBoard `train/`, tag 'loss').
+    validation: (step, validation loss) points (`eval/`, tag 'loss'); empty
+      when the run had no validation set.
+  """
+  name: str
+  num_classes: int
+  train: Sequence[Tuple[int, float]]
+  validation: Sequence[Tuple[int, float]] = ()
+
+
+LOSS_YLABEL = 'loss / ln C  (C = classes of the label space; 1 = chance)'
+
+
+def read_loss_curve(model_dir: str, name: str, num_classes: int) -> LossCurve:
+  """The training and (if recorded) validation loss of a `spl.main` run."""
+  eval_dir = os.path.join(model_dir, 'eval')
+  return LossCurve(
+      name, num_classes, _read_scalars(os.path.join(model_dir, 'train'),
+                                       'loss'),
+      _read_scalars(eval_dir, 'loss') if os.path.isdir(eval_dir) else [])
+
+
+def loss_curves_figure(curves: Sequence[LossCurve], title: str,
+                       note: str = ''):
+  """Loss curves of runs whose label spaces differ in size, comparably.
+
+  A cross-entropy over C classes starts near ln C, so each curve is divided
+  by ln C of its own label space: 1 is a uniform guess whatever C, and an
+  N^2-class space is not drawn far above an N-class one. Training curves are
+  solid, validation curves dashed with markers, one colour a run; the legend
+  sits outside the axes, right of them, so it covers no curve.
+
+  Args:
+    curves: one `LossCurve` a run (runs without points are left out).
+    title: axes title.
+    note: caption under the plot (e.g. why a validation curve is missing).
+
+  Returns:
+    A matplotlib `Figure` (Agg canvas; no pyplot state).
+  """
+  import math  # pylint: disable=g-import-not-at-top
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
+  for c in curves:
+    if c.num_classes < 2:
+      raise ValueError(f'`num_classes` of {c.name!r} must be >= 2 (ln C is '
+                       f'the scale), got {c.num_classes}')
+  fig = Figure(figsize=(8.5, 4.2), dpi=90)
+  # Axes on the left two thirds; the legend right of them.
+  ax = fig.add_axes((0.09, 0.2 if note else 0.13, 0.6,
+                     0.7 if note else 0.77))
+  handles = []
+  drawn = [c for c in curves if c.train or c.validation]
+  for i, c in enumerate(drawn):
+    color = f'C{i % 10}'
+    scale = math.log(c.num_classes)
+    if c.train:
+      # A run of one or two logged points is still visible.
+      ax.plot([p[0] for p in c.train], [p[1] / scale for p in c.train],
+              color=color, linestyle='-', gid=f'train:{c.name}',
+              marker='.' if len(c.train) < 3 else None)
+    if c.validation:
+      ax.plot([p[0] for p in c.validation],
+              [p[1] / scale for p in c.validation], color=color,
+              linestyle='--', marker='o', markersize=4,
+              gid=f'validation:{c.name}')
+    handles.append(Line2D([], [], color=color,
+                          label=f'{c.name} (C = {c.num_classes})'))
+  styles = [Line2D([], [], color='black', linestyle='-', label='training')]
+  if any(c.validation for c in drawn):
+    styles.append(Line2D([], [], color='black', linestyle='--', marker='o',
+                         markersize=4, label='validation'))
+  ax.axhline(1.0, color='gray', linewidth=0.8, linestyle=':')
   ax.set_xlabel('step')
-  ax.set_ylabel('training loss')
+  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+  ax.set_ylabel(LOSS_YLABEL, fontsize=8)
   ax.set_title(title)
-  ax.legend(fontsize=7)
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
+  peak = max([p[1] / math.log(c.num_classes) for c in drawn
+              for p in list(c.train) + list(c.validation)], default=1.0)
+  ax.set_ylim(0, max(1.0, peak) * 1.08)
+  ax.grid(True, alpha=0.3)
+  ax.legend(handles=handles + styles, loc='upper left',
+            bbox_to_anchor=(1.02, 1.0), fontsize=8, borderaxespad=0.0)
+  if note:
+    fig.text(0.01, 0.01, note, fontsize=8, ha='left', va='bottom')
+  return fig
+
+
+def write_loss_curves(path: str, curves: Sequence[LossCurve], title: str,
+                      note: str = '') -> None:
+  """Renders `loss_curves_figure` to a PNG file."""
+  from tfrecords_tools import label_space_plots  # pylint: disable=g-import-not-at-top
+  png = label_space_plots.figure_png(loss_curves_figure(curves, title, note))
+  with open(path, 'wb') as f:
+    f.write(png)
 
 
 def _metric(result: Dict, *names: str) -> Optional[float]:
@@ -261,7 +354,7 @@ def run_demo(output_dir: str, size: DemoSize, *, seed: int = 0) -> Dict:
       shutil.rmtree(out)
     stats = relabel.relabel(
         records_pattern=pattern('web'),
-        predictions_pattern=ws('predictions', 'teacher_web', '*'),
+        predictions_pattern=ws('predictions', 'teacher_web', 'predictions-*'),
         variant=variant, output_dir=out, k=k)
     space = label_spaces.load_label_space(
         os.path.join(out, schema.LABEL_SPACE_FILENAME))
@@ -290,8 +383,8 @@ def run_demo(output_dir: str, size: DemoSize, *, seed: int = 0) -> Dict:
               f"'{ws('label_spaces', variant, schema.LABEL_SPACE_FILENAME)}'",
               f'run.train_steps={size.pretrain_steps}'],
           model_dir=pre_dir, mode='train')
-      curves[f'pre-train {variant}'] = _read_scalars(
-          os.path.join(pre_dir, 'train'), 'loss')
+      curves[f'pre-train {variant}'] = read_loss_curve(
+          pre_dir, variant, space['num_classes'])
       init = [f"run.init_checkpoint='{pre_dir}'"]
     else:
       clock.stage('fine-tuning from scratch (no pre-training)')
@@ -300,14 +393,18 @@ def run_demo(output_dir: str, size: DemoSize, *, seed: int = 0) -> Dict:
         train_gin, common + target + init +
         [f'run.train_steps={size.finetune_steps}'],
         model_dir=ft_dir, mode='train_and_eval')
-    curves[f'fine-tune {variant or "scratch"}'] = _read_scalars(
-        os.path.join(ft_dir, 'train'), 'loss')
+    curves[f'fine-tune {variant or "scratch"}'] = read_loss_curve(
+        ft_dir, f'from {variant}' if variant else 'from scratch', n)
     ev = result.get('eval', result)
+    space = spaces[variant][0] if variant else None
     results.append({
         'method': label, 'variant': variant,
-        'pretrain_classes': spaces[variant][0]['num_classes'] if variant else 0,
+        'pretrain_classes': space['num_classes'] if space else 0,
+        'pretrain_scr': space['scr'] if space else None,
+        'pretrain_noise_ratio': space['noise_ratio'] if space else None,
         'clip_top1': _metric(ev, 'clip_top_1', 'clip/top_1', 'top_1'),
         'video_top1': _metric(ev, 'video_top_1', 'video/top_1'),
+        'val_clips': ev.get('num_clips'), 'val_videos': ev.get('num_videos'),
     })
 
   attention = []
@@ -316,7 +413,7 @@ def run_demo(output_dir: str, size: DemoSize, *, seed: int = 0) -> Dict:
     attention = _attention_maps(output_dir)
 
   clock.stage('writing results, plots and report')
-  _write_outputs(output_dir, results, curves, teacher, spaces, summaries, size,
+  write_outputs(output_dir, results, curves, teacher, spaces, summaries, size,
                  attention)
   print(f'\n==> done in {time.monotonic() - clock.t0:.0f} s; report: '
         f'{ws("report.md")}')
@@ -345,39 +442,143 @@ def _attention_maps(output_dir: str, num_clips: int = 3) -> List[str]:
   return [os.path.relpath(p, output_dir) for p in paths]
 
 
+def one_clip_per_video(rows: Sequence[Dict]) -> bool:
+  """Whether every row was evaluated on one clip per video.
+
+  Then a video's prediction is its only clip's, and video top-1 equals clip
+  top-1: the report shows one column and says why.
+  """
+  return bool(rows) and all(
+      r.get('val_clips') is not None and r.get('val_clips') == r.get(
+          'val_videos') for r in rows)
+
+
 def format_table(rows: List[Dict]) -> str:
-  fmt = lambda v: '   -  ' if v is None else f'{100 * v:6.1f}'  # pylint: disable=unnecessary-lambda-assignment
-  lines = [f'{"Method":28s} {"pre-train classes":>17s} {"clip top-1":>10s} '
-           f'{"video top-1":>11s}', '-' * 70]
+  """The results table: pre-training label space, then target accuracy."""
+  def pct(v):
+    return '-' if v is None else f'{100 * v:.1f}'
+
+  def ratio(v):
+    return '-' if v is None else f'{v:.3f}'
+
+  merged = one_clip_per_video(rows)
+  acc_cols = ['top-1 %'] if merged else ['clip top-1 %', 'video top-1 %']
+  header = ['Method', 'pre-train classes', 'SCR', 'noise ratio'] + acc_cols
+  body = []
   for r in rows:
-    lines.append(f"{r['method']:28s} {r['pretrain_classes'] or '-':>17} "
-                 f"{fmt(r['clip_top1']):>10s} {fmt(r['video_top1']):>11s}")
-  return '\n'.join(lines)
+    acc = ([pct(r['clip_top1'])] if merged else
+           [pct(r['clip_top1']), pct(r['video_top1'])])
+    body.append([r['method'], str(r['pretrain_classes'] or '-'),
+                 ratio(r.get('pretrain_scr')),
+                 ratio(r.get('pretrain_noise_ratio'))] + acc)
+  widths = [max(len(x) for x in col) for col in zip(header, *body)]
+
+  def fmt(cells):
+    return '  '.join(c.ljust(w) if i == 0 else c.rjust(w)
+                     for i, (c, w) in enumerate(zip(cells, widths)))
+
+  return '\n'.join([fmt(header), '-' * len(fmt(header))] +
+                    [fmt(b) for b in body])
 
 
-def _write_outputs(output_dir, rows, curves, teacher, spaces, summaries, size,
+def _scalars(d: Dict[str, Any]) -> Dict[str, Any]:
+  """The JSON-able scalars of a run's result, nested dicts of them kept."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, (bool, int, float, str)) or v is None:
+      out[k] = v
+    elif isinstance(v, dict):
+      out[k] = _scalars(v)
+  return out
+
+
+def teacher_line(teacher: Dict[str, Any], num_classes: int,
+                 merged: bool) -> str:
+  """The report's sentence on the teacher's validation accuracy."""
+  ev = teacher.get('eval') or {}
+  clip, video = ev.get('clip/top_1'), ev.get('video/top_1')
+  if clip is None:
+    return 'Teacher: no validation result was recorded.'
+  acc = (f'top-1 {100 * clip:.1f} %' if merged or video is None else
+         f'clip top-1 {100 * clip:.1f} %, video top-1 {100 * video:.1f} %')
+  return (f"Teacher (trained on the target set, {num_classes} classes, "
+          f"{teacher.get('step', '?')} steps): {acc} on the "
+          f"{ev.get('num_clips', '?')} validation clips; its predictions on "
+          f"the web clips make the label spaces below.")
+
+
+def _copy_label_space_plots(output_dir: str, variants: Sequence[str]
+                            ) -> List[tuple]:
+  """Copies the relabel job's plots into plots/; (path, note) each.
+
+  The confusion matrix is the same for every variant: one copy, first. The
+  SCR-vs-K plot only means something for a variant sized by K (spl_m, spl_d).
+  """
+  from tfrecords_tools import label_spaces  # pylint: disable=g-import-not-at-top
+  preferred = [v for v in ('spl_b', 'spl_m', 'spl_d') if v in variants]
+  wanted = []
+  if variants:
+    wanted.append(((preferred or list(variants))[0], 'confusion_matrix.png',
+                   'Weak label (query) vs teacher prediction on the web '
+                   'clips: the data every label space is made from.'))
+  for variant in variants:
+    wanted.append((variant, 'class_counts.png',
+                   f'Clips per class of the {variant} label space.'))
+    if variant in label_spaces.K_VARIANTS:
+      wanted.append((variant, 'scr_vs_k.png',
+                     f'{variant}: samples cover ratio as a function of K, '
+                     'the chosen K marked.'))
+  copied = []
+  for variant, name, note in wanted:
+    src = os.path.join(output_dir, 'label_spaces', variant, name)
+    if os.path.exists(src):
+      dst = os.path.join(output_dir, 'plots', f'{variant}_{name}')
+      shutil.copy(src, dst)
+      copied.append((os.path.relpath(dst, output_dir), note))
+  return copied
+
+
+def write_outputs(output_dir, rows, curves, teacher, spaces, summaries, size,
                    attention=()):
+  merged = one_clip_per_video(rows)
   table = format_table(rows)
-  print('\nResults (shape of the SPL paper\'s Table 1; toy scale):\n' + table)
+  teacher_text = teacher_line(teacher, size.num_classes, merged)
+  print('\nResults (shape of the SPL paper\'s Table 1; toy scale):\n' +
+        teacher_text + '\n' + table)
+  label_space_info = {
+      variant: {k: space.get(k) for k in (
+          'num_classes', 'k', 'scr', 'noise_ratio', 'num_clips',
+          'num_dropped_clips')}
+      for variant, (space, _) in spaces.items()}
   with open(os.path.join(output_dir, 'results.json'), 'w') as f:
-    json.dump({'rows': rows, 'teacher': {
-        k: v for k, v in teacher.items() if isinstance(v, (int, float, str))},
+    json.dump({'rows': rows, 'teacher': _scalars(teacher),
+               'label_spaces': label_space_info,
+               'one_clip_per_video': merged,
                'size': dataclasses.asdict(size)}, f, indent=1, default=str)
   plots = os.path.join(output_dir, 'plots')
   os.makedirs(plots, exist_ok=True)
-  _plot_curves({k: v for k, v in curves.items() if k.startswith('pre-train')},
-               os.path.join(plots, 'pretrain_curves.png'), 'pre-training')
-  _plot_curves({k: v for k, v in curves.items() if k.startswith('fine-tune')},
-               os.path.join(plots, 'finetune_curves.png'), 'fine-tuning')
-  copied = []
-  for variant in spaces:
-    for name in ('confusion_matrix.png', 'class_counts.png', 'scr_vs_k.png'):
-      src = os.path.join(output_dir, 'label_spaces', variant, name)
-      if os.path.exists(src) and (variant == 'spl_b' or name != 'scr_vs_k.png'
-                                  and variant in ('spl_m', 'spl_b')):
-        dst = os.path.join(plots, f'{variant}_{name}')
-        shutil.copy(src, dst)
-        copied.append(os.path.relpath(dst, output_dir))
+  write_loss_curves(
+      os.path.join(plots, 'pretrain_curves.png'),
+      [c for k, c in curves.items() if k.startswith('pre-train')],
+      'pre-training on the web clips (one curve per label space)',
+      note='' if any(c.validation for k, c in curves.items()
+                     if k.startswith('pre-train')) else
+      'no validation curve: pre-training has no validation set (web clips '
+      'only)')
+  write_loss_curves(
+      os.path.join(plots, 'finetune_curves.png'),
+      [c for k, c in curves.items() if k.startswith('fine-tune')],
+      'fine-tuning on the target set (one curve per initialisation)',
+      note='validation: the target validation clips, at each checkpoint')
+  copied = _copy_label_space_plots(output_dir, list(spaces))
+  if merged:
+    clips = rows[0]['val_clips']
+    top1_note = (f'Validation holds one clip per video ({clips} clips, '
+                 f'{clips} videos), so video top-1 equals clip top-1: one '
+                 'top-1 column is shown.')
+  else:
+    top1_note = ('Clip top-1 scores each validation clip; video top-1 '
+                 'averages the clips of a video first.')
   report = [
       '# SPL demo report', '',
       f"Scale: {size.num_classes} synthetic action classes; target set "
@@ -390,13 +591,26 @@ def _write_outputs(output_dir, rows, curves, teacher, spaces, summaries, size,
       'test the paper\'s claims.** The numbers are whatever this run measured '
       '(nothing is tuned); differences between rows at this scale are mostly '
       'noise.', '',
+      teacher_text, '',
       '```', table, '```', '',
+      'Pre-train classes, SCR (share of web clips the label space keeps in '
+      'its own classes) and noise ratio (share of web clips whose teacher '
+      'prediction differs from the weak label; a property of the web data, '
+      'so the same for every label space) describe the label space each row '
+      'pre-trained on. ' + top1_note, '',
       '## Plots', '',
+      'Losses are divided by ln C (C = the classes of the run\'s label '
+      'space), so label spaces of different sizes share one axis: 1 is a '
+      'uniform guess.', '',
       '![pre-training](plots/pretrain_curves.png)',
       '![fine-tuning](plots/finetune_curves.png)',
-  ] + [f'![{p}]({p})' for p in copied]
+  ]
+  for p, note in copied:
+    report += ['', note, f'![{p}]({p})']
   if attention:
-    report += ['', '## Grad-CAM (SPL-B pre-trained network, top-1 class)', '']
+    report += ['', '## Grad-CAM (SPL-B pre-trained network, top-1 class)', '',
+               'Each map is divided by its maximum over its clip (colour bar: '
+               'heat / clip max).', '']
     report += [f'![{p}]({p})' for p in attention]
   with open(os.path.join(output_dir, 'report.md'), 'w') as f:
     f.write('\n'.join(report) + '\n')

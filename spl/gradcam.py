@@ -18,6 +18,9 @@ The backbone is split at 'global_pool' (every backbone of
 feature map runs once and the gradient is taken only through the pool and the
 head, so a Grad-CAM costs one forward pass plus a tiny backward pass.
 
+A strip (`strip_figure`) shows frames with the map overlaid, a colour bar
+of the heat scale and a caption saying how the map was normalised (by default
+what `GradCam(normalize=True)` does: divided by its maximum over the clip).
 Rendering draws with the Agg canvas directly (never pyplot: no global backend
 state, no display) and writes PNG files atomically (temporary name, then
 rename), so a reader never sees a partial image.
@@ -26,12 +29,15 @@ rename), so a reader never sees a partial image.
 from __future__ import annotations
 
 import io
+import textwrap
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 import tf_keras
+from matplotlib import cm
 from matplotlib import colormaps
+from matplotlib import colors
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -256,9 +262,21 @@ def strip_frame_indices(num_frames: int, max_frames: int) -> np.ndarray:
   return np.unique(np.round(np.linspace(0, num_frames - 1, n)).astype(int))
 
 
+# What `GradCam(normalize=True)` (the default, and `spl.attention_maps`)
+# does to a map, said under every strip.
+NORMALIZED_CAPTION = ('colour = Grad-CAM heat, ReLU then divided by its '
+                      'maximum over the whole clip (1 = the clip\'s peak; '
+                      'frames comparable; 0 = no evidence for the class)')
+COLORBAR_LABEL = 'heat / clip max'
+
+
 def strip_figure(frames, heat, *, title: str = '', max_frames: int = 8,
-                 alpha: float = 0.5, cmap: str = 'jet') -> Figure:
+                 alpha: float = 0.5, cmap: str = 'jet',
+                 caption: Optional[str] = NORMALIZED_CAPTION) -> Figure:
   """One row of frames with the heat map overlaid (the paper's Figure 6).
+
+  A colour bar on the right gives the heat scale, a caption under the frames
+  how the map was normalised.
 
   Args:
     frames: uint8 [T, H, W, 3] (e.g. `denormalize` of the model input).
@@ -267,9 +285,11 @@ def strip_figure(frames, heat, *, title: str = '', max_frames: int = 8,
     max_frames: Frames shown, evenly spread over T (all if T is smaller).
     alpha: Weight of the heat colour.
     cmap: Heat colormap.
+    caption: How `heat` was normalised; the default says what `GradCam`'s
+      `normalize=True` does. None: no caption.
 
   Returns:
-    A matplotlib `Figure` with one axes per frame shown.
+    A matplotlib `Figure`: one axes per frame shown, then the colour bar's.
   """
   blended = overlay(frames, heat, alpha=alpha, cmap=cmap)
   indices = strip_frame_indices(blended.shape[0], max_frames)
@@ -277,17 +297,37 @@ def strip_figure(frames, heat, *, title: str = '', max_frames: int = 8,
   h, w = blended.shape[1:3]
   panel_h = _PANEL_INCHES * h / max(h, w)
   panel_w = _PANEL_INCHES * w / max(h, w)
-  top = 0.5 if title else 0.1
-  fig = Figure(figsize=(panel_w * n + 0.1 * (n + 1), panel_h + 0.3 + top),
-               dpi=_DPI)
-  fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02,
-                      top=1.0 - top / (panel_h + 0.3 + top), wspace=0.05)
+  gap, bar_w, bar_space = 0.08, 0.12, 0.75  # inches
+  title_lines = title.split('\n') if title else []
+  top = 0.3 + 0.16 * len(title_lines)
+  content_w = 0.1 + n * panel_w + (n - 1) * gap + 0.15 + bar_w + bar_space
+  # A short strip is widened to its title (9 pt: ~0.075 in a character).
+  fig_w = max([content_w] + [0.2 + 0.075 * len(t) for t in title_lines])
+  # Wrapped to the figure's width by hand: matplotlib's wrap does not make
+  # room for the lines.
+  lines = textwrap.wrap(caption or '',
+                        width=max(20, int((fig_w - 0.2) / 0.065)))
+  bottom = 0.1 + 0.14 * len(lines)
+  fig_h = bottom + panel_h + top
+  fig = Figure(figsize=(fig_w, fig_h), dpi=_DPI)
+
+  def place(left, width):
+    return (left / fig_w, bottom / fig_h, width / fig_w, panel_h / fig_h)
+
   for i, t in enumerate(indices):
-    ax = fig.add_subplot(1, n, i + 1)
+    ax = fig.add_axes(place(0.1 + i * (panel_w + gap), panel_w))
     ax.imshow(blended[t], interpolation='nearest')
     ax.set_title(f't={t}', fontsize=8)
     ax.set_xticks([])
     ax.set_yticks([])
+  cax = fig.add_axes(place(0.1 + n * panel_w + (n - 1) * gap + 0.15, bar_w))
+  bar = fig.colorbar(cm.ScalarMappable(colors.Normalize(0.0, 1.0), cmap),
+                     cax=cax)
+  bar.set_label(COLORBAR_LABEL, fontsize=7)
+  bar.ax.tick_params(labelsize=7)
+  if caption:
+    fig.text(0.1 / fig_w, 0.04 / fig_h, '\n'.join(lines), fontsize=7,
+             ha='left', va='bottom', gid='caption')
   if title:
     fig.suptitle(title, fontsize=9)
   return fig
@@ -323,7 +363,7 @@ def write_strip(path: str, frames, heat, *, title: str = '',
   fig = strip_figure(frames, heat, title=title, max_frames=max_frames,
                      alpha=alpha, cmap=cmap)
   write_png_atomic(path, figure_png(fig))
-  return len(fig.axes)
+  return len(strip_frame_indices(np.shape(frames)[0], max_frames))
 
 
 def class_index_of(name: str, class_names: Sequence[str],

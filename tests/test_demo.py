@@ -106,7 +106,7 @@ def test_demo_pipeline_end_to_end(tmp_path):
 
   # Every web clip has exactly one teacher prediction, over every class.
   preds = [records.parse_prediction_example(r) for r in testing.read_records(
-      os.path.join(out, 'predictions', 'teacher_web', '*'))]
+      os.path.join(out, 'predictions', 'teacher_web', 'predictions-*'))]
   assert sorted((p[schema.CLIP_INDEX_KEY], p[schema.CLIP_KEY_KEY])
                 for p in preds) == sorted(
                     (c[schema.CLIP_INDEX_KEY], c[schema.CLIP_KEY_KEY])
@@ -130,7 +130,7 @@ def test_demo_pipeline_end_to_end(tmp_path):
       model_dir=ft_dir, mode='predict')
   # pylint: enable=protected-access
   probs = {}
-  for r in testing.read_records(os.path.join(pred_dir, '*')):
+  for r in testing.read_records(os.path.join(pred_dir, 'predictions-*')):
     p = records.parse_prediction_example(r)
     probs[p[schema.CLIP_INDEX_KEY]] = np.zeros(3)
     probs[p[schema.CLIP_INDEX_KEY]][p[schema.PREDICTION_TOP_K_INDEX_KEY]] = p[
