@@ -293,16 +293,17 @@ def _read_file(path: tf.Tensor, size: tf.Tensor,
     """Numbers the records; at the end marker, checks the byte count."""
     offset, index = state
     serialized, end = element
-    damaged = tf.logical_and(end, offset != size)
-    message = _damage_message(path, offset, size, index)
-    if on_bad_record == 'error':
-      check = tf.debugging.Assert(tf.logical_not(damaged), [message],
-                                  summarize=1)
-    else:
-      check = tf.cond(
-          damaged,
-          lambda: tf.py_function(_record_damage, [path, message], tf.bool),
-          lambda: tf.constant(False))
+    def damage_found():
+      message = _damage_message(path, offset, size, index)
+      if on_bad_record == 'skip':
+        return tf.py_function(_record_damage, [path, message], tf.bool)
+      with tf.control_dependencies([tf.debugging.Assert(
+          False, [message], summarize=1)]):
+        return tf.constant(True)
+
+    # The message is built only for a damaged file (strings cost per record).
+    check = tf.cond(tf.logical_and(end, offset != size), damage_found,
+                    lambda: tf.constant(False))
     with tf.control_dependencies([check]):
       out = {'path': path, 'record': tf.identity(index),
              'serialized': serialized, 'end': end}
