@@ -7,7 +7,9 @@ needs only the checkpoint. A setting given to them anyway must agree with
 the file (a mismatch is refused, naming both, before anything is restored);
 without the file (a checkpoint from elsewhere) they use what they are given.
 The text encoder's own architecture comes from its files (a Hugging Face
-directory or a word2vec file), not from this one.
+directory or a word2vec file), not from this one; how a word2vec encoder
+reads a title (lower-casing, words kept) is saved here, since the trainer's
+gin sets it.
 """
 
 import json
@@ -22,13 +24,24 @@ FILENAME = 'cpd_model.json'
 FIELDS = ('video_backbone', 'embedding_dim', 'text_hidden_dim', 'clip_shape')
 
 
+# How the word2vec encoder reads a title (`Word2VecAverageEncoder`'s
+# settings; absent from configs of BERT-family runs and older runs).
+WORD2VEC_FIELDS = ('lowercase', 'max_words')
+
+
 def write(model_dir: str, *, video_backbone: str, embedding_dim: int,
-          text_hidden_dim: int, clip_shape: Sequence[int]) -> None:
-  """Writes `model_dir/cpd_model.json` (atomically)."""
+          text_hidden_dim: int, clip_shape: Sequence[int],
+          text_encoder: Any = None) -> None:
+  """Writes `model_dir/cpd_model.json` (atomically); with the trained
+  `text_encoder`, how a word2vec encoder reads titles (`word2vec`)."""
   config = {'video_backbone': video_backbone,
             'embedding_dim': int(embedding_dim),
             'text_hidden_dim': int(text_hidden_dim),
             'clip_shape': [int(d) for d in clip_shape]}
+  if text_encoder is not None and all(
+      hasattr(text_encoder, k) for k in WORD2VEC_FIELDS):
+    config['word2vec'] = {k: getattr(text_encoder, k)
+                          for k in WORD2VEC_FIELDS}
   atomic_files.write(os.path.join(model_dir, FILENAME),
                      json.dumps(config, indent=1, sort_keys=True) + '\n')
 

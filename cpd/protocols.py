@@ -167,17 +167,21 @@ def build_text_fn(*, checkpoint: Optional[str] = None,
   with the trained weights (edges `encoder_key`, `head_key`). The head's
   widths come from the checkpoint's `cpd_model.json` when it has one
   (`hidden_dim` and `embedding_dim`, when set, must agree), else from the
-  arguments (default `cpd.heads.EMBEDDING_DIM`).
+  arguments (default `cpd.heads.EMBEDDING_DIM`); so do a word2vec encoder's
+  lower-casing and words kept.
   """
   if (hf_model_dir is None) == (word2vec_path is None):
     raise ValueError('exactly one of `hf_model_dir` and `word2vec_path` must '
                      'be set')
+  config = model_config.for_checkpoint(checkpoint) if checkpoint else None
   if hf_model_dir:
     encoder = text_encoders.transformer_from_hf_directory(
         hf_model_dir, max_length=max_length)
   else:
-    encoder = text_encoders.Word2VecAverageEncoder.from_file(word2vec_path)
-  config = model_config.for_checkpoint(checkpoint) if checkpoint else None
+    # Titles read as the trainer read them (its lower-casing: gin's
+    # word2vec_text_encoder.lowercase), when the config says.
+    encoder = text_encoders.Word2VecAverageEncoder.from_file(
+        word2vec_path, **((config or {}).get('word2vec') or {}))
   hidden_dim = model_config.resolve(config, 'text_hidden_dim', hidden_dim,
                                     '`hidden_dim`', heads.EMBEDDING_DIM)
   embedding_dim = model_config.resolve(config, 'embedding_dim', embedding_dim,

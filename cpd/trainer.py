@@ -576,7 +576,8 @@ def run_cpd(*,
       model_config.write(model_dir, video_backbone=video_backbone,
                          embedding_dim=embedding_dim,
                          text_hidden_dim=text_hidden_dim,
-                         clip_shape=clip_shape)
+                         clip_shape=clip_shape,
+                         text_encoder=models.text_encoder)
 
     latest = loop_lib.resume(checkpoint, model_dir, 'the CPD run state',
                              training)
