@@ -48,6 +48,7 @@ import tensorflow as tf
 from tensorflow.python.framework import config as tf_config
 import tf_keras
 
+from spl import tb_images
 from spl.inputs import bad_input
 from tfrecords_tools import file_patterns
 from tfrecords_tools import records
@@ -134,6 +135,8 @@ def record_evaluation(model_dir: str, filename: str, step: int,
   with writer.as_default(step=step):
     for k, v in values.items():
       tf.summary.scalar(k, v)
+    # The confusion matrix and per-class accuracy, as images.
+    tb_images.write(tb_images.evaluation_images(result), step, 'details')
   writer.flush()
   write_json(os.path.join(model_dir, filename), dict(result, step=step))
   logging.info('%s at step %d: %s', what, step,
@@ -324,6 +327,11 @@ class Task(abc.ABC):
     """What the task adds to `metrics.json` (e.g. the last evaluation)."""
     return {}
 
+  def images(self) -> Dict[str, Any]:
+    """Images for TensorBoard when training starts (e.g. sample input
+    clips, the label space's plots): name -> uint8 [1, H, W, C]."""
+    return {}
+
   # A method without evaluation or prediction (CPD predicts nothing) keeps
   # these: the mode is refused by name.
   def evaluate(self, step: int) -> Dict[str, Any]:
@@ -428,6 +436,9 @@ class Controller:
               else tf.summary.create_noop_writer())
     if setup_done:
       setup_done()
+    if self.chief and step < self.total_steps:
+      with writer.as_default():
+        tb_images.write(task.images(), step, 'inputs')
     logging.info('%s from step %d to %d (%d steps/epoch, global batch %d '
                  'over %d replicas)', self.name, step, self.total_steps,
                  self.steps_per_epoch, task.global_batch_size,
