@@ -19,7 +19,10 @@ per-record rows sorted by clip index:
 A shard is written to a temporary name and renamed, and checked to hold
 every record of its input exactly once, so an existing output is complete; a
 rerun skips it (after checking that its `meta` matches, so stale features of
-another checkpoint are never mixed in).
+another checkpoint are never mixed in). The directory follows
+`tfrecords_tools.completion`: the in-progress marker until the last shard is
+written, then `summary.json` listing the shards; `load_features` reads it
+through `file_patterns.match`, so an unfinished or mixed directory is refused.
 """
 
 from __future__ import annotations
@@ -38,10 +41,12 @@ from cpd import zero_shot
 from spl import input_pipeline
 from spl import metrics
 from tfrecords_tools import atomic_files
+from tfrecords_tools import completion
 from tfrecords_tools import file_patterns
 from tfrecords_tools import schema
 
 FEATURES_PREFIX = 'features'
+JOB = 'extract_features'  # In the completion record and in-progress marker.
 FEATURES_SUFFIX = '.npz'
 CLIP_INDEX = 'clip_index'
 CLIP_KEY = 'clip_key'
@@ -236,19 +241,27 @@ def extract_features(embed_fn, strategy: tf.distribute.Strategy,
   if num_workers <= 0 or not 0 <= worker_index < num_workers:
     raise ValueError(f'`worker_index` must be in [0, `num_workers`='
                      f'{num_workers}), got {worker_index}')
-  tf.io.gfile.makedirs(output_dir)
+  names = [features_shard_name(i, len(files)) for i in range(len(files))]
   meta_json = _meta_json(meta)
-  step = make_embed_step(embed_fn, strategy, distributed=num_workers == 1)
-  written = []
-  for i, path in enumerate(files):
-    if i % num_workers != worker_index:
-      continue
-    out = os.path.join(output_dir, features_shard_name(i, len(files)))
+  mine = [i for i in range(len(files)) if i % num_workers == worker_index]
+  done = set()
+  # Before the directory is marked in progress: a refused run leaves it as
+  # it was.
+  for i in mine:
+    out = os.path.join(output_dir, names[i])
     if tf.io.gfile.exists(out):
       old = str(_read_npz(out)[META])
       if old != meta_json:
         raise ValueError(f'{out!r} was written with meta {old} but this run '
                          f'has {meta_json}: use a new `output_dir`')
+      done.add(i)
+  completion.begin(output_dir, JOB, outputs=names,
+                   concurrent_writers=num_workers > 1)
+  step = make_embed_step(embed_fn, strategy, distributed=num_workers == 1)
+  written = []
+  for i in mine:
+    path, out = files[i], os.path.join(output_dir, names[i])
+    if i in done:
       logging.info('features: %s exists, skipped', out)
       continue
     context = read_shard_context(path, label_key)
@@ -272,6 +285,11 @@ def extract_features(embed_fn, strategy: tf.distribute.Strategy,
     _write_npz_atomic(out, rows)
     written.append(out)
     logging.info('features: wrote %s (%d records)', out, len(idx))
+  # The last worker to finish sees every shard and writes the record.
+  if completion.outputs_complete(output_dir, names):
+    completion.finish(output_dir, schema.SUMMARY_FILENAME,
+                      {'inputs': files, 'meta': json.loads(meta_json)}, names,
+                      job=JOB)
   return written
 
 
@@ -290,15 +308,14 @@ def load_features(output_dir: str, *, by_video: bool = True
     if extracted); per record also CLIP_INDEX and CLIP_KEY; with `by_video`
     NUM_VIEWS is the number of views summed over the video's records.
   """
-  paths = sorted(tf.io.gfile.glob(os.path.join(
-      output_dir, f'{FEATURES_PREFIX}-?????-of-?????{FEATURES_SUFFIX}')))
-  if not paths:
-    raise ValueError(f'no feature shards in {output_dir!r}')
-  expected = int(os.path.basename(paths[0])[-len('00000.npz'):-len('.npz')])
-  names = [os.path.basename(p) for p in paths]
-  if names != [features_shard_name(i, expected) for i in range(expected)]:
-    raise ValueError(f'{output_dir!r} holds {len(paths)} feature shards, '
-                     f'expected {expected}: extraction is unfinished')
+  # The completion check refuses an unfinished or mixed directory.
+  try:
+    paths = file_patterns.match(
+        os.path.join(output_dir,
+                     f'{FEATURES_PREFIX}-?????-of-?????{FEATURES_SUFFIX}'),
+        'features')
+  except file_patterns.NoMatchingFilesError as e:
+    raise ValueError(f'no feature shards in {output_dir!r}') from e
   shards = [_read_npz(p) for p in paths]
   keys = [k for k in shards[0] if k != META]
   rows = {k: np.concatenate([s[k] for s in shards]) for k in keys}

@@ -3,6 +3,11 @@
 One prediction shard per record shard (clip index, key, top-k classes and
 scores), written under a temporary name and renamed; multi-worker runs split
 the shards over workers. What `spl.main --mode=predict` runs.
+
+The output directory follows `tfrecords_tools.completion`: the in-progress
+marker while shards are missing, and `summary.json` listing every shard once
+the last one is written (by whichever worker writes it), so relabel refuses
+predictions of an unfinished or mixed run.
 """
 
 import os
@@ -17,10 +22,12 @@ from spl import input_pipeline
 from spl import loop as loop_lib
 from spl import metrics
 from tfrecords_tools import atomic_files
+from tfrecords_tools import completion
 from tfrecords_tools import records
 from tfrecords_tools import schema
 
 PREDICTIONS_PREFIX = 'predictions'
+JOB = 'predict'  # In the completion record and the in-progress marker.
 
 
 def predict_features(element):
@@ -60,12 +67,16 @@ def predict(model: tf_keras.Model,
   """Writes teacher predictions: one output shard per input shard.
 
   Each output is `predictions-<i>-of-<n>.tfrecord` for input shard i of n
-  (sorted), written under a temporary name and renamed, so a finished shard
-  is never partial and a rerun skips it. Every shard's output is checked to
+  (sorted), its clips in clip-index order and deterministically serialised
+  (the same bytes from every run), written under a temporary name and
+  renamed, so a finished shard is never partial and a rerun skips it. Every shard's output is checked to
   hold each clip of the input exactly once before it is renamed. With
   several workers, worker w takes shards w, w + W, ...; within a worker the
   batch is split over its replicas. `pad` gives static-shape batches
-  (`pad_batches`), as a TPU needs.
+  (`pad_batches`), as a TPU needs. The worker that finds every shard
+  written writes `summary.json`, the completion record
+  (`tfrecords_tools.completion`); prediction shards of another shard count
+  are deleted when the run starts.
 
   Returns:
     The output paths this worker wrote (skipped ones excluded).
@@ -75,7 +86,10 @@ def predict(model: tf_keras.Model,
   evaluation.average_replica_statistics(model)
   worker, num_workers = loop_lib.worker_info(strategy)
   k = min(top_k, num_classes)
-  tf.io.gfile.makedirs(output_dir)
+  names = [schema.shard_name(i, len(files), prefix=PREDICTIONS_PREFIX)
+           for i in range(len(files))]
+  completion.begin(output_dir, JOB, outputs=names,
+                   concurrent_writers=num_workers > 1)
 
   def replica_fn(inputs):
     inputs = input_pipeline.finish_features(inputs)
@@ -102,8 +116,7 @@ def predict(model: tf_keras.Model,
   for i, path in enumerate(files):
     if i % num_workers != worker:
       continue
-    out = os.path.join(output_dir, schema.shard_name(
-        i, len(files), prefix=PREDICTIONS_PREFIX))
+    out = os.path.join(output_dir, names[i])
     if tf.io.gfile.exists(out):
       logging.info('predict: %s exists, skipped', out)
       continue
@@ -115,29 +128,39 @@ def predict(model: tf_keras.Model,
       ds = evaluation.pad_batches(ds, global_batch_size)
     if num_workers == 1:
       ds = strategy.experimental_distribute_dataset(ds)
-    seen = set()
+    # Every clip's prediction, written in clip-index order once the shard
+    # is done: the file is the same bytes whatever order the pipeline gave.
+    predicted = {}
+    for inputs in ds:
+      idx, classes, scores, valid = (t.numpy() for t in step(inputs))
+      valid = valid.astype(bool)
+      if not valid.any():
+        break  # Only padding is left (`pad_batches`).
+      for c, cls, sc in zip(idx[valid], classes[valid], scores[valid]):
+        c = int(c)
+        if c in predicted or c not in keys:
+          raise RuntimeError(f'predict: clip {c} of {path!r} predicted '
+                             'twice or unknown')
+        predicted[c] = ([int(x) for x in cls], [float(x) for x in sc])
+    missing = sorted(set(keys) - set(predicted))
+    if missing:
+      raise RuntimeError(f'predict: {len(missing)} clips of {path!r} got '
+                         f'no prediction (first: {missing[:5]}); the input '
+                         'pipeline skipped records')
     with atomic_files.replacing(out) as tmp, \
         tf.io.TFRecordWriter(tmp) as writer:
-      for inputs in ds:
-        idx, classes, scores, valid = (t.numpy() for t in step(inputs))
-        valid = valid.astype(bool)
-        if not valid.any():
-          break  # Only padding is left (`pad_batches`).
-        for c, cls, sc in zip(idx[valid], classes[valid], scores[valid]):
-          c = int(c)
-          if c in seen or c not in keys:
-            raise RuntimeError(f'predict: clip {c} of {path!r} predicted '
-                               'twice or unknown')
-          seen.add(c)
-          writer.write(records.make_prediction_example(
-              clip_index=c, clip_key=keys[c], num_classes=num_classes,
-              top_k_index=[int(x) for x in cls],
-              top_k_score=[float(x) for x in sc]).SerializeToString())
-      missing = sorted(set(keys) - seen)
-      if missing:
-        raise RuntimeError(f'predict: {len(missing)} clips of {path!r} got '
-                           f'no prediction (first: {missing[:5]}); the input '
-                           'pipeline skipped records')
+      for c in sorted(predicted):
+        top_k_index, top_k_score = predicted[c]
+        writer.write(records.make_prediction_example(
+            clip_index=c, clip_key=keys[c], num_classes=num_classes,
+            top_k_index=top_k_index,
+            top_k_score=top_k_score).SerializeToString(deterministic=True))
     written.append(out)
-    logging.info('predict: wrote %d clips to %s', len(seen), out)
+    logging.info('predict: wrote %d clips to %s', len(predicted), out)
+  # The last worker to finish sees every shard (a finished worker's shards
+  # are renamed into place before it looks).
+  if completion.outputs_complete(output_dir, names):
+    completion.finish(output_dir, schema.SUMMARY_FILENAME,
+                      {'inputs': files, 'num_classes': num_classes,
+                       'top_k': k}, names, job=JOB)
   return written

@@ -84,3 +84,38 @@ def test_record_run_config_makes_the_directory_and_logs_the_path(
   atomic_files.record_run_config(str(directory), 'config_x.flags', '--a=2\n',
                                  fs)
   assert (directory / 'config_x.flags').read_text() == '--a=2\n'
+
+
+@pytest.mark.parametrize('fs', FILE_SYSTEMS)
+def test_remove_temporaries_removes_only_temporaries(tmp_path, fs):
+  """What `temporary_name` makes, of either file system, and nothing else;
+  `keep` spares the fixed temporaries of files other workers write."""
+  final = str(tmp_path / 'clips-00000-of-00002.tfrecord')
+  leftovers = [atomic_files.temporary_name(final),
+               atomic_files.temporary_name(final, atomic_files.BEAM),
+               str(tmp_path / '.summary.json.tmp-0123abcd')]
+  kept = str(tmp_path / 'clips-00001-of-00002.tfrecord.tmp-partial')
+  others = [final, str(tmp_path / 'notes.tmp'), str(tmp_path / '.hidden'),
+            str(tmp_path / 'x.tmp-partial.bak')]
+  for path in leftovers + others + [kept]:
+    with open(path, 'wb') as f:
+      f.write(b'x')
+  removed = atomic_files.remove_temporaries(
+      str(tmp_path), fs, keep=['clips-00001-of-00002.tfrecord'])
+  assert removed == sorted(leftovers)
+  assert sorted(os.listdir(tmp_path)) == sorted(
+      os.path.basename(p) for p in others + [kept])
+  assert all(atomic_files.is_temporary(os.path.basename(p))
+             for p in leftovers + [kept])
+
+
+@pytest.mark.parametrize('fs', FILE_SYSTEMS)
+def test_write_into_names_a_directory_it_cannot_make(tmp_path, fs):
+  path = atomic_files.write_into(str(tmp_path / 'new'), 'a.json', '{}', fs)
+  assert path == str(tmp_path / 'new' / 'a.json')
+  (tmp_path / 'file').write_text('')
+  with pytest.raises(atomic_files.OutputDirectoryError) as e:
+    atomic_files.write_into(str(tmp_path / 'file' / 'out'), 'a.json', '{}', fs)
+  assert str(e.value).startswith(
+      f"output directory '{tmp_path / 'file' / 'out'}' cannot be created: ")
+  assert '\n' not in str(e.value)

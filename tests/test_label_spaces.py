@@ -816,8 +816,12 @@ def test_validate_label_space_refuses_every_inconsistency():
                        'num_classes', 'k', 'input_classes', 'classes',
                        'table')}
   ls.validate_label_space(optional)
-  with pytest.raises(ValueError, match='format_version must be 1'):
+  with pytest.raises(ValueError, match=r'format_version 2 is newer than this '
+                     r'code reads \(1\): update the code'):
     ls.validate_label_space(_with_id(space, format_version=2))
+  for bad in (0, '1', None, True):
+    with pytest.raises(ValueError, match='format_version must be 1, got'):
+      ls.validate_label_space(_with_id(space, format_version=bad))
   with pytest.raises(ValueError, match='table must be 3x3'):
     ls.validate_label_space(_with_id(space, table=space['table'][:2]))
   with pytest.raises(ValueError, match='table must be 2x2'):
@@ -875,6 +879,21 @@ def test_load_label_space_reads_utf8(tmp_path):
   with pytest.raises(ValueError,
                      match='^' + re.escape(str(path)) + ': not valid JSON'):
     ls.load_label_space(str(path))
+
+
+def test_a_newer_format_version_is_refused_naming_the_file_and_versions(
+    tmp_path):
+  """A label_space.json of a newer relabel job is refused by the loader the
+  trainer uses, before any of its fields is trusted."""
+  space = ls.make_label_space('spl_b', _doc_matrix(), ['a', 'b', 'c'])
+  newer = _with_id(space, format_version=ls.LABEL_SPACE_FORMAT_VERSION + 1)
+  path = tmp_path / 'label_space.json'
+  path.write_text(ls.label_space_json(newer), encoding='utf-8')
+  with pytest.raises(ValueError) as e:
+    ls.load_label_space(str(path))
+  assert str(e.value) == (
+      f'{path}: label space format_version 2 is newer than this code reads '
+      f'(1): update the code, or relabel with this version')
 
 
 def test_check_label_space_ids_counts_and_names_foreign_ids():

@@ -316,9 +316,10 @@ def test_multi_worker_predict_covers_every_clip_once(pattern, tmp_path):
   predict_with_two_workers()
   clips = {c[schema.CLIP_INDEX_KEY]: c[schema.CLIP_KEY_KEY]
            for c in testing.parse_all(web)}
-  names = sorted(os.listdir(out_dir))
-  assert names == [schema.shard_name(i, 3, prefix='predictions')
-                   for i in range(3)]
+  names = [schema.shard_name(i, 3, prefix='predictions') for i in range(3)]
+  # The shards and the completion record (tfrecords_tools.completion).
+  assert sorted(os.listdir(out_dir)) == sorted(
+      names + [schema.SUMMARY_FILENAME])
   preds = [records.parse_prediction_example(r) for r in
            testing.read_records(str(out_dir / 'predictions-*'))]
   assert sorted(p[schema.CLIP_INDEX_KEY] for p in preds) == list(range(7))
@@ -337,7 +338,8 @@ def test_multi_worker_predict_covers_every_clip_once(pattern, tmp_path):
   finished = {n: (out_dir / n).stat().st_mtime_ns for n in names}
   (out_dir / names[1]).unlink()
   outs = predict_with_two_workers()
-  assert sorted(os.listdir(out_dir)) == names
+  assert sorted(os.listdir(out_dir)) == sorted(
+      names + [schema.SUMMARY_FILENAME])
   for n in (names[0], names[2]):
     assert (out_dir / n).stat().st_mtime_ns == finished[n]
   assert len(testing.read_records(str(out_dir / names[1]))) == 2

@@ -1,8 +1,10 @@
 """The relabel job end to end, and the TFRecord / SequenceExample surgery under it."""
 
+import errno
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -13,6 +15,8 @@ import tensorflow as tf
 from apache_beam.io import tfrecordio
 from official.vision.dataloaders import video_input
 
+from tests import read_only
+from tfrecords_tools import completion
 from tfrecords_tools import label_spaces
 from tfrecords_tools import records
 from tfrecords_tools import relabel
@@ -455,7 +459,9 @@ def test_input_problems_are_reported_and_nothing_is_written(tmp_path):
   message = str(e.value)
   assert 'record without prediction: clip/index 5' in message
   assert 'prediction for unknown clip: clip/index 99' in message
-  assert os.listdir(out) == [relabel.STATS_FILENAME]
+  # The problems, and the marker that says no run finished here.
+  assert sorted(os.listdir(out)) == [completion.MARKER_FILENAME,
+                                     relabel.STATS_FILENAME]
 
 
 def test_teacher_with_another_num_classes_is_reported(tmp_path):
@@ -512,7 +518,9 @@ def test_corrupt_shards_are_reported_and_nothing_is_written(tmp_path):
     relabel.relabel(records_pattern=rec_pattern,
                     predictions_pattern=pred_pattern, variant='spl',
                     output_dir=out)
-  assert os.listdir(out) == [relabel.STATS_FILENAME]
+  # The problems, and the marker that says no run finished here.
+  assert sorted(os.listdir(out)) == [completion.MARKER_FILENAME,
+                                     relabel.STATS_FILENAME]
   # A flipped frame byte passes pass 1 (contexts only) but pass 2 checks
   # every record's CRC: the job fails naming the file, and no shard is
   # left under a temporary name.
@@ -672,3 +680,180 @@ def test_command_line_num_classes(tmp_path, capsys):
   assert first.pop('config_relabel.flags') != second.pop(
       'config_relabel.flags')  # only the output directory differs
   assert first == second
+
+
+# ---- Completion: outputs complete or not used (issue: exact resume) ----
+
+
+def _relabel(rec_pattern, pred_pattern, out, **kw):
+  return relabel.relabel(records_pattern=rec_pattern,
+                         predictions_pattern=pred_pattern,
+                         variant=kw.pop('variant', 'spl'),
+                         output_dir=str(out), **kw)
+
+
+def test_the_stats_are_the_completion_record_listing_the_shards(tmp_path):
+  rec_pattern, pred_pattern, _ = make_inputs(str(tmp_path))
+  out = tmp_path / 'out'
+  _relabel(rec_pattern, pred_pattern, out)
+  stats = json.loads((out / relabel.STATS_FILENAME).read_text())
+  assert stats[completion.FILES_KEY] == [schema.shard_name(i, 2)
+                                         for i in range(2)]
+  assert stats[completion.JOB_KEY] == 'relabel'
+  assert relabel.STATS_FILENAME in completion.RECORD_FILENAMES
+  assert completion.MARKER_FILENAME not in os.listdir(out)
+  assert len(testing.read_records(str(out / schema.shard_pattern()))) == (
+      NUM_CLIPS)
+
+
+def test_a_killed_runs_temporaries_are_removed_by_the_rerun(tmp_path):
+  """Pass 2 writes `.clips-*.tmp-<uuid>` (one per attempt); a kill leaves
+  them, with the marker; the rerun deletes them and completes."""
+  rec_pattern, pred_pattern, _ = make_inputs(str(tmp_path))
+  clean, out = tmp_path / 'clean', tmp_path / 'out'
+  _relabel(rec_pattern, pred_pattern, clean)
+  out.mkdir()
+  leftovers = [f'.{schema.shard_name(0, 2)}.tmp-{"a" * 32}',
+               f'.{schema.shard_name(1, 2)}.tmp-{"b" * 32}',
+               f'.{relabel.STATS_FILENAME}.tmp-{"c" * 32}']
+  for name in leftovers:
+    (out / name).write_bytes(b'half written')
+  # One shard was renamed into place before the kill.
+  first = schema.shard_name(0, 2)
+  (out / first).write_bytes((clean / first).read_bytes())
+  (out / completion.MARKER_FILENAME).write_text('{"job": "relabel"}')
+  with pytest.raises(ValueError, match='unfinished run of relabel'):
+    testing.read_records(str(out / schema.shard_pattern()))
+  _relabel(rec_pattern, pred_pattern, out)
+  assert _files(out) == _files(clean)
+
+
+def test_a_rerun_on_records_of_another_shard_count_replaces_the_shards(
+    tmp_path):
+  three = tmp_path / 'three'
+  rec3, pred3, _ = make_inputs(str(three), num_shards=3)
+  rec2, pred2, _ = make_inputs(str(tmp_path / 'two'))
+  out = tmp_path / 'out'
+  _relabel(rec3, pred3, out)
+  _relabel(rec2, pred2, out)
+  assert sorted(n for n in os.listdir(out) if n.startswith('clips-')) == [
+      schema.shard_name(i, 2) for i in range(2)]
+  keys = [c[schema.CLIP_KEY_KEY]
+          for c in testing.parse_all(str(out / schema.shard_pattern()))]
+  assert len(keys) == len(set(keys)) == NUM_CLIPS
+
+
+def _with_schema_version(path, record_number, version):
+  with open(path, 'rb') as f:
+    raw = list(tfrecord_io.read_records(f, path))
+  ex = tf.train.SequenceExample.FromString(raw[record_number])
+  ex.context.feature[schema.SCHEMA_VERSION_KEY].int64_list.value[:] = [version]
+  # A newer schema may add keys: they must not be copied through unread.
+  ex.context.feature['clip/new_in_v2'].int64_list.value.append(7)
+  raw[record_number] = ex.SerializeToString()
+  with tf.io.TFRecordWriter(path) as w:
+    for r in raw:
+      w.write(r)
+
+
+def test_records_of_a_newer_schema_version_are_refused(tmp_path):
+  rec_pattern, pred_pattern, _ = make_inputs(str(tmp_path))
+  shard = sorted(tf.io.gfile.glob(rec_pattern))[1]
+  _with_schema_version(shard, 2, schema.SCHEMA_VERSION + 1)
+  out = tmp_path / 'out'
+  with pytest.raises(relabel.RelabelError) as e:
+    _relabel(rec_pattern, pred_pattern, out)
+  # (Its prediction is then one of an unknown clip: the job stops anyway.)
+  assert "'schema_version': 1" in str(e.value)
+  assert (f'{shard} record 2: schema/version 2 is newer than this code reads '
+          f'(1): update the code or rewrite the records') in str(e.value)
+  assert sorted(os.listdir(out)) == [completion.MARKER_FILENAME,
+                                     relabel.STATS_FILENAME]
+  stats = json.loads((out / relabel.STATS_FILENAME).read_text())
+  assert stats['status'] == 'failed'
+  # The failed run's directory is refused even without the marker.
+  (out / completion.MARKER_FILENAME).unlink()
+  (out / schema.shard_name(0, 2)).write_bytes(b'')
+  with pytest.raises(ValueError, match=re.escape(
+      f"{out / relabel.STATS_FILENAME} says its run ended with status "
+      f"'failed'")):
+    testing.read_records(str(out / schema.shard_pattern()))
+
+
+def test_a_full_disk_fails_naming_the_shard_and_leaves_no_temporary(
+    tmp_path, monkeypatch):
+  """In a rerun: the error names the shard, the temporary goes, and the
+  first run's shards are refused until a rerun completes."""
+  rec_pattern, pred_pattern, _ = make_inputs(str(tmp_path))
+  out = tmp_path / 'out'
+  _relabel(rec_pattern, pred_pattern, out)
+  real = tfrecord_io.write_record_parts
+  calls = []
+
+  def full_disk(f, parts):
+    calls.append(1)
+    if len(calls) > 3:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return real(f, parts)
+
+  monkeypatch.setattr(tfrecord_io, 'write_record_parts', full_disk)
+  with pytest.raises(Exception) as e:
+    _relabel(rec_pattern, pred_pattern, out)
+  message = str(e.value)
+  assert 'No space left on device' in message
+  assert any(repr(str(out / schema.shard_name(i, 2))) in message
+             for i in range(2)), message
+  assert not [n for n in os.listdir(out) if '.tmp-' in n]
+  assert completion.MARKER_FILENAME in os.listdir(out)
+  with pytest.raises(ValueError, match='unfinished run of relabel'):
+    testing.read_records(str(out / schema.shard_pattern()))
+  monkeypatch.setattr(tfrecord_io, 'write_record_parts', real)
+  _relabel(rec_pattern, pred_pattern, out)
+  assert len(testing.read_records(str(out / schema.shard_pattern()))) == (
+      NUM_CLIPS)
+
+
+def test_inputs_of_an_unfinished_run_are_refused_before_anything_is_written(
+    tmp_path):
+  rec_pattern, pred_pattern, _ = make_inputs(str(tmp_path))
+  pred_dir = os.path.dirname(pred_pattern)
+  with open(os.path.join(pred_dir, completion.MARKER_FILENAME), 'w') as f:
+    f.write('{"job": "predict", "started": "2025-01-01T00:00:00+00:00", '
+            '"host": "h"}')
+  out = tmp_path / 'out'
+  with pytest.raises(ValueError) as e:
+    _relabel(rec_pattern, pred_pattern, out)
+  assert str(e.value).startswith(
+      f'`predictions` pattern: {pred_dir} holds an unfinished run of predict '
+      f'(started 2025-01-01T00:00:00+00:00 on h; ')
+  assert 'rerun the same command to finish it' in str(e.value)
+  assert not out.exists()
+
+
+def test_another_jobs_output_directory_is_refused(tmp_path):
+  rec_pattern, pred_pattern, _ = make_inputs(str(tmp_path))
+  out = tmp_path / 'out'
+  out.mkdir()
+  (out / schema.SUMMARY_FILENAME).write_text('{"job": "write_clips"}')
+  with pytest.raises(ValueError, match=re.escape(
+      f"output directory '{out}' holds the outputs (or a run) of "
+      f"write_clips (summary.json), not relabel")):
+    _relabel(rec_pattern, pred_pattern, out)
+  assert os.listdir(out) == [schema.SUMMARY_FILENAME]
+
+
+def test_cli_read_only_output_dir_is_one_line_naming_it(tmp_path):
+  rec_pattern, pred_pattern, _ = make_inputs(str(tmp_path))
+  out = tmp_path / 'out'
+  out.mkdir()
+  proc = subprocess.run(read_only.read_only_command(out, [
+      sys.executable, '-m', 'tfrecords_tools.relabel',
+      f'--records={rec_pattern}', f'--predictions={pred_pattern}',
+      '--variant=spl', f'--output_dir={out}']), capture_output=True,
+                        text=True, timeout=300, cwd=ROOT)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr
+  assert proc.stderr.splitlines()[-1:] == [
+      f"relabel failed: output directory '{out}' is not writable "
+      f"(config_relabel.flags: {read_only.read_only_reason()})"], proc.stderr
+  assert os.listdir(out) == []

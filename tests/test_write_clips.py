@@ -1,8 +1,10 @@
 """The Beam clip writer on real videos, good and bad (issue: foundation)."""
 
+import errno
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +16,11 @@ import pytest
 import tensorflow as tf
 from official.vision.dataloaders import video_input
 
+from tests import read_only
+from tfrecords_tools import beam_utils
 from tfrecords_tools import clip_proto
+from tfrecords_tools import completion
+from tfrecords_tools import file_patterns
 from tfrecords_tools import manifest as manifest_lib
 from tfrecords_tools import records
 from tfrecords_tools import schema
@@ -597,3 +603,196 @@ def test_cli_exit_code_when_nothing_written(tmp_path):
       capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0
   assert 'no clip could be written' in proc.stderr
+
+
+# ---- Completion: outputs complete or not used (issue: exact resume) ----
+
+
+def _small_manifest(tmp_path, num_videos=3):
+  for i in range(num_videos):
+    testing.write_test_video(str(tmp_path / f'v{i}.mp4'), seconds=2.0, fps=10)
+  return _write_manifest(tmp_path / 'm.csv', [
+      (f'v{i}.mp4', 'ab'[i % 2], f't{i}', f'v{i}') for i in range(num_videos)])
+
+
+def test_summary_is_the_completion_record_listing_the_shards(tmp_path):
+  manifest = _small_manifest(tmp_path)
+  out = tmp_path / 'out'
+  summary = write_clips.run_writer(str(manifest), _config(out, num_shards=2))
+  on_disk = json.loads((out / schema.SUMMARY_FILENAME).read_text())
+  assert on_disk == summary
+  assert summary[completion.FILES_KEY] == [schema.shard_name(i, 2)
+                                           for i in range(2)]
+  assert summary[completion.JOB_KEY] == 'write_clips'
+  # The in-progress marker is gone: the directory reads.
+  assert completion.MARKER_FILENAME not in os.listdir(out)
+  assert len(testing.read_records(str(out / schema.shard_pattern()))) == (
+      summary['clips'] == 6) * 6
+
+
+def test_rerun_with_another_num_shards_replaces_the_old_shards(tmp_path):
+  """The documented glob reads each clip once after a rerun into the same
+  directory with another `--num_shards` (it read them twice: 72 for 36)."""
+  manifest = _small_manifest(tmp_path)
+  out = tmp_path / 'out'
+  write_clips.run_writer(str(manifest), _config(out, num_shards=3))
+  summary = write_clips.run_writer(str(manifest), _config(out, num_shards=2))
+  assert sorted(n for n in os.listdir(out) if n.startswith('clips-')) == [
+      schema.shard_name(i, 2) for i in range(2)]
+  keys = [c[schema.CLIP_KEY_KEY]
+          for c in testing.parse_all(str(out / schema.shard_pattern()))]
+  assert len(keys) == len(set(keys)) == summary['clips'] == 6
+
+
+def test_shards_the_summary_does_not_list_are_refused_by_readers(tmp_path):
+  manifest = _small_manifest(tmp_path)
+  old, out = tmp_path / 'old', tmp_path / 'out'
+  write_clips.run_writer(str(manifest), _config(old, num_shards=3))
+  write_clips.run_writer(str(manifest), _config(out, num_shards=2))
+  stale = schema.shard_name(1, 3)
+  shutil.copy(old / stale, out / stale)  # Left by an older run's tool.
+  pattern = str(out / schema.shard_pattern())
+  with pytest.raises(file_patterns.IncompleteOutputError) as e:
+    testing.read_records(pattern)
+  assert str(e.value) == (
+      f"pattern: {out} holds 1 files that its completion record summary.json "
+      f"does not list ({stale}): outputs of another run? Delete them, or "
+      f"rerun the job into an empty directory")
+  # The trainer's reader goes through the same check.
+  from spl import input_pipeline  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match='does not list'):
+    input_pipeline.make_dataset(pattern, is_training=False, batch_size=2,
+                                num_frames=2, crop_size=16, num_classes=2)
+
+
+def _assert_same_outputs(out, clean):
+  """The same files with the same bytes (summary.json names its directory)."""
+  assert sorted(os.listdir(out)) == sorted(os.listdir(clean))
+  for name in os.listdir(clean):
+    if name == schema.SUMMARY_FILENAME:
+      ours, theirs = (json.loads((d / name).read_text()) for d in (out, clean))
+      assert ours['config'].pop('output_dir') == str(out)
+      theirs['config'].pop('output_dir')
+      assert ours == theirs
+    else:
+      assert (out / name).read_bytes() == (clean / name).read_bytes(), name
+
+
+class _FullDisk:
+  """A write channel whose writes fail as on a full disk."""
+
+  def __init__(self, channel):
+    self._channel = channel
+
+  def write(self, data):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  def __getattr__(self, name):
+    return getattr(self._channel, name)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self._channel.close()
+
+
+@pytest.mark.parametrize('where', ['.frames', '.tmp-partial'])
+def test_a_full_disk_fails_naming_the_file_and_leaves_no_temporaries(
+    tmp_path, monkeypatch, where):
+  """Out of space while decoding (temporary frames) or writing a shard, in a
+  rerun: the error names the file, the run's temporary files are gone (they
+  would keep the disk full), the directory (the first run's shards, maybe
+  some of this one's) is refused as unfinished, and the same command
+  finishes it with the bytes of an undisturbed run."""
+  manifest = _small_manifest(tmp_path)
+  clean, out = tmp_path / 'clean', tmp_path / 'out'
+  write_clips.run_writer(str(manifest), _config(clean, num_shards=2))
+  write_clips.run_writer(str(manifest), _config(out, num_shards=2))
+  real_create = beam_utils.create
+  failed = []
+
+  def create(path):
+    channel = real_create(path)
+    if path.endswith(where):
+      failed.append(path)
+      return _FullDisk(channel)
+    return channel
+
+  monkeypatch.setattr(beam_utils, 'create', create)
+  with pytest.raises(Exception) as e:
+    write_clips.run_writer(str(manifest), _config(out, num_shards=2))
+  assert 'No space left on device' in str(e.value)
+  named = (failed[0] if where == '.frames'
+           else failed[0][:-len('.tmp-partial')])
+  assert repr(named) in str(e.value) or named in str(e.value)
+  assert not (out / write_clips.TEMP_DIRNAME).exists()
+  assert not [n for n in os.listdir(out) if '.tmp-' in n]
+  assert completion.MARKER_FILENAME in os.listdir(out)
+  assert schema.SUMMARY_FILENAME not in os.listdir(out)
+  with pytest.raises(file_patterns.IncompleteOutputError,
+                     match='unfinished run of write_clips'):
+    testing.read_records(str(out / schema.shard_pattern()))
+  monkeypatch.setattr(beam_utils, 'create', real_create)
+  write_clips.run_writer(str(manifest), _config(out, num_shards=2))
+  _assert_same_outputs(out, clean)
+
+
+def test_a_killed_run_is_refused_until_the_same_command_finishes_it(tmp_path):
+  """What a kill leaves (some final shards, temporaries, the marker, no
+  summary.json) is refused by readers; the rerun cleans up and completes."""
+  manifest = _small_manifest(tmp_path)
+  clean, out = tmp_path / 'clean', tmp_path / 'out'
+  write_clips.run_writer(str(manifest), _config(clean, num_shards=2))
+  write_clips.run_writer(str(manifest), _config(out, num_shards=2))
+  # Killed in the shard step of a rerun: the marker of the new run, one
+  # shard renamed, the other half written, frames in the run's temp dir.
+  (out / schema.SUMMARY_FILENAME).unlink()
+  (out / completion.MARKER_FILENAME).write_text('{"job": "write_clips"}')
+  (out / (schema.shard_name(1, 2) + '.tmp-partial')).write_bytes(b'half')
+  frames = out / write_clips.TEMP_DIRNAME / 'killed' / 'v000000000-x.frames'
+  frames.parent.mkdir(parents=True)
+  frames.write_bytes(b'f' * 1000)
+  with pytest.raises(file_patterns.IncompleteOutputError,
+                     match=f'{out} holds an unfinished run of write_clips'):
+    testing.read_records(str(out / schema.shard_pattern()))
+  # Without the marker (a kill before it existed, or a hand-deleted one) a
+  # partial shard set is still refused.
+  (out / completion.MARKER_FILENAME).unlink()
+  (out / schema.shard_name(1, 2)).unlink()
+  with pytest.raises(file_patterns.IncompleteOutputError,
+                     match=r'has 1 of the 2 shards .*missing: '
+                     r'clips-00001-of-00002.tfrecord'):
+    testing.read_records(str(out / schema.shard_pattern()))
+  write_clips.run_writer(str(manifest), _config(out, num_shards=2))
+  _assert_same_outputs(out, clean)
+
+
+def test_an_output_dir_that_cannot_be_written_is_one_error_naming_it(
+    tmp_path):
+  manifest = _small_manifest(tmp_path, num_videos=1)
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('not a directory')
+  out = blocker / 'out'
+  with pytest.raises(ValueError, match=re.escape(
+      f"output directory '{out}' cannot be created: ")):
+    write_clips.run_writer(str(manifest), _config(out))
+
+
+def test_cli_read_only_output_dir_is_one_line_naming_it(tmp_path):
+  manifest = _small_manifest(tmp_path, num_videos=1)
+  out = tmp_path / 'out'
+  out.mkdir()
+  proc = subprocess.run(read_only.read_only_command(out, [
+      sys.executable, '-m', 'tfrecords_tools.write_clips',
+      f'--manifest={manifest}', f'--output_dir={out}']),
+                        capture_output=True, text=True, timeout=300,
+                        cwd=os.path.dirname(os.path.dirname(
+                            os.path.abspath(__file__))))
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr
+  assert proc.stderr.splitlines()[-1:] == [
+      f"write_clips: error: output directory '{out}' is not writable "
+      f"(config_write_clips.flags: {read_only.read_only_reason()})"
+  ], proc.stderr
+  assert os.listdir(out) == []

@@ -17,16 +17,25 @@ final name keeps what it held before. Two file systems:
 On a local disk the rename is atomic; on object stores it is a copy and a
 delete, so readers there must rely on the final name only appearing once the
 copy is complete (which both stores guarantee for a single object).
+
+A killed run leaves its temporaries behind; `remove_temporaries` (called by
+every batch job when it starts, `tfrecords_tools.completion.begin`) deletes
+them. Write errors that name no file (a full disk) are re-raised naming the
+file (`naming`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import logging
 import os
 import posixpath
 import uuid
-from typing import Iterator, Optional, Union
+from typing import Collection, Iterator, List, Optional, Union
+
+# What `temporary_name` makes: `<name>.tmp-partial` and `.<name>.tmp-<hex>`.
+TEMPORARY_GLOBS = ('*.tmp-partial', '.*.tmp-*')
 
 
 class _TfFileSystem:
@@ -53,6 +62,19 @@ class _TfFileSystem:
 
   def makedirs(self, path: str) -> None:
     self._gfile().makedirs(path)
+
+  def read(self, path: str) -> bytes:
+    with self._gfile().GFile(path, 'rb') as f:
+      return f.read()
+
+  def glob(self, pattern: str) -> List[str]:
+    return self._gfile().glob(pattern)
+
+  @staticmethod
+  def errors() -> tuple:
+    """What a failed file operation raises (TF's own errors are no OSError)."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    return (OSError, tf.errors.OpError)
 
 
 class _BeamFileSystem:
@@ -88,6 +110,22 @@ class _BeamFileSystem:
       if not self._fs().exists(path):
         raise
 
+  def read(self, path: str) -> bytes:
+    from apache_beam.io.filesystem import CompressionTypes  # pylint: disable=g-import-not-at-top
+    with self._fs().open(
+        path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+      return f.read()
+
+  def glob(self, pattern: str) -> List[str]:
+    # Beam's local glob skips hidden names unless the pattern's name starts
+    # with '.', like a shell.
+    return [m.path for m in self._fs().match([pattern])[0].metadata_list]
+
+  @staticmethod
+  def errors() -> tuple:
+    """What a failed file operation raises (BeamIOError is an IOError)."""
+    return (OSError,)
+
 
 TF = _TfFileSystem()
 BEAM = _BeamFileSystem()
@@ -96,6 +134,16 @@ BEAM = _BeamFileSystem()
 def _join(directory: str, name: str) -> str:
   return (posixpath.join(directory, name) if '://' in directory
           else os.path.join(directory, name))
+
+
+def join(directory: str, name: str) -> str:
+  """`directory/name` for local paths and URLs (`gs://...`) alike."""
+  return _join(directory, name)
+
+
+def split(path: str):
+  """(directory, name) of a local path or URL."""
+  return posixpath.split(path) if '://' in path else os.path.split(path)
 
 
 def temporary_name(path: str, fs=TF, unique: Optional[bool] = None) -> str:
@@ -123,14 +171,91 @@ def replacing(path: str, fs=TF,
       fs.remove(tmp)
 
 
-def write(path: str, data: Union[bytes, str], fs=TF) -> None:
-  """Writes `data` (bytes, or text as UTF-8) to `path` atomically."""
+def write(path: str, data: Union[bytes, str], fs=TF,
+          unique: Optional[bool] = None) -> None:
+  """Writes `data` (bytes, or text as UTF-8) to `path` atomically; `unique`
+  temporaries for a file that several processes may write at once."""
   binary = isinstance(data, bytes) or fs is BEAM
   if isinstance(data, str) and binary:
     data = data.encode('utf-8')
-  with replacing(path, fs) as tmp:
+  with naming(path), replacing(path, fs, unique) as tmp:
     with fs.open(tmp, binary) as f:
       f.write(data)
+
+
+@contextlib.contextmanager
+def naming(path: str) -> Iterator[None]:
+  """Re-raises an `OSError` that names no file (e.g. a full disk: `write`
+  raises `[Errno 28] No space left on device`) as one naming `path`."""
+  try:
+    yield
+  except OSError as e:
+    if e.filename or e.errno is None:
+      raise
+    raise OSError(e.errno, e.strerror or str(e), path) from e
+
+
+def is_temporary(name: str) -> bool:
+  """Whether a file name is one `temporary_name` makes."""
+  return any(fnmatch.fnmatchcase(name, g) for g in TEMPORARY_GLOBS)
+
+
+def remove_temporaries(directory: str, fs=TF,
+                       keep: Collection[str] = ()) -> List[str]:
+  """Deletes the temporaries in `directory` (not below it) that killed runs
+  left; returns their paths.
+
+  Call it only where no other process of the run may be writing: a job's
+  start, before its workers, or its end. `keep` lists final names whose
+  fixed temporary (`<name>.tmp-partial`) stays: those another worker of a
+  multi-worker run may be writing right now (it overwrites a killed run's).
+  """
+  kept = {f'{name}.tmp-partial' for name in keep}
+  removed = []
+  for pattern in TEMPORARY_GLOBS:
+    for path in fs.glob(_join(directory, pattern)):
+      name = split(path)[1]
+      if name in kept or not is_temporary(name):
+        continue
+      try:
+        fs.remove(path)
+      except fs.errors():  # Gone already (another worker removed it).
+        if fs.exists(path):
+          raise
+      removed.append(path)
+  if removed:
+    logging.info('removed %d temporary files a killed run left in %s',
+                 len(removed), directory)
+  return sorted(removed)
+
+
+class OutputDirectoryError(ValueError):
+  """An output directory that cannot be made or written to."""
+
+
+def _reason(e: BaseException) -> str:
+  """One line of a file system error, without the path (we name it)."""
+  text = getattr(e, 'strerror', None) or getattr(e, 'message', None) or str(e)
+  return (text.strip().splitlines() or [type(e).__name__])[0]
+
+
+def write_into(directory: str, name: str, data: Union[bytes, str], fs=TF,
+               unique: Optional[bool] = None) -> str:
+  """Makes `directory` and writes `directory/name` atomically; returns the
+  path. The first write of a job: a directory that cannot be made or
+  written to is an `OutputDirectoryError` naming it, in one line."""
+  try:
+    fs.makedirs(directory)
+  except fs.errors() as e:
+    raise OutputDirectoryError(f'output directory {directory!r} cannot be '
+                               f'created: {_reason(e)}') from e
+  path = _join(directory, name)
+  try:
+    write(path, data, fs, unique)
+  except fs.errors() as e:
+    raise OutputDirectoryError(f'output directory {directory!r} is not '
+                               f'writable ({name}: {_reason(e)})') from e
+  return path
 
 
 def record_run_config(directory: str, name: str, text: str, fs=TF) -> str:
@@ -140,8 +265,6 @@ def record_run_config(directory: str, name: str, text: str, fs=TF) -> str:
   operative config (`spl.job.write_operative_config`), the Beam tools with
   their flags (`beam_utils.write_run_config`). Returns the path written.
   """
-  fs.makedirs(directory)
-  path = _join(directory, name)
-  write(path, text, fs)
+  path = write_into(directory, name, text, fs)
   logging.info('run config recorded in %s', path)
   return path

@@ -10,11 +10,23 @@ accept too.
 `match` globs through TensorFlow's file system (local, `gs://`, ...; what the
 trainer reads with), `match_beam` through Beam's `FileSystems` (what the Beam
 jobs read with: they run without TensorFlow).
+
+Both refuse files of an output directory that is not complete: a batch job's
+run that has not finished, files its completion record does not list (stale
+shards of another run), listed files that are missing, or a shard set
+(`-NNNNN-of-MMMMM`) that is mixed or partial (`tfrecords_tools.completion`).
+So no reader can train on, predict, relabel or evaluate half a dataset, or
+one read twice.
 """
 
 from __future__ import annotations
 
 from typing import Callable, List, Sequence
+
+from tfrecords_tools import atomic_files
+from tfrecords_tools import completion
+
+IncompleteOutputError = completion.IncompleteOutputError
 
 
 class NoMatchingFilesError(ValueError, FileNotFoundError):
@@ -52,10 +64,17 @@ def _beam_glob(pattern: str) -> List[str]:
 
 
 def match(file_pattern: str, what: str = '`file_pattern`') -> List[str]:
-  """`expand` through TensorFlow's file system."""
-  return expand(file_pattern, what, _tf_glob)
+  """`expand` through TensorFlow's file system, then the completion check
+  of every directory with matched files (`IncompleteOutputError`)."""
+  files = expand(file_pattern, what, _tf_glob)
+  completion.check_matched(split(file_pattern, what), files, what,
+                           atomic_files.TF)
+  return files
 
 
 def match_beam(file_pattern: str, what: str = '`file_pattern`') -> List[str]:
-  """`expand` through Beam's `FileSystems` (no TensorFlow)."""
-  return expand(file_pattern, what, _beam_glob)
+  """`match` through Beam's `FileSystems` (no TensorFlow)."""
+  files = expand(file_pattern, what, _beam_glob)
+  completion.check_matched(split(file_pattern, what), files, what,
+                           atomic_files.BEAM)
+  return files

@@ -503,10 +503,16 @@ def validate_label_space(space: Mapping[str, Any]) -> None:
   missing = [k for k in _REQUIRED_KEYS if k not in space]
   if missing:
     raise ValueError(f'label space is missing keys {missing}')
-  if space['format_version'] != LABEL_SPACE_FORMAT_VERSION:
+  version = space['format_version']
+  is_int = isinstance(version, int) and not isinstance(version, bool)
+  if is_int and version > LABEL_SPACE_FORMAT_VERSION:
+    # A file of a newer relabel job: its fields may mean something else.
+    raise ValueError(f'label space format_version {version} is newer than '
+                     f'this code reads ({LABEL_SPACE_FORMAT_VERSION}): update '
+                     f'the code, or relabel with this version')
+  if not is_int or version != LABEL_SPACE_FORMAT_VERSION:
     raise ValueError(f'label space format_version must be '
-                     f'{LABEL_SPACE_FORMAT_VERSION}, got '
-                     f'{space["format_version"]}')
+                     f'{LABEL_SPACE_FORMAT_VERSION}, got {version!r}')
   n = space['num_input_classes']
   table = np.asarray(space['table'], np.int64)
   if table.shape != (n, n):

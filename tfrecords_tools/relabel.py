@@ -32,15 +32,23 @@ framing code, never by Beam's `tfrecordio` (whose CRC falls back to pure
 Python when no C implementation is installed).
 
 Outputs in `--output_dir`: the shards (each written under a temporary name,
-then renamed), and, only when the job succeeded, `label_space.json`,
-`label_map.json` of the new classes (name -> class id), `relabel_stats.json`
-and the plots. A rerun with the same inputs writes identical bytes.
-Input problems (a record without a prediction, a prediction for an unknown
-clip, a teacher with a different number of classes, duplicates, a truncated
-or corrupt shard) stop the job before any shard is written and are listed in
-`relabel_stats.json` and in the raised `RelabelError`; a frame byte that
-fails its CRC in pass 2 fails the job naming the shard (no partial shard is
-left under its final name). The wall time of every phase is logged.
+then renamed), and, only when the job succeeded, the plots, `label_map.json`
+of the new classes (name -> class id), `label_space.json` and, last,
+`relabel_stats.json`: the completion record, listing the shards
+(`tfrecords_tools.completion`). The job starts by marking the directory in
+progress (`_IN_PROGRESS.json`, deleted by a successful finish) and deleting
+what a killed or earlier run left: temporaries, shards this run does not
+overwrite, the old `label_space.json` and `relabel_stats.json`; readers
+refuse a directory that is in progress, failed or mixed. A rerun with the
+same inputs writes identical bytes. Input problems (a record without a
+prediction, a prediction for an unknown clip, a teacher with a different
+number of classes, duplicates, a record of a newer schema version, a
+truncated or corrupt shard) stop the job before any shard is written and are
+listed in `relabel_stats.json` (status 'failed') and in the raised
+`RelabelError`; a frame byte that fails its CRC in pass 2, or a write that
+fails (a full disk), fails the job naming the shard (no partial shard is
+left, under its final name or a temporary one). The wall time of every phase
+is logged.
 
 Speed (`python -m benchmarks.bench_relabel`): the relabel pass runs at about
 the speed of a plain TFRecord copy; the job adds a fixed start-up of about a
@@ -66,12 +74,14 @@ import tensorflow as tf
 
 from tfrecords_tools import atomic_files
 from tfrecords_tools import beam_utils
+from tfrecords_tools import completion
 from tfrecords_tools import file_patterns
 from tfrecords_tools import label_spaces
 from tfrecords_tools import records
 from tfrecords_tools import schema
 from tfrecords_tools import tfrecord_io
 
+# The job's completion record (`completion.RECORD_FILENAMES` names it too).
 STATS_FILENAME = 'relabel_stats.json'
 CONFUSION_PNG = 'confusion_matrix.png'
 CLASS_COUNTS_PNG = 'class_counts.png'
@@ -143,6 +153,14 @@ def read_shard_contexts(path: str) -> Iterable[Any]:
         where = f'{path} record {i}'
         try:
           feature_map = tf.train.Features.FromString(payload).feature
+          # First: a newer schema may have renamed the other keys.
+          version = _int(feature_map, schema.SCHEMA_VERSION_KEY, where)
+          if version > schema.SCHEMA_VERSION:
+            yield _error('schema_version', f'{where}: schema/version '
+                         f'{version} is newer than this code reads '
+                         f'({schema.SCHEMA_VERSION}): update the code or '
+                         f'rewrite the records')
+            continue
           clip_index = _int(feature_map, schema.CLIP_INDEX_KEY, where)
           weak = _int(feature_map, schema.WEAK_LABEL_INDEX_KEY, where)
         except Exception as e:  # pylint: disable=broad-except
@@ -361,7 +379,9 @@ def rewrite_shard(in_path: str, out_path: str,
   stats = {'shard': posixpath.basename(out_path), 'input': 0, 'written': 0,
            'dropped': 0, 'bytes_in': 0, 'bytes_out': 0}
   seen = set()
-  with atomic_files.replacing(out_path, atomic_files.BEAM) as tmp:
+  # A write error (a full disk) deletes the temporary and names the shard.
+  with atomic_files.naming(out_path), \
+      atomic_files.replacing(out_path, atomic_files.BEAM) as tmp:
     with beam_utils.open_file(in_path) as fin, beam_utils.create(tmp) as fout:
       for i, (ctx_payload, rest, length) in enumerate(
           tfrecord_io.read_split_records(fin, in_path)):
@@ -464,8 +484,10 @@ def _finish(shard_stats: List[Dict[str, Any]], pass1: Mapping[str, Any],
             output_dir: str, num_shards: int) -> None:
   """Checks input = written + dropped and writes the side files.
 
-  Writes `relabel_stats.json` (also when pass 1 failed, with the problems);
-  on success the plots, the label map and, last, `label_space.json`.
+  Writes `relabel_stats.json` (also when pass 1 failed, with the problems
+  and status 'failed': the in-progress marker stays); on success the plots,
+  the label map, `label_space.json` and, last, `relabel_stats.json` as the
+  completion record listing the shards (`completion.finish`).
   """
   errors, space, confusion = pass1['errors'], pass1['space'], pass1['confusion']
   stats: Dict[str, Any] = {'errors': errors}
@@ -520,10 +542,12 @@ def _finish(shard_stats: List[Dict[str, Any]], pass1: Mapping[str, Any],
   records.write_json_atomic(
       beam_utils.join(output_dir, schema.LABEL_MAP_FILENAME),
       {c['name']: c['index'] for c in space['classes']})
-  records.write_json_atomic(beam_utils.join(output_dir, STATS_FILENAME), stats)
-  # Last: its presence says the output directory is complete.
   records.write_json_atomic(beam_utils.join(output_dir, schema.LABEL_SPACE_FILENAME),
                             space)
+  # Last: the completion record; the in-progress marker goes.
+  completion.finish(output_dir, STATS_FILENAME, stats,
+                    [s['shard'] for s in shard_stats], atomic_files.BEAM,
+                    job='relabel')
 
 
 def _finish_element(element, pass1, output_dir: str, num_shards: int) -> None:
@@ -671,7 +695,13 @@ def relabel(*, records_pattern: str, predictions_pattern: str, variant: str,
   # K and the class count need N: checked here, before anything is written.
   label_spaces.check_sizing(variant, len(names), k=k, target_scr=target_scr,
                             num_classes=num_classes)
-  beam_utils.makedirs(output_dir)
+  # Marks the directory in progress (a read-only one fails here, by name);
+  # removes a killed run's temporaries, another run's shards and the files
+  # whose presence says a run finished.
+  completion.begin(output_dir, 'relabel',
+                   outputs=[posixpath.basename(p) for p in shards],
+                   record=STATS_FILENAME, fs=atomic_files.BEAM,
+                   also_remove=[schema.LABEL_SPACE_FILENAME])
   prepared = time.perf_counter()
   # Beam's default running mode unless `beam_args` names one.
   pipeline = beam_utils.make_pipeline(runner, direct_num_workers, beam_args,
@@ -682,8 +712,14 @@ def relabel(*, records_pattern: str, predictions_pattern: str, variant: str,
                  reshuffle=runner not in ('DirectRunner', 'direct') or
                  direct_num_workers > 1)
   built = time.perf_counter()
-  result = pipeline.run()
-  result.wait_until_finish()
+  try:
+    result = pipeline.run()
+    result.wait_until_finish()
+  except BaseException:
+    # A failed run (a full disk, a corrupt frame) leaves no temporary; the
+    # marker stays, so readers refuse the directory until a rerun completes.
+    atomic_files.remove_temporaries(output_dir, atomic_files.BEAM)
+    raise
   done = time.perf_counter()
   timing = {'prepare': prepared - start, 'construct': built - prepared,
             'run': done - built}
@@ -762,7 +798,8 @@ def run(argv: Optional[Sequence[str]] = None) -> None:
         target_scr=flags_.scr, num_classes=flags_.num_classes,
         runner=flags_.runner,
         direct_num_workers=flags_.direct_num_workers, beam_args=beam_args)
-  except (RelabelError, ValueError, FileNotFoundError) as e:
+  except (RelabelError, ValueError, OSError, RuntimeError) as e:
+    # One line naming the file or directory (no traceback).
     sys.exit(f'relabel failed: {e}')
   print(f'{summary_line(stats)}; output in {flags_.output_dir}')
 

@@ -19,8 +19,9 @@ locally and on Dataflow/Flink/Spark unchanged):
     -> group pieces by shard (crc32 of the clip key), sort by clip index,
        build each record's context and copy its frames from the temp file
        into `clips-SSSSS-of-NNNNN.tfrecord` under a temporary name, rename
-    -> summary.json, rejects.jsonl (every video not written and why);
-       delete the run's temp files
+    -> rejects.jsonl (every video not written and why); delete the run's
+       temp files; last, summary.json: the completion record, listing the
+       shards (`tfrecords_tools.completion`)
 
 No TensorFlow in the job: records are serialised by `clip_proto` (byte-
 identical to TF's deterministic serialisation) and files go through Beam's
@@ -35,7 +36,17 @@ and each shard is sorted, so reruns give byte-identical shards.
 
 Temporary space: the frames of every decoded clip sit under
 OUTPUT_DIR/.write_clips-temp/RUN/ until all shards are written (about the
-size of the output). A rerun deletes what a crashed run left there.
+size of the output). A failed run deletes them (a full disk included: the
+error names the file it could not write); a rerun deletes what a killed run
+left there.
+
+Reruns: the job starts by marking the directory in progress
+(`_IN_PROGRESS.json`, deleted when summary.json is written) and deleting a
+killed run's temporaries and the shards of an earlier run that this one
+does not overwrite (another `--num_shards`), so a directory never mixes two
+runs; readers refuse a directory that is in progress, crashed or holds
+shards summary.json does not list (`file_patterns.match`). A killed run is
+finished by running the same command again (byte-identical shards).
 """
 
 from __future__ import annotations
@@ -60,6 +71,7 @@ import apache_beam as beam
 from tfrecords_tools import atomic_files
 from tfrecords_tools import beam_utils
 from tfrecords_tools import clip_proto
+from tfrecords_tools import completion
 from tfrecords_tools import manifest as manifest_lib
 from tfrecords_tools import schema
 from tfrecords_tools import tfrecord_io
@@ -68,6 +80,7 @@ from tfrecords_tools import video as video_lib
 FLAGS = flags.FLAGS
 
 _NAMESPACE = 'write_clips'
+JOB = 'write_clips'  # In the completion record and the in-progress marker.
 # Under the output dir; one subdirectory per run, removed when the run ends.
 TEMP_DIRNAME = '.write_clips-temp'
 
@@ -333,9 +346,10 @@ class DecodeFn(_DecoderDoFn):
           jpeg_quality=c.jpeg_quality, min_clip_seconds=c.min_clip_seconds,
           rotation=info.rotation, threads=c.decode_threads):
         body = clip_proto.frames_field(clip.frames)
-        if out is None:
-          out = beam_utils.create(path)
-        out.write(body)
+        with atomic_files.naming(path):  # A full disk names the file.
+          if out is None:
+            out = beam_utils.create(path)
+          out.write(body)
         key = schema.make_clip_key(entry.video_id, clip.start)
         shard = zlib.crc32(key.encode('utf-8')) % c.num_shards
         pieces.append((shard, ClipPiece(
@@ -359,7 +373,8 @@ class DecodeFn(_DecoderDoFn):
               f' ({written} clips kept)' if written else ''))
     finally:
       if out is not None:
-        out.close()  # Complete on disk before any piece names it.
+        with atomic_files.naming(path):
+          out.close()  # Complete on disk before any piece names it.
     _counter('clips').inc(len(pieces))
     _counter('frames').inc(frames)
     if pieces:
@@ -403,10 +418,12 @@ class WriteShardFn(beam.DoFn):
              'clips_per_class': collections.Counter(), 'videos': set()}
     src, src_path = None, None
     # One writer per shard in a run: a fixed temporary name, which a rerun
-    # overwrites when a killed run left it.
+    # overwrites when a killed run left it. A write error (a full disk)
+    # deletes it and names the shard.
     try:
-      with atomic_files.replacing(path, atomic_files.BEAM,
-                                  unique=False) as tmp, \
+      with atomic_files.naming(path), \
+          atomic_files.replacing(path, atomic_files.BEAM,
+                                 unique=False) as tmp, \
           beam_utils.create(tmp) as out:
         for clip_index, p in items:
           entry = p.entry
@@ -442,10 +459,12 @@ class WriteShardFn(beam.DoFn):
 def write_summary(_, shard_stats, rejects, *, config: WriterConfig,
                   class_names: Sequence[str], num_videos: int,
                   manifest_rejects: Sequence[Dict], notes: Dict) -> Dict:
-  """Writes summary.json and rejects.jsonl (atomically), drops the temp dir.
+  """Writes rejects.jsonl, drops the temp dir, then writes summary.json.
 
   Runs after every shard is in place (it reads all shard stats), so the
-  temporary frame files are no longer needed.
+  temporary frame files are no longer needed. summary.json is the run's
+  completion record (`completion.finish`): written last, it lists the
+  shards, and the in-progress marker goes.
   """
   all_rejects = sorted(list(manifest_rejects) + list(rejects),
                        key=lambda r: (r['row'] or 0, r['path'], r['reason']))
@@ -480,10 +499,15 @@ def write_summary(_, shard_stats, rejects, *, config: WriterConfig,
       beam_utils.join(out, schema.REJECTS_FILENAME),
       ''.join(json.dumps(r, ensure_ascii=False, sort_keys=True) + '\n'
               for r in all_rejects).encode('utf-8'))
-  beam_utils.write_json_atomic(beam_utils.join(out, schema.SUMMARY_FILENAME),
-                               summary)
   beam_utils.delete_tree(temp_root(out))
-  return summary
+  return completion.finish(out, schema.SUMMARY_FILENAME, summary,
+                           shard_names(config.num_shards), atomic_files.BEAM,
+                           job=JOB)
+
+
+def shard_names(num_shards: int) -> List[str]:
+  """The names of a run's shards, `clips-00000-of-<num_shards>.tfrecord` on."""
+  return [schema.shard_name(i, num_shards) for i in range(num_shards)]
 
 
 def temp_root(output_dir: str) -> str:
@@ -561,7 +585,11 @@ def run_writer(manifest_path: str, config: WriterConfig, *,
       manifest_path, labels)
   if not class_names:
     raise ValueError(f'manifest {manifest_path!r}: no usable class label')
-  beam_utils.makedirs(config.output_dir)
+  # Marks the directory in progress (a read-only one fails here, by name),
+  # removes a killed run's temporaries and another run's shards.
+  completion.begin(config.output_dir, JOB,
+                   outputs=shard_names(config.num_shards),
+                   record=schema.SUMMARY_FILENAME, fs=atomic_files.BEAM)
   # `records.write_label_map`'s format, written without TensorFlow.
   beam_utils.write_json_atomic(
       beam_utils.join(config.output_dir, schema.LABEL_MAP_FILENAME),
@@ -578,10 +606,18 @@ def run_writer(manifest_path: str, config: WriterConfig, *,
   # process, so DirectRunner workers can be threads of this process: they
   # start in well under a second where worker processes each import Beam
   # (seconds). `--direct_running_mode=multi_processing` still works.
-  with beam_utils.make_pipeline(runner, config.num_workers, pipeline_args,
-                                running_mode='multi_threading') as pipeline:
-    build_pipeline(pipeline, entries, manifest_rejects, class_names, config,
-                   notes, temp_dir)
+  try:
+    with beam_utils.make_pipeline(runner, config.num_workers, pipeline_args,
+                                  running_mode='multi_threading') as pipeline:
+      build_pipeline(pipeline, entries, manifest_rejects, class_names, config,
+                     notes, temp_dir)
+  except BaseException:
+    # A failed run (a full disk, a killed worker) removes its temporary
+    # frames and half-written shards; the marker stays, so readers refuse
+    # the directory until a rerun completes it.
+    beam_utils.delete_tree(temp_root(config.output_dir))
+    atomic_files.remove_temporaries(config.output_dir, atomic_files.BEAM)
+    raise
   elapsed = time.monotonic() - t0
   summary = json.loads(beam_utils.read_bytes(
       beam_utils.join(config.output_dir, schema.SUMMARY_FILENAME)))
@@ -693,7 +729,8 @@ def main(argv: Sequence[str]) -> int:
         FLAGS.output_dir, 'write_clips', FLAGS, _FLAG_NAMES, argv[1:])
     summary = run_writer(FLAGS.manifest, config, labels_path=FLAGS.labels,
                          runner=FLAGS.runner, pipeline_args=argv[1:])
-  except (ValueError, FileNotFoundError, RuntimeError) as e:
+  except (ValueError, OSError, RuntimeError) as e:
+    # One line: the message names the file or directory (no traceback).
     print(f'write_clips: error: {e}', file=sys.stderr)
     return 1
   print(format_summary(summary))
