@@ -304,6 +304,9 @@ def test_empty_shards_are_rewritten_and_totals_equal_the_files(tmp_path):
   names = [os.path.basename(p) for p in in_paths]
   assert names == [schema.shard_name(i, 6) for i in range(6)]
   assert sorted(n for n in os.listdir(out) if n.startswith('clips-')) == names
+  # No K, no SCR-vs-K plot (the two others are drawn).
+  assert relabel.CONFUSION_PNG in os.listdir(out)
+  assert relabel.SCR_CURVE_PNG not in os.listdir(out)
   inputs = [[records.parse_clip_example(r) for r in _read(p)]
             for p in in_paths]
   outputs = [[records.parse_clip_example(r) for r in

@@ -432,25 +432,26 @@ def rewrite_shard(in_path: str, out_path: str,
 
 def render_plots(space: Mapping[str, Any],
                  confusion: Sequence[Sequence[int]]) -> Dict[str, bytes]:
-  """PNG bytes of the three plots, by file name."""
+  """PNG bytes of the plots, by file name: the confusion matrix, the class
+  counts and, for the variants with a size K (spl_m, spl_d), SCR vs K."""
   # pylint: disable=g-import-not-at-top
   # matplotlib is imported when plots are drawn, not by every user of this
   # module.
   from tfrecords_tools import label_space_plots
   # pylint: enable=g-import-not-at-top
-  curve = label_spaces.scr_curve(confusion)
-  # Only spl_m / spl_d have a size on the curve; `scr` is the SCR reached,
-  # also at a fractional K (a class count that is not a multiple of N).
-  sized = space['variant'] in label_spaces.K_VARIANTS
-  return {
+  plots = {
       CONFUSION_PNG: label_space_plots.confusion_matrix_png(
           confusion, space['input_classes']),
       CLASS_COUNTS_PNG: label_space_plots.class_counts_png(space),
-      SCR_CURVE_PNG: label_space_plots.scr_curve_png(
-          curve, space['k'] if sized else None, space['target_scr'],
-          chosen_scr=space['scr'] if sized else None,
-          scr_by_count=label_spaces.scr_by_num_classes(confusion)),
   }
+  if label_space_plots.has_scr_curve(space):
+    # `scr` is the SCR reached, also at a fractional K (a class count that
+    # is not a multiple of N).
+    plots[SCR_CURVE_PNG] = label_space_plots.scr_curve_png(
+        label_spaces.scr_curve(confusion), space['k'], space['target_scr'],
+        chosen_scr=space['scr'], variant=space['variant'],
+        scr_by_count=label_spaces.scr_by_num_classes(confusion))
+  return plots
 
 
 class _RewriteShard(beam.DoFn):
