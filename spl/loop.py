@@ -189,6 +189,27 @@ def resume(checkpoint: tf.train.Checkpoint, model_dir: str, what: str,
   return latest
 
 
+def average_replica_means(strategy: tf.distribute.Strategy,
+                          root: Any) -> None:
+  """Gives every replica the cross-replica mean of each ON_READ variable with
+  MEAN aggregation reachable from `root` (batch-norm moving statistics).
+
+  A checkpoint saves such a variable as that mean and a restore gives it to
+  every replica, while an uninterrupted run keeps each replica's own copy:
+  the two runs' statistics then differ by float rounding. Averaging before
+  every save (deterministic runs) makes the saved state the running state,
+  so a resume continues bit for bit; what evaluation reads (the mean) is
+  unchanged up to rounding. A no-op with one replica.
+  """
+  if strategy.num_replicas_in_sync < 2:
+    return
+  for obj in tf.train.TrackableView(root).descendants():
+    if (isinstance(obj, tf.Variable) and
+        obj.synchronization == tf.VariableSynchronization.ON_READ and
+        obj.aggregation == tf.VariableAggregation.MEAN):
+      obj.assign(obj.read_value())
+
+
 # ---- The loop ----
 
 
@@ -206,9 +227,11 @@ class LoopConfig:
       and TensorFlow's global seed) in every run, and with `deterministic`
       the input order and augmentation.
     deterministic: exact runs: op determinism on for the job, the input
-      order and augmentation fixed by `seed`, and a resumed run starts the
-      input where the checkpoint stopped (`training_input`), so a run killed
-      at any point and rerun ends with the weights of an uninterrupted run.
+      order and augmentation fixed by `seed`, a resumed run starts the
+      input where the checkpoint stopped (`training_input`), and replicas'
+      batch-norm statistics are averaged before each save
+      (`average_replica_means`), so a run killed at any point and rerun
+      ends with the weights of an uninterrupted run.
       Off by default: deterministic kernels and a fixed input order cost
       speed on accelerators (not measured here: no GPU runs this stack).
   """
@@ -473,6 +496,8 @@ class Controller:
       due = (step % self.config.checkpoint_every_steps == 0 or
              step == self.total_steps)
       if task.end_loop(step, due) or due:
+        if self.config.deterministic:
+          average_replica_means(self.strategy, task.checkpoint)
         # Every worker saves (ON_READ variables need a collective read).
         manager.save(checkpoint_number=step)
     if not result:

@@ -84,23 +84,12 @@ def _checkpoint_tensors(model_dir):
           if not k.startswith('save_counter')}
 
 
-def _is_moving_statistic(key):
-  return 'moving_mean' in key or 'moving_variance' in key
-
-
-def _assert_same_checkpoint(straight_dir, killed_dir, replicas):
+def _assert_same_checkpoint(straight_dir, killed_dir):
   straight = _checkpoint_tensors(straight_dir)
   killed = _checkpoint_tensors(killed_dir)
   assert sorted(straight) == sorted(killed)
   for key, value in straight.items():
-    if replicas > 1 and _is_moving_statistic(key):
-      # Saved as the replicas' mean and restored to every replica
-      # (tests/test_train_lib.py::test_deterministic_resume_...): equal up
-      # to float rounding; they never enter a training step.
-      np.testing.assert_allclose(killed[key], value, rtol=1e-6, atol=1e-9,
-                                 err_msg=key)
-    else:
-      np.testing.assert_array_equal(killed[key], value, err_msg=key)
+    np.testing.assert_array_equal(killed[key], value, err_msg=key)
 
 
 @pytest.fixture(scope='module')
@@ -132,7 +121,7 @@ def test_killed_spl_training_ends_like_an_uninterrupted_run(
   _kill_and_rerun(_command(replicas, 'train', killed, files, bindings),
                   duration, rng)
   try:
-    _assert_same_checkpoint(str(straight), str(killed), replicas)
+    _assert_same_checkpoint(str(straight), str(killed))
   except AssertionError as e:
     raise AssertionError(f'kill seed {seed}: {e}') from e
 
@@ -173,7 +162,7 @@ def test_killed_cpd_pretraining_ends_like_an_uninterrupted_run(
   _kill_and_rerun(_command(1, 'train', killed, files, bindings), duration,
                   rng)
   try:
-    _assert_same_checkpoint(str(straight), str(killed), 1)
+    _assert_same_checkpoint(str(straight), str(killed))
   except AssertionError as e:
     raise AssertionError(f'kill seed {seed}: {e}') from e
 
