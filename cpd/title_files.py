@@ -29,6 +29,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from tfrecords_tools import atomic_files
 from tfrecords_tools import file_patterns
+from tfrecords_tools import manifest
 from tfrecords_tools import schema
 from tfrecords_tools import tfrecord_io
 
@@ -117,6 +118,11 @@ def _jsonl_rows(path: str, text: str) -> List[Tuple[int, Optional[dict]]]:
       raise ValueError(f'manifest {path!r} line {i} is not JSON: {e}') from e
     if not isinstance(obj, dict):
       raise ValueError(f'manifest {path!r} line {i} is not a JSON object')
+    for name in (TITLE_COLUMN, LABEL_COLUMN):
+      try:  # Type-checked as the clip writer's manifest reader does.
+        manifest.text_field(obj, name)
+      except ValueError as e:
+        raise ValueError(f'manifest {path!r} line {i}: {e}') from e
     out.append((i, obj))
   return out
 

@@ -15,6 +15,7 @@ import sys
 import pytest
 import tensorflow as tf
 
+from cpd import title_files
 from cpd import title_stats
 from tests import test_title_tree
 from tfrecords_tools import testing
@@ -188,3 +189,16 @@ def test_tree_variant_and_cli(tmp_path):
   assert own['tree']['at_least_one'] == 1.0
   assert own['tree']['all'] == pytest.approx(2 / 3)
   assert own['tree']['rel'] == pytest.approx(5 / 7)
+
+
+@pytest.mark.parametrize('row', ['{"title": ["a", "b"], "label": "x"}',
+                                 '{"title": "t", "label": ["x"]}',
+                                 '{"title": 5}'])
+def test_manifest_fields_of_a_wrong_type_are_refused(tmp_path, row):
+  """As the clip writer's manifest reader: never coerced (`["x"]` would be
+  the class "['x']")."""
+  path = tmp_path / 'm.jsonl'
+  path.write_text('{"title": "ok", "label": "x"}\n' + row + '\n')
+  with pytest.raises(ValueError, match=r"m\.jsonl' line 2: `(title|label)` "
+                     r'must be a string, got (array|number)'):
+    title_files.read_titles(str(path))

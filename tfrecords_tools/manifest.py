@@ -107,7 +107,7 @@ def _describe(value) -> str:
   return f'{kind} {text if len(text) <= 40 else text[:37] + "..."}'
 
 
-def _text(row: Dict, name: str) -> str:
+def text_field(row: Dict, name: str) -> str:
   """A text field: '' if absent or null; any type but a string is refused."""
   value = row.get(name)
   if value is None:
@@ -203,13 +203,13 @@ def read_manifest(path: str, labels: Optional[Sequence[str]] = None
     try:
       if error:
         raise ValueError(error)
-      if not _text(obj, 'path').strip():
+      if not text_field(obj, 'path').strip():
         raise ValueError('empty `path`')
-      label = _text(obj, 'label').strip()
+      label = text_field(obj, 'label').strip()
       if not label:
         raise ValueError('empty `label`')
-      video_id = _text(obj, 'video_id').strip()
-      title = _text(obj, 'title')
+      video_id = text_field(obj, 'video_id').strip()
+      title = text_field(obj, 'title')
       start = _seconds(obj.get('start'), 'start')
       end = _seconds(obj.get('end'), 'end')
       # No `start` means the file's start (0 s): `end` 0 is empty too.
