@@ -145,6 +145,14 @@ def _describe_error(error: BaseException, phase: str, parsed,
   message = text[:found[0].start()] if found else text
   places = [place(m.group('file'), int(m.group('line')), in_defaults)
             for m in found]
+  if found and isinstance(error, TypeError):
+    # gin's package-path reader fails on a missing include with a bare
+    # "expected str, ... not NoneType": name the file it looked for.
+    missing = _missing_include(found[0].group('file'),
+                               int(found[0].group('line')))
+    if missing:
+      message = (f'include {missing!r}: no such file (looked in the working '
+                 f'directory and in {REPO_ROOT})')
   if isinstance(error, SyntaxError) and error.filename != '<tokenize>':
     # gin's parse errors carry their place (gin adds none to them).
     message = error.msg
@@ -172,6 +180,25 @@ def _describe_error(error: BaseException, phase: str, parsed,
     return message
   included = ''.join(f', included from {p}' for p in places[1:])
   return f'{places[0]}{included}: {message}'
+
+
+def _missing_include(path: Optional[str], line: int) -> Optional[str]:
+  """The file an `include` on `path`:`line` names, if it does not exist."""
+  if not path:
+    return None
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      text = f.read().splitlines()[line - 1]
+  except (IndexError, OSError, tf.errors.OpError):
+    return None
+  named = re.match(r"\s*include\s+['\"]([^'\"]+)['\"]", text)
+  if not named:
+    return None
+  target = named.group(1)
+  if any(tf.io.gfile.exists(p) for p in (target, os.path.join(REPO_ROOT,
+                                                             target))):
+    return None
+  return target
 
 
 def _binding_at(bindings: Sequence[str], line: int) -> str:

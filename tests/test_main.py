@@ -344,3 +344,28 @@ def test_multi_worker_predict_covers_every_clip_once(pattern, tmp_path):
     assert (out_dir / n).stat().st_mtime_ns == finished[n]
   assert len(testing.read_records(str(out_dir / names[1]))) == 2
   assert 'exists, skipped' in outs[0]
+
+
+def test_runs_from_any_working_directory(pattern, tmp_path):
+  """`spl.main` started elsewhere: repository-relative gin files and their
+  `include`s resolve against the shipped gin_configs, and a missing include
+  names itself."""
+  cwd = tmp_path / 'elsewhere'
+  cwd.mkdir()
+  model_dir = tmp_path / 'model'
+  cmd = [sys.executable, '-m', 'spl.main',
+         '--gin_file=gin_configs/runs/train_teacher.gin',
+         '--gin_file=gin_configs/tiny.gin', f'--model_dir={model_dir}',
+         '--mode=train'] + [f'--gin_bindings={b}' for b in _bindings(pattern)]
+  done = subprocess.run(cmd, cwd=str(cwd), env=_env(), capture_output=True,
+                        text=True, timeout=600, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert tf.train.latest_checkpoint(str(model_dir)).endswith('ckpt-2')
+  bad = cwd / 'overlay.gin'
+  bad.write_text("include 'gin_configs/models/no_such_model.gin'\n")
+  done = subprocess.run(cmd + [f'--gin_file={bad}'], cwd=str(cwd),
+                        env=_env(), capture_output=True, text=True,
+                        timeout=600, check=False)
+  assert done.returncode != 0
+  last = done.stderr.strip().splitlines()[-1]
+  assert 'no_such_model.gin' in last and f"'{bad}', line 1" in last, last
