@@ -44,6 +44,15 @@ class GinConfigError(ValueError):
   one line, without a traceback)."""
 
 
+def add_repository_search_path() -> None:
+  """Puts the repository root on gin's search path, once per process (gin
+  lists every copy in its errors)."""
+  global _search_path_added
+  if not _search_path_added:
+    gin.add_config_file_search_path(REPO_ROOT)
+    _search_path_added = True
+
+
 @contextlib.contextmanager
 def config_errors_exit(program: str) -> Iterator[None]:
   """An entry point's body: a `GinConfigError` ends the program with its one
@@ -94,10 +103,7 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str], *,
       raise GinConfigError(f'--gin_file {path!r} does not exist')
   if clear:
     gin.clear_config()
-  global _search_path_added
-  if not _search_path_added:  # Once: gin lists each copy in its errors.
-    gin.add_config_file_search_path(REPO_ROOT)
-    _search_path_added = True
+  add_repository_search_path()
   # gin.parse_config_files_and_bindings, a phase at a time, so that an error
   # can be placed: defaults, files, bindings, finalize.
   phase, parsed = 'defaults', []

@@ -1,5 +1,6 @@
 """Shared test set-up: markers and logical CPU devices for tf.distribute tests."""
 
+import logging
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -34,6 +35,20 @@ def _seed_every_test():
   up once in n CI runs.
   """
   tf_keras.utils.set_random_seed(TEST_SEED)
+
+
+@pytest.fixture(autouse=True)
+def _absl_log_level_per_test():
+  """Each test starts with absl's logger level as the process had it.
+
+  Parsing absl flags (an entry point's `main` run in-process) sets the
+  `absl` logger's level from `--verbosity` for the rest of the process,
+  which hid INFO records from the `caplog` of every later test.
+  """
+  absl_logger = logging.getLogger('absl')
+  level = absl_logger.level
+  yield
+  absl_logger.setLevel(level)
 
 
 @pytest.fixture

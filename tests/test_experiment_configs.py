@@ -22,6 +22,7 @@ import tensorflow as tf
 from cpd import configurables as cpd_configurables
 from cpd import trainer as cpd_trainer
 from spl import configurables
+from spl import job
 from spl import main
 from tfrecords_tools import schema
 from tfrecords_tools import testing
@@ -276,7 +277,7 @@ def test_declared_label_space_matches_the_relabel_command(path):
     header = ''.join(line for line in f if line.startswith('#'))
   relabel = re.search(r'tfrecords_tools\.relabel (.*?)--output_dir', header,
                       re.S)
-  gin.add_config_file_search_path(ROOT)
+  job.add_repository_search_path()
   # Not finalized: the row's own values, before any REQUIRED is filled.
   gin.parse_config_files_and_bindings([path], [], finalize_config=False)
   variant = _macro('LABEL_SPACE_VARIANT')
@@ -304,7 +305,7 @@ CPD_ROWS = [p for p in EXPERIMENTS if os.sep + 'cpd' + os.sep in p]
 
 
 def _parse_alone(path):
-  gin.add_config_file_search_path(ROOT)
+  job.add_repository_search_path()
   gin.parse_config_files_and_bindings([path], [], finalize_config=False)
 
 

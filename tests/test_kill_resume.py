@@ -36,7 +36,8 @@ cpus = tf.config.list_physical_devices('CPU')
 tf.config.set_logical_device_configuration(
     cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 from spl import main
-strategy = (tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+from tests import distribute_utils
+strategy = (distribute_utils.mirrored_strategy(['/cpu:0', '/cpu:1'])
             if replicas == '2' else tf.distribute.OneDeviceStrategy('/cpu:0'))
 main.run(files.split(','), sys.argv[5:], model_dir=model_dir, mode=mode,
          strategy=strategy)
