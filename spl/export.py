@@ -28,7 +28,11 @@ What the model dir holds decides what is exported:
   evaluation row: `(x / 255 - mean) / std`, the run's mean and std). The
   class names (`--class_names`, else `label_space.json` or `label_map.json`
   in the model dir; else "class <i>") are the string variable `class_names`
-  and the asset `class_names.txt`.
+  and the asset `class_names.txt`. A checkpoint that holds an exponential
+  moving average of the weights (`run.ema_decay`, `spl.ema`) is exported
+  with the averaged weights (and the run's batch-norm moving statistics, as
+  the trainer evaluates it); `--noema_weights` exports the raw weights.
+  `export_config.json` says which (`weights`: 'ema' or 'raw').
 * A CPD run (`cpd_model.json`): the encoders are rebuilt as `cpd.evaluate`
   rebuilds them (`build_video_model` / `build_text_fn`, which the run's
   `config.gin` registers through its `import cpd.configurables`: `spl` never
@@ -77,7 +81,9 @@ import tensorflow as tf
 import tf_keras
 
 from spl import attention_maps
+from spl import ema as ema_lib
 from spl import input_pipeline
+from spl import loop as loop_lib
 from spl.inputs import options as options_lib
 from spl.inputs import pixels
 from spl.models import factory
@@ -117,6 +123,10 @@ def _define_flags():
   flags.DEFINE_multi_string('gin_file', [], 'Gin files of the run (default: '
                             '--model_dir/config.gin).')
   flags.DEFINE_multi_string('gin_bindings', [], 'Extra gin bindings.')
+  flags.DEFINE_bool('ema_weights', True, 'Classifiers: export the '
+                    'exponential moving average of the weights when the '
+                    'checkpoint holds one (run.ema_decay); false: the raw '
+                    'weights.')
   flags.DEFINE_string('class_names', None, 'label_map.json or '
                       'label_space.json naming the classifier\'s classes '
                       '(default: one of them in --model_dir).')
@@ -386,6 +396,7 @@ class TrainedClassifier:
   class_names: List[str]
   class_names_source: Optional[str]
   architecture: Dict[str, Any]
+  weights: str = 'raw'  # 'ema': the checkpoint's moving average.
 
   @property
   def num_classes(self) -> int:
@@ -396,8 +407,8 @@ def load_classifier(model_dir: str, *, checkpoint: Optional[str] = None,
                     gin_files: Sequence[str] = (),
                     gin_bindings: Sequence[str] = (),
                     class_names: Optional[str] = None,
-                    view_overrides: Optional[Dict[str, Any]] = None
-                    ) -> TrainedClassifier:
+                    view_overrides: Optional[Dict[str, Any]] = None,
+                    ema_weights: bool = True) -> TrainedClassifier:
   """Rebuilds a run's classifier from `model.json` and restores it.
 
   Args:
@@ -409,6 +420,9 @@ def load_classifier(model_dir: str, *, checkpoint: Optional[str] = None,
     class_names: label_map.json or label_space.json (default: one in
       `model_dir`).
     view_overrides: `EvalView` fields to set (None = the config's).
+    ema_weights: restore the checkpoint's moving average of the trainable
+      weights in place of them, when it holds one (`spl.ema`); batch-norm
+      moving statistics are the checkpoint's either way.
 
   Returns:
     The restored classifier, its evaluation view and class names.
@@ -435,10 +449,19 @@ def load_classifier(model_dir: str, *, checkpoint: Optional[str] = None,
                         overrides=view_overrides)
   model(tf.zeros((1,) + view.clip_shape), training=False)  # Variables.
   attention_maps.restore_model(model, path)
-  logging.info('restored %s (%s)', path, model_config)
+  weights = 'raw'
+  if ema_weights and ema_lib.in_checkpoint(path):
+    average = ema_lib.WeightAverage(model.trainable_variables, None)
+    loop_lib.restore(
+        tf.train.Checkpoint(**{ema_lib.CHECKPOINT_KEY: average}), path,
+        'the EMA weights', partial=True)
+    average.copy_to_weights()
+    weights = 'ema'
+  logging.info('restored %s (%s, %s weights)', path, model_config, weights)
   return TrainedClassifier(model=model, view=view, checkpoint=path,
                            class_names=list(names), class_names_source=source,
-                           architecture=_jsonable(architecture))
+                           architecture=_jsonable(architecture),
+                           weights=weights)
 
 
 def _jsonable(obj):
@@ -627,7 +650,7 @@ def export(model_dir: str, output_dir: str, *,
            view_overrides: Optional[Dict[str, Any]] = None,
            word2vec_path: Optional[str] = None,
            text_encoder_dir: Optional[str] = None,
-           text: bool = True) -> Dict[str, Any]:
+           text: bool = True, ema_weights: bool = True) -> Dict[str, Any]:
   """Writes the SavedModel of a training run; what `main` does.
 
   Args:
@@ -644,6 +667,8 @@ def export(model_dir: str, output_dir: str, *,
       run's).
     text_encoder_dir: CPD: its Hugging Face directory (default the run's).
     text: CPD: export the text signature.
+    ema_weights: classifiers: export the checkpoint's moving average of the
+      weights when it holds one (else the raw weights).
 
   Returns:
     The export config (also `assets/export_config.json`).
@@ -657,13 +682,13 @@ def export(model_dir: str, output_dir: str, *,
     trained = load_classifier(
         model_dir, checkpoint=checkpoint, gin_files=gin_files,
         gin_bindings=gin_bindings, class_names=class_names,
-        view_overrides=view_overrides)
+        view_overrides=view_overrides, ema_weights=ema_weights)
     root = classifier_module(trained)
     signatures = {SERVING: root.serve}
     view = trained.view
     config = dict(
         base, architecture=trained.architecture,
-        num_classes=trained.num_classes,
+        num_classes=trained.num_classes, weights=trained.weights,
         class_names_source=trained.class_names_source,
         clip_shape=list(view.clip_shape), eval_view=view.as_json(),
         signatures={SERVING: {
@@ -746,11 +771,13 @@ def main(argv: Sequence[str]) -> None:
         gin_files=FLAGS.gin_file, gin_bindings=FLAGS.gin_bindings,
         class_names=FLAGS.class_names, view_overrides=overrides,
         word2vec_path=FLAGS.word2vec_path,
-        text_encoder_dir=FLAGS.text_encoder_dir, text=FLAGS.text)
+        text_encoder_dir=FLAGS.text_encoder_dir, text=FLAGS.text,
+        ema_weights=FLAGS.ema_weights)
   except (ValueError, OSError, tf.errors.OpError) as e:
     sys.exit(f'spl.export: {one_line(e)}')
-  print(f'{FLAGS.output_dir}: {config["kind"]} from {config["checkpoint"]}; '
-        f'signatures {sorted(config["signatures"])}')
+  weights = f' ({config["weights"]} weights)' if 'weights' in config else ''
+  print(f'{FLAGS.output_dir}: {config["kind"]} from {config["checkpoint"]}'
+        f'{weights}; signatures {sorted(config["signatures"])}')
 
 
 if __name__ == '__main__':

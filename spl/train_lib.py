@@ -7,6 +7,10 @@ metrics are created under `strategy.scope()`, each replica computes
 are those of the global batch), and the only cross-replica code is
 `metrics.gather_across_replicas` plus the optimizer's own all-reduce.
 
+An optional exponential moving average of the weights (`run.ema_decay`,
+`spl.ema`) is updated after each step on every replica's own copies (no
+communication), checkpointed, and swapped in for evaluation and prediction.
+
 The loop itself (steps per loop, progress, summaries, checkpoints, resume,
 metrics.json) is `spl.loop.Controller`; `ClassificationTask` is what SPL
 gives it. Evaluation is `spl.evaluation`, prediction `spl.prediction`.
@@ -25,6 +29,7 @@ from absl import logging
 import tensorflow as tf
 import tf_keras
 
+from spl import ema as ema_lib
 from spl import evaluation
 from spl import input_pipeline
 from spl import loop as loop_lib
@@ -42,6 +47,9 @@ from tfrecords_tools import tfrecord_io
 MODES = ('train', 'eval', 'train_and_eval', 'predict')
 MIXED_PRECISION = (None, 'bfloat16', 'float16')
 METRICS_FILENAME = loop_lib.METRICS_FILENAME
+# In eval (and predict) results when `ema_decay` is set: whether the EMA
+# weights were used (a bool; metrics.json and TensorBoard see 1/0).
+EMA_RESULT_KEY = 'ema_weights'
 
 
 # ---- Checks ----
@@ -193,13 +201,16 @@ class ClassificationTask(loop_lib.Task):
   The step is single-replica code: each replica computes `sum(per-example
   loss) / global_batch_size`, so gradients summed over replicas are those of
   the global batch. `run_steps` runs `num_steps` steps in one `tf.function`.
+  With an `average` (`spl.ema.WeightAverage` of the model's trainable
+  weights) every step ends by moving its shadows (`run.ema_decay`).
   """
 
   def __init__(self, *, strategy, model, optimizer, loss_fn, num_classes,
                global_batch_size, steps_per_epoch, weight_decay,
                mixed_precision, jit_compile, clip_norm=None, checkpoint=None,
                dataset_fn=None, train_file_pattern=None, do_eval=None,
-               lr_schedule=None, do_predict=None, input_seed=None):
+               lr_schedule=None, do_predict=None, input_seed=None,
+               average=None):
     self.strategy = strategy
     self.model = model
     self.optimizer = optimizer
@@ -217,6 +228,7 @@ class ClassificationTask(loop_lib.Task):
     self.do_eval = do_eval
     self.do_predict = do_predict
     self.lr_schedule = lr_schedule
+    self.average = average
     self.eval_result: Optional[Dict[str, Any]] = None
     if optimizer is None:
       # Evaluation or prediction only: no step, no training state. (With a
@@ -285,6 +297,8 @@ class ClassificationTask(loop_lib.Task):
     self.optimizer.apply_gradients(
         zip(main, self.variables[:n]),
         skip_gradients_aggregation=self.clip_norm is not None)
+    if self.average is not None:
+      self.average.update(self.optimizer.iterations)
     if n < len(self.variables):
       self.loss_fn.apply_gradients(grads[n:])
     self.loss_metric.update_state(loss)
@@ -397,6 +411,8 @@ def run(*,
         optimizer_fn: Callable[..., Any] = optimization.build_sgd,
         weight_decay: float = 1e-4,
         clip_norm: Optional[float] = None,
+        ema_decay: Optional[float] = None,
+        ema_dynamic_decay: bool = False,
         loss_fn: Callable[..., tf.Tensor] = losses.softmax_cross_entropy,
         mixed_precision: Optional[str] = None,
         jit_compile: bool = False,
@@ -454,6 +470,20 @@ def run(*,
       weight decay included) are scaled down to this global norm when larger;
       the norm before clipping is logged as 'gradient_norm'. Neither paper
       clips; off by default.
+    ema_decay: If set (in (0, 1)), an exponential moving average of the
+      model's trainable weights (`spl.ema`): after every optimizer step
+      `shadow = ema_decay * shadow + (1 - ema_decay) * weight`. The shadows
+      start as the initialised weights, are checkpointed (under 'ema') and
+      resumed, and evaluation (also during 'train_and_eval') and prediction
+      swap them in (training goes on with the raw weights); batch-norm
+      moving statistics are the raw model's (not averaged). Eval results
+      then carry `ema_weights` (True: the shadows were evaluated; False: the
+      checkpoint evaluated holds none, its raw weights were). A run resumed
+      from a checkpoint without shadows starts them from its weights.
+      `spl.export` exports the shadows of a checkpoint that holds them.
+      Neither paper uses an EMA: None (off) by default.
+    ema_dynamic_decay: Model Garden's dynamic decay: at optimizer step t
+      (1 = first) the decay is `min(ema_decay, (1 + t) / (10 + t))`.
     loss_fn: Per-example loss with the signature of `spl.losses`. A loss
       object may also have `build(num_classes=)` (called under the strategy
       scope), `trainable_variables` (checkpointed; optimised by the main
@@ -504,6 +534,7 @@ def run(*,
     raise ValueError(f'`mixed_precision` must be one of {MIXED_PRECISION}, '
                      f'got {mixed_precision!r}')
   optimization.check_weight_decay_and_clip(weight_decay, clip_norm)
+  ema_lib.check_decay(ema_decay)
   if not model_dir:
     raise ValueError('`model_dir` must be set')
   space = None
@@ -652,21 +683,38 @@ def run(*,
           items['learning_rate'] = lr  # E.g. a plateau schedule's state.
       if hasattr(loss_fn, 'trainable_variables'):
         items['loss'] = loss_fn
+      average = None
+      if ema_decay is not None:
+        average = ema_lib.WeightAverage(model.trainable_variables, ema_decay,
+                                        dynamic_decay=ema_dynamic_decay)
+        items[ema_lib.CHECKPOINT_KEY] = average
       checkpoint = tf.train.Checkpoint(**items)
     if chief and training and isinstance(model, classifier.VideoClassifier):
       factory.write_model_config(
           os.path.join(model_dir, factory.MODEL_CONFIG_FILENAME), model)
 
     # Restore: the run's own checkpoint first (resume), else the backbone.
-    restored_from = loop_lib.resume(checkpoint, model_dir, 'the run state',
-                                    training)
+    # Shadows are restored where the checkpoint has them (one written
+    # without `ema_decay` restores without); `ema_restored` says if they were.
+    latest = tf.train.latest_checkpoint(model_dir)
+    ema_restored = bool(average is not None and latest and
+                        ema_lib.in_checkpoint(latest))
+    restored_from = loop_lib.resume(
+        checkpoint if ema_restored or average is None else
+        tf.train.Checkpoint(**{k: v for k, v in items.items()
+                               if k != ema_lib.CHECKPOINT_KEY}),
+        model_dir, 'the run state', training)
     if restored_from:
       pass  # Resuming (loop.resume logged it): nothing else initialises.
     elif mode in ('eval', 'predict'):
       if not init_checkpoint:
         raise ValueError(f'`model_dir` {model_dir!r} holds no checkpoint to '
                          f'{mode} and no `init_checkpoint` is set')
-      loop_lib.restore(tf.train.Checkpoint(model=model), init_checkpoint,
+      restored = dict(model=model)
+      if average is not None and ema_lib.in_checkpoint(init_checkpoint):
+        restored[ema_lib.CHECKPOINT_KEY] = average
+        ema_restored = True
+      loop_lib.restore(tf.train.Checkpoint(**restored), init_checkpoint,
                        'the model', partial=True)
       restored_from = init_checkpoint
     elif init_checkpoint:
@@ -683,17 +731,36 @@ def run(*,
       imagenet_weights = None  # ~100 MB of arrays.
       logging.info('backbone inflated (%s) from ImageNet checkpoint %s',
                    inflation_method, restored_from)
+    if average is not None and not ema_restored:
+      if training:
+        # A fresh run (now initialised), or one resumed from a checkpoint
+        # written without `ema_decay`: the average starts here.
+        average.reset()
+        if latest:
+          logging.warning('checkpoint %s holds no EMA weights: the average '
+                          'starts from its weights', latest)
+      else:
+        logging.warning('checkpoint %s holds no EMA weights (trained without '
+                        '`ema_decay`): its raw weights are used', restored_from)
+    # Evaluation and prediction use the shadows whenever there are any.
+    swap_in = average is not None and (training or ema_restored)
+
+    def ema_weights():
+      return average.swapped() if swap_in else contextlib.nullcontext()
 
     eval_writer = (tf.summary.create_file_writer(
         os.path.join(model_dir, 'eval')) if chief and evaluating
                    else tf.summary.create_noop_writer())
 
     def do_eval(step):
-      result = evaluation.evaluate(
-          model, strategy, eval_dataset_fn, eval_file_pattern,
-          num_classes=num_classes, global_batch_size=eval_global_batch_size,
-          top_k=eval_top_k, background_class=eval_background_class,
-          pad=pad_eval_batches)
+      with ema_weights():
+        result = evaluation.evaluate(
+            model, strategy, eval_dataset_fn, eval_file_pattern,
+            num_classes=num_classes, global_batch_size=eval_global_batch_size,
+            top_k=eval_top_k, background_class=eval_background_class,
+            pad=pad_eval_batches)
+      if average is not None:
+        result[EMA_RESULT_KEY] = swap_in
       if chief:
         loop_lib.record_evaluation(model_dir, evaluation.EVAL_DETAILS_FILENAME,
                                    step, result, eval_writer, 'eval')
@@ -703,11 +770,15 @@ def run(*,
                                               prediction.PREDICTIONS_PREFIX)
 
     def do_predict():
-      written = prediction.predict(
-          model, strategy, eval_dataset_fn, predict_file_pattern, out_dir,
-          num_classes=num_classes, global_batch_size=eval_global_batch_size,
-          top_k=predict_top_k, pad=pad_eval_batches)
-      return {'predictions_dir': out_dir, 'written': written}
+      with ema_weights():
+        written = prediction.predict(
+            model, strategy, eval_dataset_fn, predict_file_pattern, out_dir,
+            num_classes=num_classes, global_batch_size=eval_global_batch_size,
+            top_k=predict_top_k, pad=pad_eval_batches)
+      result = {'predictions_dir': out_dir, 'written': written}
+      if average is not None:
+        result[EMA_RESULT_KEY] = swap_in
+      return result
 
     task = ClassificationTask(
         strategy=strategy, model=model, optimizer=optimizer, loss_fn=loss_fn,
@@ -717,7 +788,8 @@ def run(*,
         clip_norm=clip_norm, checkpoint=checkpoint, dataset_fn=dataset_fn,
         train_file_pattern=train_file_pattern,
         do_eval=do_eval if evaluating else None, lr_schedule=lr,
-        do_predict=do_predict, input_seed=loop.input_seed)
+        do_predict=do_predict, input_seed=loop.input_seed,
+        average=average if training else None)
     controller = loop_lib.Controller(
         strategy=strategy, task=task, model_dir=model_dir, config=loop,
         total_steps=total_steps, steps_per_epoch=steps_per_epoch)
