@@ -36,6 +36,7 @@ from spl import loop as loop_lib
 from spl import losses
 from spl import optimization
 from spl import prediction
+from spl import tb_images
 from spl.models import classifier
 from spl.models import factory
 from spl.models import inflation
@@ -210,7 +211,7 @@ class ClassificationTask(loop_lib.Task):
                mixed_precision, jit_compile, clip_norm=None, checkpoint=None,
                dataset_fn=None, train_file_pattern=None, do_eval=None,
                lr_schedule=None, do_predict=None, input_seed=None,
-               average=None):
+               average=None, label_space_path=None):
     self.strategy = strategy
     self.model = model
     self.optimizer = optimizer
@@ -229,6 +230,7 @@ class ClassificationTask(loop_lib.Task):
     self.do_predict = do_predict
     self.lr_schedule = lr_schedule
     self.average = average
+    self.label_space_path = label_space_path
     self.eval_result: Optional[Dict[str, Any]] = None
     if optimizer is None:
       # Evaluation or prediction only: no step, no training state. (With a
@@ -357,11 +359,37 @@ class ClassificationTask(loop_lib.Task):
       return {}
     return {'eval': loop_lib.scalars(self.eval_result)}
 
+  def images(self):
+    """Sample training clips as the model sees them (a batch of a separate
+    pipeline: the run's input is not touched), and the relabel job's plots
+    of the label space trained on."""
+    ds = self.dataset_fn(self.train_file_pattern, is_training=True,
+                         batch_size=4, input_context=None,
+                         num_classes=self.num_classes)
+    batch = next(iter(ds))
+    if input_pipeline.VIDEO_FINISH in batch:  # `device_finishing`.
+      batch = input_pipeline.finish_features(batch)
+    out = {'training_clips': tb_images.clip_strip(
+        batch[input_pipeline.VIDEO].numpy())}
+    if self.label_space_path:
+      folder = os.path.dirname(self.label_space_path)
+      for name in LABEL_SPACE_PLOTS:
+        image = tb_images.png_image(os.path.join(folder, name))
+        if image is not None:
+          out[f'label_space/{name[:-len(".png")]}'] = image
+    return out
+
   def evaluate(self, step):
     return self.do_eval(step)
 
   def predict(self):
     return self.do_predict()
+
+
+# The plots the relabel job draws beside `label_space.json`
+# (`tfrecords_tools.relabel.CONFUSION_PNG`, `CLASS_COUNTS_PNG`; not imported:
+# relabel brings Beam in).
+LABEL_SPACE_PLOTS = ('confusion_matrix.png', 'class_counts.png')
 
 
 def _loss_owns_update(loss_fn) -> bool:
@@ -789,7 +817,8 @@ def run(*,
         train_file_pattern=train_file_pattern,
         do_eval=do_eval if evaluating else None, lr_schedule=lr,
         do_predict=do_predict, input_seed=loop.input_seed,
-        average=average if training else None)
+        average=average if training else None,
+        label_space_path=label_space_path)
     controller = loop_lib.Controller(
         strategy=strategy, task=task, model_dir=model_dir, config=loop,
         total_steps=total_steps, steps_per_epoch=steps_per_epoch)

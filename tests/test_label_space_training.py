@@ -10,6 +10,7 @@ import tensorflow as tf
 from spl import main
 from spl import train_lib
 from tests import label_space_data
+from tfrecords_tools import relabel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN = os.path.join(ROOT, 'gin_configs', 'runs', 'pretrain_spl.gin')
@@ -51,6 +52,26 @@ def test_classifier_is_sized_by_the_label_space(spaces, tmp_path):
   assert result['model'].output_shape[-1] == 9
   with open(tmp_path / 'm' / main.CONFIG_FILENAME) as f:
     assert 'run.label_space_path = %LABEL_SPACE' in f.read()
+  # TensorBoard shows the input and the label space's plots (relabel's).
+  assert relabel.CONFUSION_PNG in train_lib.LABEL_SPACE_PLOTS
+  assert relabel.CLASS_COUNTS_PNG in train_lib.LABEL_SPACE_PLOTS
+  shown = {}
+  for event_file in tf.io.gfile.glob(str(tmp_path / 'm' / 'train' /
+                                         'events.*')):
+    for event in tf.compat.v1.train.summary_iterator(event_file):
+      for v in event.summary.value:
+        if v.metadata.plugin_data.plugin_name == 'images':
+          shown[v.tag] = tf.io.decode_png(tf.make_ndarray(v.tensor)[2])
+  assert set(shown) == {'inputs/training_clips',
+                        'inputs/label_space/confusion_matrix',
+                        'inputs/label_space/class_counts'}
+  # 4 clips of 4 frames of 32x32 (tiny.gin), frames side by side.
+  assert shown['inputs/training_clips'].shape == (4 * 32, 4 * 32, 3)
+  with open(os.path.join(os.path.dirname(path), relabel.CONFUSION_PNG),
+            'rb') as f:
+    drawn = tf.io.decode_png(f.read(), channels=4)
+  assert (shown['inputs/label_space/confusion_matrix'].numpy() ==
+          drawn.numpy()).all()
 
 
 def test_agreeing_num_classes_is_accepted(spaces, tmp_path):
