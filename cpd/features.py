@@ -23,6 +23,11 @@ another checkpoint are never mixed in). The directory follows
 `tfrecords_tools.completion`: the in-progress marker until the last shard is
 written, then `summary.json` listing the shards; `load_features` reads it
 through `file_patterns.match`, so an unfinished or mixed directory is refused.
+
+Progress (`tfrecords_tools.progress`, INFO): after the first batch and then
+every 10 s, records done of this worker's total (estimated, `~`, until every
+shard was opened), shards done, records/s and an ETA, with the current
+shard's records done of its count; the job ends with its counters.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from spl import metrics
 from tfrecords_tools import atomic_files
 from tfrecords_tools import completion
 from tfrecords_tools import file_patterns
+from tfrecords_tools import progress as progress_lib
 from tfrecords_tools import schema
 
 FEATURES_PREFIX = 'features'
@@ -137,7 +143,9 @@ def make_embed_step(embed_fn, strategy: tf.distribute.Strategy, *,
 
 
 def embed_records(step, strategy: tf.distribute.Strategy,
-                  dataset: tf.data.Dataset) -> Dict[str, np.ndarray]:
+                  dataset: tf.data.Dataset,
+                  on_batch: Optional[Callable[[int], None]] = None
+                  ) -> Dict[str, np.ndarray]:
   """Runs a `make_embed_step` step over a batched eval dataset.
 
   Args:
@@ -145,6 +153,7 @@ def embed_records(step, strategy: tf.distribute.Strategy,
     strategy: the strategy `step` was made with.
     dataset: per-host batches of `spl.input_pipeline` eval dicts (VIDEO
       [B, V, T, H, W, 3], CLIP_INDEX [B]).
+    on_batch: called with each batch's record count (progress).
 
   Returns:
     {CLIP_INDEX [R], EMBEDDING [R, d], BACKBONE [R, D], NUM_VIEWS [R]}, each
@@ -156,6 +165,8 @@ def embed_records(step, strategy: tf.distribute.Strategy,
   parts: List[Tuple[np.ndarray, ...]] = []
   for inputs in dataset:
     parts.append(tuple(t.numpy() for t in step(inputs)))
+    if on_batch is not None:
+      on_batch(len(parts[-1][0]))
   if not parts:
     raise ValueError('the dataset gave no batch')
   idx, emb, pooled, views = (np.concatenate(p) for p in zip(*parts))
@@ -259,13 +270,33 @@ def extract_features(embed_fn, strategy: tf.distribute.Strategy,
                    concurrent_writers=num_workers > 1)
   step = make_embed_step(embed_fn, strategy, distributed=num_workers == 1)
   written = []
-  for i in mine:
+  for i in sorted(done):
+    logging.info('features: %s exists, skipped',
+                 os.path.join(output_dir, names[i]))
+  todo = [i for i in mine if i not in done]
+  progress = progress_lib.Progress(
+      'features' + (f' (worker {worker_index} of {num_workers})'
+                    if num_workers > 1 else ''),
+      {'records': None, 'shards': len(todo)}, rates=('records',))
+  opened = 0  # Records of the shards opened so far.
+  for n, i in enumerate(todo):
     path, out = files[i], os.path.join(output_dir, names[i])
-    if i in done:
-      logging.info('features: %s exists, skipped', out)
-      continue
     context = read_shard_context(path, label_key)
-    rows = embed_records(step, strategy, dataset_fn(path))
+    # This worker's total: exact once the last shard is open, else the
+    # records so far plus the mean per shard for the shards left.
+    opened += len(context)
+    left = len(todo) - n - 1
+    progress.set_total('records', opened + left * opened / (n + 1),
+                       estimated=left > 0)
+    shard_done = [0]
+
+    def on_batch(count, n=n, path=path, context=context, shard_done=shard_done):
+      shard_done[0] += count
+      progress.add(records=count, detail=(
+          f'shard {n + 1}/{len(todo)} ({os.path.basename(path)}): '
+          f'{shard_done[0]}/{len(context)} records'))
+
+    rows = embed_records(step, strategy, dataset_fn(path), on_batch)
     idx = rows[CLIP_INDEX]
     if len(np.unique(idx)) != len(idx) or set(idx.tolist()) != set(context):
       raise RuntimeError(
@@ -284,7 +315,10 @@ def extract_features(embed_fn, strategy: tf.distribute.Strategy,
     rows[META] = np.array(meta_json)
     _write_npz_atomic(out, rows)
     written.append(out)
+    progress.add(shards=1)
     logging.info('features: wrote %s (%d records)', out, len(idx))
+  if todo:
+    progress.finish()
   # The last worker to finish sees every shard and writes the record.
   if completion.outputs_complete(output_dir, names):
     completion.finish(output_dir, schema.SUMMARY_FILENAME,

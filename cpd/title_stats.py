@@ -264,30 +264,30 @@ def format_table(result: Dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
-def _define_flags():
+def _define_flags(fv) -> None:
   """Flags exist only when the module runs as a tool, never on import."""
   from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string('classes', None, 'Class list, one name per line.')
+  flags.DEFINE_string('classes', None, 'Class list, one name per line.',
+                      flag_values=fv)
   flags.DEFINE_string('titles', None, 'Titles file (one per line) or CSV / '
-                      'JSONL manifest (title, label columns).')
+                      'JSONL manifest (title, label columns).', flag_values=fv)
   flags.DEFINE_string('labels', None, 'Class of each line of a titles file, '
-                      'aligned (own-class reading).')
+                      'aligned (own-class reading).', flag_values=fv)
   flags.DEFINE_string('records', None, 'Clip-record pattern instead of '
-                      '--titles (caption, weak label; one per video).')
-  flags.DEFINE_list('variants', ['clean'], f'Among {list(VARIANTS)}.')
+                      '--titles (caption, weak label; one per video).',
+                      flag_values=fv)
+  flags.DEFINE_list('variants', ['clean'], f'Among {list(VARIANTS)}.',
+                    flag_values=fv)
   flags.DEFINE_string('spacy_pipeline', None, "For variant 'tree': installed "
-                      'spaCy pipeline or saved pipeline directory.')
-  flags.DEFINE_string('output_json', None, 'Write the result here.')
-  flags.mark_flag_as_required('classes')
+                      'spaCy pipeline or saved pipeline directory.',
+                      flag_values=fv)
+  flags.DEFINE_string('output_json', None, 'Write the result here.',
+                      flag_values=fv)
 
 
-def main(argv: Sequence[str]) -> int:
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  f = flags.FLAGS
-  if len(argv) > 1:
-    print(f'title_stats: error: unexpected arguments {argv[1:]}',
-          file=sys.stderr)
-    return 2
+def main(args) -> int:
+  """Runs the tool for a parsed command line (`cli.Args`); the exit status."""
+  f = args.flags
   try:
     result = run(classes=f.classes, titles=f.titles, labels=f.labels,
                  records=f.records, variants=f.variants,
@@ -302,6 +302,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
-  _define_flags()
-  app.run(lambda argv: sys.exit(main(argv)))
+  from tfrecords_tools import cli  # pylint: disable=g-import-not-at-top
+  sys.exit(cli.run(cli.Tool(
+      name='title_stats', command='python -m cpd.title_stats', doc=__doc__,
+      define_flags=_define_flags, required=('classes',)), main))

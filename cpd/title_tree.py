@@ -327,32 +327,33 @@ def run(*, spacy_pipeline: str, records: Optional[str] = None,
   return stats
 
 
-def _define_flags():
+def _define_flags(fv) -> None:
   """Flags exist only when the module runs as a tool, never on import."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string('spacy_pipeline', None, 'Installed spaCy pipeline '
                       'package (e.g. en_core_web_sm) or saved pipeline '
-                      'directory.')
+                      'directory.', flag_values=fv)
   flags.DEFINE_string('records', None, 'Clip-record file pattern to rewrite '
-                      '(caption/string), with --output_dir.')
-  flags.DEFINE_string('output_dir', None, 'New directory for the records.')
+                      '(caption/string), with --output_dir.', flag_values=fv)
+  flags.DEFINE_string('output_dir', None, 'New directory for the records.',
+                      flag_values=fv)
   flags.DEFINE_string('titles', None, 'Titles file (one per line) or CSV / '
-                      'JSONL manifest (title column), with --output.')
-  flags.DEFINE_string('output', None, 'The rewritten titles file / manifest.')
-  flags.DEFINE_list('pos_tags', list(TREE_POS), 'Coarse POS tags kept.')
+                      'JSONL manifest (title column), with --output.',
+                      flag_values=fv)
+  flags.DEFINE_string('output', None, 'The rewritten titles file / manifest.',
+                      flag_values=fv)
+  flags.DEFINE_list('pos_tags', list(TREE_POS), 'Coarse POS tags kept.',
+                    flag_values=fv)
   flags.DEFINE_bool('clean_first', True, 'Parse the cleaned title '
-                    '(cpd.text_cleaning) rather than the raw one.')
-  flags.DEFINE_integer('batch_size', 256, 'Titles per nlp.pipe batch.')
-  flags.mark_flag_as_required('spacy_pipeline')
+                    '(cpd.text_cleaning) rather than the raw one.',
+                    flag_values=fv)
+  flags.DEFINE_integer('batch_size', 256, 'Titles per nlp.pipe batch.',
+                       flag_values=fv)
 
 
-def main(argv: Sequence[str]) -> int:
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  f = flags.FLAGS
-  if len(argv) > 1:
-    print(f'title_tree: error: unexpected arguments {argv[1:]}',
-          file=sys.stderr)
-    return 2
+def main(args) -> int:
+  """Runs the tool for a parsed command line (`cli.Args`); the exit status."""
+  f = args.flags
   try:
     stats = run(spacy_pipeline=f.spacy_pipeline, records=f.records,
                 output_dir=f.output_dir, titles=f.titles, output=f.output,
@@ -370,6 +371,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
-  _define_flags()
-  app.run(lambda argv: sys.exit(main(argv)))
+  from tfrecords_tools import cli  # pylint: disable=g-import-not-at-top
+  sys.exit(cli.run(cli.Tool(
+      name='title_tree', command='python -m cpd.title_tree', doc=__doc__,
+      define_flags=_define_flags, required=('spacy_pipeline',)), main))

@@ -8,6 +8,12 @@ The output directory follows `tfrecords_tools.completion`: the in-progress
 marker while shards are missing, and `summary.json` listing every shard once
 the last one is written (by whichever worker writes it), so relabel refuses
 predictions of an unfinished or mixed run.
+
+Progress (`tfrecords_tools.progress`, INFO): after the first batch and then
+every 10 s, clips done of this worker's total, shards done, clips/s and an
+ETA, with the current shard's clips done of its count; the total is exact
+once every shard was opened and estimated (`~`, from the mean clips per
+shard so far) before. The job ends with its counters.
 """
 
 import os
@@ -23,6 +29,7 @@ from spl import loop as loop_lib
 from spl import metrics
 from tfrecords_tools import atomic_files
 from tfrecords_tools import completion
+from tfrecords_tools import progress as progress_lib
 from tfrecords_tools import records
 from tfrecords_tools import schema
 
@@ -113,14 +120,29 @@ def predict(model: tf_keras.Model,
     step = tf.function(replica_fn, reduce_retracing=True)
 
   written = []
-  for i, path in enumerate(files):
-    if i % num_workers != worker:
-      continue
+  todo = []
+  for i in range(worker, len(files), num_workers):
+    if tf.io.gfile.exists(os.path.join(output_dir, names[i])):
+      logging.info('predict: %s exists, skipped',
+                   os.path.join(output_dir, names[i]))
+    else:
+      todo.append(i)
+  progress = progress_lib.Progress(
+      'predict' + (f' (worker {worker} of {num_workers})'
+                   if num_workers > 1 else ''),
+      {'clips': None, 'shards': len(todo)}, rates=('clips',))
+  opened_clips = 0  # Clips of the shards opened so far.
+  for n, i in enumerate(todo):
+    path = files[i]
     out = os.path.join(output_dir, names[i])
-    if tf.io.gfile.exists(out):
-      logging.info('predict: %s exists, skipped', out)
-      continue
     keys = _clip_keys(path)
+    # This worker's total: exact once the last shard is open, else the
+    # clips so far plus the mean per shard for the shards left.
+    opened_clips += len(keys)
+    left = len(todo) - n - 1
+    progress.set_total('clips', opened_clips + left * opened_clips / (n + 1),
+                       estimated=left > 0)
+    shard_done = 0
     ds = dataset_fn(path, is_training=False, batch_size=global_batch_size,
                     input_context=None, num_classes=None, repeat=False,
                     drop_remainder=False).map(predict_features)
@@ -142,6 +164,10 @@ def predict(model: tf_keras.Model,
           raise RuntimeError(f'predict: clip {c} of {path!r} predicted '
                              'twice or unknown')
         predicted[c] = ([int(x) for x in cls], [float(x) for x in sc])
+      shard_done += int(valid.sum())
+      progress.add(clips=int(valid.sum()), detail=(
+          f'shard {n + 1}/{len(todo)} ({os.path.basename(path)}): '
+          f'{shard_done}/{len(keys)} clips'))
     missing = sorted(set(keys) - set(predicted))
     if missing:
       raise RuntimeError(f'predict: {len(missing)} clips of {path!r} got '
@@ -156,7 +182,10 @@ def predict(model: tf_keras.Model,
             top_k_index=top_k_index,
             top_k_score=top_k_score).SerializeToString(deterministic=True))
     written.append(out)
+    progress.add(shards=1)
     logging.info('predict: wrote %d clips to %s', len(predicted), out)
+  if todo:
+    progress.finish()
   # The last worker to finish sees every shard (a finished worker's shards
   # are renamed into place before it looks).
   if completion.outputs_complete(output_dir, names):

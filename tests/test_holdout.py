@@ -305,8 +305,8 @@ def test_a_stage_that_loses_a_clip_fails_the_job(inputs, tmp_path,
   """Pass 2 reporting a training clip fewer than planned fails the job."""
   real = holdout.rewrite_shard
 
-  def lossy(in_path, out_path, part_path, plan):
-    stats, pieces = real(in_path, out_path, part_path, plan)
+  def lossy(in_path, out_path, part_path, plan, **kwargs):
+    stats, pieces = real(in_path, out_path, part_path, plan, **kwargs)
     if in_path.endswith(schema.shard_name(0, 3)):
       stats['train'] -= 1
     return stats, pieces

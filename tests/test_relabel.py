@@ -356,8 +356,8 @@ def test_relabel_end_to_end_fails_when_a_stage_loses_a_clip(tmp_path,
   rec_pattern, pred_pattern, _ = make_inputs(str(tmp_path))
   real = relabel.rewrite_shard
 
-  def lossy(in_path, out_path, teachers, space):
-    stats = real(in_path, out_path, teachers, space)
+  def lossy(in_path, out_path, teachers, space, **kwargs):
+    stats = real(in_path, out_path, teachers, space, **kwargs)
     if in_path.endswith(schema.shard_name(1, 2)):
       new = stats['class_counts'].index(max(stats['class_counts']))
       stats['class_counts'][new] -= 1

@@ -577,7 +577,9 @@ def test_deterministic_across_runs_and_worker_counts(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'clips per class' in proc.stdout
     if name == 'processes':
-      assert 'sdk harness' in proc.stderr  # Beam's worker processes ran.
+      # Beam's worker processes ran, and logged their share's progress.
+      assert re.search(r'write_clips decode \[worker pid \d+, its ~1/2 '
+                       r'share\]', proc.stderr), proc.stderr[-3000:]
     outs.append(out)
   for out in outs[1:]:
     for i in range(2):

@@ -16,7 +16,7 @@ def make_pipeline(runner: str = 'DirectRunner', direct_num_workers: int = 1,
                   extra_args: Sequence[str] = (),
                   running_mode: Optional[str] = 'multi_processing'
                   ) -> beam.Pipeline:
-  """A pipeline on `runner`; any other Beam option passes through.
+  """A pipeline on `runner` with the Beam options `extra_args`.
 
   The one recipe of every Beam job here (writer, relabeller, holdout).
   `DirectRunner` means Beam's in-process FnApiRunner, with
@@ -25,7 +25,13 @@ def make_pipeline(runner: str = 'DirectRunner', direct_num_workers: int = 1,
   default). Beam 2.77's DirectRunner would first try to download the Prism
   runner binary from GitHub, which fails (and stalls) without network, so we
   go to the FnApiRunner directly, handing it the pipeline options so that
-  its workers see them as the DirectRunner's would.
+  its workers see them as the DirectRunner's would. Its worker processes
+  (`multi_processing`) run `tfrecords_tools.beam_worker`: Beam's worker with
+  readable logs.
+
+  The tools check `extra_args` before they get here
+  (`cli.check_beam_options`): what Beam does not know, it would only log
+  as "Discarding unparseable args".
 
   Args:
     runner: Beam runner name (DirectRunner, DataflowRunner, FlinkRunner, ...).
@@ -56,12 +62,39 @@ def make_pipeline(runner: str = 'DirectRunner', direct_num_workers: int = 1,
     encoded = portable_runner.JobServiceHandle.encode_pipeline_options(
         options.get_all_options())
     return beam.Pipeline(
-        runner=fn_runner.FnApiRunner(
+        runner=_fn_api_runner(
             provision_info=fn_runner.ExtendedProvisionInfo(
                 beam_provision_api_pb2.ProvisionInfo(
                     pipeline_options=encoded))),
         options=options)
   return beam.Pipeline(options=PipelineOptions(args + [f'--runner={runner}']))
+
+
+def _fn_api_runner(**kwargs):
+  """A `FnApiRunner` whose worker processes run `beam_worker`."""
+  # pylint: disable=g-import-not-at-top
+  import shlex
+  import sys
+  from apache_beam.runners.portability.fn_api_runner import fn_runner
+  from apache_beam.transforms import environments
+  # pylint: enable=g-import-not-at-top
+
+  class FnApiRunner(fn_runner.FnApiRunner):
+    """`run_pipeline` sets Beam's worker command for multi_processing mode;
+    the setter puts ours in its place (the same worker, see `beam_worker`)."""
+
+    @property
+    def _default_environment(self):
+      return self._environment
+
+    @_default_environment.setter
+    def _default_environment(self, environment):
+      if isinstance(environment, environments.SubprocessSDKEnvironment):
+        environment = environments.SubprocessSDKEnvironment.from_command_string(
+            f'{shlex.quote(sys.executable)} -m tfrecords_tools.beam_worker')
+      self._environment = environment
+
+  return FnApiRunner(**kwargs)
 
 
 # ---- Files through Beam's FileSystems ----
@@ -96,6 +129,15 @@ def open_file(path: str):
 
 def exists(path: str) -> bool:
   return _fs().exists(path)
+
+
+def total_size(paths: Sequence[str]) -> Optional[int]:
+  """The summed size of `paths` in bytes, or None if it cannot be had."""
+  try:
+    results = _fs().match(list(paths))
+  except Exception:  # pylint: disable=broad-except
+    return None  # Only progress lines use it: never fail a job for it.
+  return sum(m.size_in_bytes for r in results for m in r.metadata_list)
 
 
 def makedirs(path: str) -> None:
@@ -143,16 +185,18 @@ def write_run_config(output_dir: str, tool: str, flag_values,
 
   The Beam tools' counterpart of the gin entry points' operative config
   (`spl.job.write_operative_config`): every flag of the tool with the value
-  the run used (defaults included), then the options handed to Beam, in
-  absl's flagfile format, so `python -m tfrecords_tools.<tool>
-  --flagfile=<file>` reruns it. Written atomically when the job starts.
+  the run used (defaults included), then, after a `--` line, the Beam
+  options given after `--`, in absl's flagfile format, so `python -m
+  tfrecords_tools.<tool> --flagfile=<file>` reruns it (`cli`: a `--` line
+  in a flagfile starts the Beam options). Written atomically when the job
+  starts.
 
   Args:
     output_dir: the tool's output directory (created if absent).
     tool: the module name under `tfrecords_tools` (e.g. 'relabel').
     flag_values: absl `FlagValues` holding the parsed flags.
     flag_names: the tool's own flags, in the order to write them.
-    beam_args: the arguments passed through to Beam's pipeline options.
+    beam_args: the Beam pipeline options given after `--`.
 
   Returns:
     The path written.
@@ -161,7 +205,9 @@ def write_run_config(output_dir: str, tool: str, flag_values,
   for name in flag_names:
     if flag_values[name].value is not None:
       lines.append(flag_values[name].serialize())
-  lines.extend(beam_args)
+  if beam_args:
+    lines.append('--')
+    lines.extend(beam_args)
   return atomic_files.record_run_config(
       output_dir, f'config_{tool}.flags', '\n'.join(lines) + '\n',
       atomic_files.BEAM)

@@ -2,7 +2,7 @@ r"""Hold out validation video-text pairs from clip records, by video (Beam).
 
   python -m tfrecords_tools.holdout \
       --records='WS/records/k210k/clips-*.tfrecord' --num_pairs=1000 \
-      --output_dir=WS/records/k210k_split
+      --output_dir=WS/records/k210k_split [-- BEAM_OPTIONS]
 
 writes
 
@@ -61,8 +61,12 @@ goes through Beam's shuffle: pass 2 appends the held-out pairs to small
 temporary files under OUTPUT_DIR/.holdout-temp/RUN/, the validation shards
 are assembled from them in index order, and the temporary files are deleted
 at the end. No TensorFlow in the job (record I/O is `tfrecord_io` and
-`clip_proto`, files go through Beam's FileSystems). Any flag this tool does
-not know goes to Beam (`--runner=DataflowRunner --project=...`).
+`clip_proto`, files go through Beam's FileSystems). Beam options other than
+`--runner`, `--direct_num_workers` and `--direct_running_mode` go after `--`
+(`--runner=DataflowRunner -- --project=...`, `tfrecords_tools.cli`); an
+unknown flag is an error. Pass 1 and pass 2 log their progress (shards done
+of all, records or MB per second, ETA) at their first shard and every 10 s
+(`tfrecords_tools.progress`).
 """
 
 from __future__ import annotations
@@ -85,8 +89,10 @@ from apache_beam.io.filesystems import FileSystems
 
 from tfrecords_tools import atomic_files
 from tfrecords_tools import beam_utils
+from tfrecords_tools import cli
 from tfrecords_tools import clip_proto
 from tfrecords_tools import file_patterns
+from tfrecords_tools import progress as progress_lib
 from tfrecords_tools import schema
 from tfrecords_tools import tfrecord_io
 
@@ -100,6 +106,8 @@ _REPORT_FILENAME = 'report.json'
 _COPIED_FILES = (schema.LABEL_MAP_FILENAME, schema.LABEL_SPACE_FILENAME)
 # How many problem messages the error lists (all are counted).
 _MAX_ERROR_MESSAGES = 20
+# Records between two progress updates inside a shard.
+_PROGRESS_RECORDS = 256
 
 SELECTION_RULE = (
     'the num_pairs videos with a titled clip and the smallest '
@@ -241,27 +249,53 @@ def _error(kind: str, message: str) -> beam.pvalue.TaggedOutput:
   return beam.pvalue.TaggedOutput('error', (kind, message))
 
 
-def read_shard_clips(path: str) -> Iterable[Any]:
+def read_shard_clips(path: str,
+                     progress: Optional[progress_lib.Progress] = None
+                     ) -> Iterable[Any]:
   """Yields `(path, rows)` (`clip_row`s) of a shard, and problems as errors.
 
   Only the contexts are read (`tfrecord_io.read_contexts`: the frames are
   seeked over; pass 2 verifies their checksums when it copies them).
+  `progress` (pass 1's) counts the records and the shard.
   """
   start = time.perf_counter()
   rows = []
+  unreported = 0
   try:
     with beam_utils.open_file(path) as f:
       for i, payload in enumerate(tfrecord_io.read_contexts(f, path)):
+        unreported += 1
+        if progress is not None and unreported == _PROGRESS_RECORDS:
+          progress.add(records=unreported)
+          unreported = 0
         try:
           rows.append(clip_row(payload, f'{path} record {i}'))
         except ValueError as e:
           yield _error('bad_record', str(e))
   except tfrecord_io.CorruptRecordError as e:
     yield _error('corrupt_shard', str(e))
-  logging.info('holdout pass 1: %s: %d clips (%.1f s)',
-               posixpath.basename(path), len(rows),
-               time.perf_counter() - start)
+  if progress is not None:
+    progress.add(records=unreported, shards=1)
+  logging.debug('holdout pass 1: %s: %d clips (%.1f s)',
+                posixpath.basename(path), len(rows),
+                time.perf_counter() - start)
   yield path, rows
+
+
+class _ReadShardClips(beam.DoFn):
+  """`read_shard_clips` with pass 1's progress counters."""
+
+  def __init__(self, run: progress_lib.BeamRun, num_shards: int):
+    self._run = run
+    self._num_shards = num_shards
+
+  def setup(self):
+    self._progress = self._run.progress(
+        'holdout pass 1 (contexts)',
+        {'shards': self._num_shards, 'records': None}, rates=('records',))
+
+  def process(self, path):
+    yield from read_shard_clips(path, self._progress)
 
 
 # ---- The plan: which clips go where, with which new index ----
@@ -418,7 +452,9 @@ class _Plan(beam.DoFn):
 
 
 def rewrite_shard(in_path: str, out_path: str, part_path: str,
-                  plan: Mapping[str, Any]) -> Tuple[Dict[str, Any], List]:
+                  plan: Mapping[str, Any],
+                  progress: Optional[progress_lib.Progress] = None
+                  ) -> Tuple[Dict[str, Any], List]:
   """Writes a shard's training clips; appends its pairs to `part_path`.
 
   Args:
@@ -427,6 +463,7 @@ def rewrite_shard(in_path: str, out_path: str, part_path: str,
     part_path: temporary file for the shard's validation pairs (written only
       if it has any).
     plan: this shard's part of `make_plan`'s plans.
+    progress: pass 2's counters (clips, input bytes, then the shard).
 
   Returns:
     (stats, pieces): per-shard counts; `(val shard, (new index, part_path,
@@ -440,12 +477,19 @@ def rewrite_shard(in_path: str, out_path: str, part_path: str,
   pieces = []
   seen = set()
   part, part_bytes = None, 0
+  unreported = [0, 0]  # clips, bytes in
   try:
     with atomic_files.replacing(out_path, atomic_files.BEAM) as tmp, \
         beam_utils.open_file(in_path) as fin, beam_utils.create(tmp) as fout:
       for i, (context, rest, length) in enumerate(
           tfrecord_io.read_split_records(fin, in_path)):
         stats['bytes_in'] += length + 16
+        if progress is not None:
+          unreported[0] += 1
+          unreported[1] += length + 16
+          if unreported[0] == _PROGRESS_RECORDS:
+            progress.add(clips=unreported[0], bytes=unreported[1])
+            unreported = [0, 0]
         entries = parse_context(context)
         values = int64_values(entries.get(schema.CLIP_INDEX_KEY, b''))
         old = values[0] if values else None
@@ -479,25 +523,38 @@ def rewrite_shard(in_path: str, out_path: str, part_path: str,
   finally:
     if part is not None:
       part.close()
-  logging.info('holdout pass 2: %s: %d training, %d validation, %d dropped '
-               'clips, %.1f MB (%.1f s)', stats['shard'], stats['train'],
-               stats['val'], stats['dropped'], stats['bytes_in'] / 1e6,
-               time.perf_counter() - start)
+  if progress is not None:
+    progress.add(clips=unreported[0], bytes=unreported[1], shards=1)
+  logging.debug('holdout pass 2: %s: %d training, %d validation, %d dropped '
+                'clips, %.1f MB (%.1f s)', stats['shard'], stats['train'],
+                stats['val'], stats['dropped'], stats['bytes_in'] / 1e6,
+                time.perf_counter() - start)
   return stats, pieces
 
 
 class _RewriteShard(beam.DoFn):
 
-  def __init__(self, train_dir: str, temp_dir: str):
+  def __init__(self, train_dir: str, temp_dir: str,
+               run: Optional[progress_lib.BeamRun] = None,
+               num_shards: Optional[int] = None,
+               input_bytes: Optional[int] = None):
     self._train_dir = train_dir
     self._temp_dir = temp_dir
+    self._run = run or progress_lib.BeamRun.create('DirectRunner', 1)
+    self._totals = {'shards': num_shards, 'clips': None, 'bytes': input_bytes}
+
+  def setup(self):
+    self._progress = self._run.progress(
+        'holdout pass 2 (rewrite)', self._totals, rates=('clips', 'bytes'),
+        eta_by='bytes' if self._totals['bytes'] else None)
 
   def process(self, element):
     path, plan = element
     name = posixpath.basename(path)
     stats, pieces = rewrite_shard(
         path, beam_utils.join(self._train_dir, name),
-        beam_utils.join(self._temp_dir, f'val-part-{name}'), plan)
+        beam_utils.join(self._temp_dir, f'val-part-{name}'), plan,
+        progress=self._progress)
     for piece in pieces:
       yield beam.pvalue.TaggedOutput('val', piece)
     yield stats
@@ -613,7 +670,8 @@ def build_pipeline(pipeline: beam.Pipeline, *, shards: Sequence[str],
                    class_names: Mapping[int, str], output_dir: str,
                    temp_dir: str, side_files: Mapping[str, bytes],
                    num_classes: Optional[int], records_pattern: str,
-                   spread: bool) -> None:
+                   spread: bool, run: Optional[progress_lib.BeamRun] = None,
+                   input_bytes: Optional[int] = None) -> None:
   """Adds pass 1, the plan, pass 2, the validation shards and the finish.
 
   Per-shard elements everywhere but the plan (one element that sees every
@@ -622,11 +680,14 @@ def build_pipeline(pipeline: beam.Pipeline, *, shards: Sequence[str],
   Args:
     spread: reshuffle the shard list over workers (a distributed runner or
       several DirectRunner workers).
+    run: names the run's progress counters.
+    input_bytes: the shards' total size (pass 2's ETA), if known.
     (The others as in `holdout`.)
   """
+  run = run or progress_lib.BeamRun.create('DirectRunner', 1)
   paths = pipeline | 'Shards' >> beam.Create(list(shards), reshuffle=spread)
   contexts = paths | 'ReadContexts' >> beam.ParDo(
-      read_shard_clips).with_outputs('error', main='clips')
+      _ReadShardClips(run, len(shards))).with_outputs('error', main='clips')
   once = pipeline | 'Once' >> beam.Create([None])
   planned = once | 'Plan' >> beam.ParDo(
       _Plan(num_pairs=num_pairs, seed=seed, num_val_shards=num_val_shards,
@@ -638,8 +699,8 @@ def build_pipeline(pipeline: beam.Pipeline, *, shards: Sequence[str],
   if spread:
     plans = plans | 'SpreadPlans' >> beam.Reshuffle()
   rewritten = plans | 'Rewrite' >> beam.ParDo(_RewriteShard(
-      beam_utils.join(output_dir, TRAIN_DIRNAME), temp_dir)).with_outputs(
-          'val', main='stats')
+      beam_utils.join(output_dir, TRAIN_DIRNAME), temp_dir, run, len(shards),
+      input_bytes)).with_outputs('val', main='stats')
   val_stats = ((rewritten.val, planned.val_shards)
                | 'WithEveryValShard' >> beam.Flatten()
                | 'ByValShard' >> beam.GroupByKey()
@@ -769,8 +830,11 @@ def holdout(*, records_pattern: str, num_pairs: int, output_dir: str,
   # directory); remove them so they do not pile up.
   beam_utils.delete_tree(temp_root)
   temp_dir = beam_utils.join(temp_root, uuid.uuid4().hex)
-  logging.info('holdout: %d shards in %s, %d validation pairs (seed %d) -> %s',
-               len(shards), input_dir, num_pairs, seed, output_dir)
+  input_bytes = beam_utils.total_size(shards)
+  logging.info('holdout: %d shards in %s (%s), %d validation pairs (seed %d) '
+               '-> %s', len(shards), input_dir,
+               'size unknown' if input_bytes is None else
+               f'{input_bytes / 1e6:.1f} MB', num_pairs, seed, output_dir)
   prepared = time.perf_counter()
   try:
     pipeline = beam_utils.make_pipeline(runner, direct_num_workers, beam_args)
@@ -780,7 +844,9 @@ def holdout(*, records_pattern: str, num_pairs: int, output_dir: str,
                    side_files=side_files, num_classes=num_classes,
                    records_pattern=records_pattern,
                    spread=runner not in ('DirectRunner', 'direct') or
-                   direct_num_workers > 1)
+                   direct_num_workers > 1,
+                   run=progress_lib.BeamRun.create(runner, direct_num_workers),
+                   input_bytes=input_bytes)
     pipeline.run().wait_until_finish()
     report = json.loads(beam_utils.read_bytes(
         beam_utils.join(temp_dir, _REPORT_FILENAME)))
@@ -821,43 +887,58 @@ def summary_line(report: Mapping[str, Any]) -> str:
           f'{report["dropped_clips"]} other clips of held-out videos dropped')
 
 
-def run(argv: Optional[Sequence[str]] = None) -> None:
-  """Entry point: parses our flags, hands the rest to Beam."""
+# ---- Command line ----
+
+
+def _define_flags(fv) -> None:
+  """Flags exist only when the module runs as a tool, never on import."""
   from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string('records', None, 'File pattern of the clip records.')
+  flags.DEFINE_string('records', None, 'File pattern of the clip records.',
+                      flag_values=fv)
   flags.DEFINE_integer('num_pairs', None,
                        'Validation pairs: held-out videos, one clip with its '
-                       'title each (the CPD paper: 1000).')
+                       'title each (the CPD paper: 1000).', flag_values=fv)
   flags.DEFINE_string('output_dir', None,
-                      'Gets train/, val/ and holdout.json.')
-  flags.DEFINE_integer('seed', 0, 'Salt of the video hash (another split).')
-  flags.DEFINE_integer('num_val_shards', 1, 'Shards of the validation set.')
-  flags.DEFINE_string('runner', 'DirectRunner', 'Beam runner.')
-  flags.DEFINE_integer('direct_num_workers', 1, 'DirectRunner workers.')
-  flags.mark_flags_as_required(['records', 'num_pairs', 'output_dir'])
-  flags_ = flags.FLAGS
-  argv = list(sys.argv if argv is None else argv)
-  try:
-    beam_args = flags_(argv, known_only=True)[1:]
-  except flags.Error as e:
-    sys.exit(f'{e}\nUsage: python -m tfrecords_tools.holdout --records=... '
-             f'--num_pairs=N --output_dir=... [--seed=S] '
-             f'[--num_val_shards=K] [Beam options]')
-  logging.getLogger().setLevel(logging.INFO)
+                      'Gets train/, val/ and holdout.json.', flag_values=fv)
+  flags.DEFINE_integer('seed', 0, 'Salt of the video hash (another split).',
+                       flag_values=fv)
+  flags.DEFINE_integer('num_val_shards', 1, 'Shards of the validation set.',
+                       flag_values=fv)
+  cli.define_beam_flags(fv, workers_help='DirectRunner workers.',
+                        default_mode='multi_processing')
+
+
+TOOL = cli.Tool(name='holdout', command='python -m tfrecords_tools.holdout',
+                doc=__doc__, define_flags=_define_flags,
+                required=('records', 'num_pairs', 'output_dir'), beam=True)
+
+
+def main(args: cli.Args) -> int:
+  """Runs the job for a parsed command line; returns the exit status."""
+  fv = args.flags
   try:
     report = holdout(
-        records_pattern=flags_.records, num_pairs=flags_.num_pairs,
-        output_dir=flags_.output_dir, seed=flags_.seed,
-        num_val_shards=flags_.num_val_shards, runner=flags_.runner,
-        direct_num_workers=flags_.direct_num_workers, beam_args=beam_args)
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f'holdout failed: {e}')
-  print(f'{summary_line(report)}; output in {flags_.output_dir} '
+        records_pattern=fv.records, num_pairs=fv.num_pairs,
+        output_dir=fv.output_dir, seed=fv.seed,
+        num_val_shards=fv.num_val_shards, runner=fv.runner,
+        direct_num_workers=fv.direct_num_workers,
+        beam_args=args.beam_pipeline_args())
+  except (ValueError, OSError) as e:
+    # One line naming the flag, file or directory (no traceback).
+    print(f'holdout failed: {e}', file=sys.stderr)
+    return 1
+  print(f'{summary_line(report)}; output in {fv.output_dir} '
         f'(NUM_TRAIN_EXAMPLES={report["train"]["clips"]})')
+  return 0
+
+
+def run(argv: Optional[Sequence[str]] = None) -> int:
+  """Entry point: parses the command line (`cli`), runs; the exit status."""
+  return cli.run(TOOL, main, argv)
 
 
 if __name__ == '__main__':
   # Run the imported module's copy, so pickled functions name
   # `tfrecords_tools.holdout`, which worker processes can import.
   from tfrecords_tools import holdout as _holdout  # pylint: disable=g-import-not-at-top,import-self
-  _holdout.run()
+  sys.exit(_holdout.run())

@@ -17,17 +17,15 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
-from absl import app
 from absl import flags
 import numpy as np
 import tensorflow as tf
 
 from tfrecords_tools import atomic_files
+from tfrecords_tools import cli
 from tfrecords_tools import file_patterns
 from tfrecords_tools import records
 from tfrecords_tools import schema
-
-FLAGS = flags.FLAGS
 
 
 def _jpeg_shape(data: bytes) -> Optional[tuple]:
@@ -177,31 +175,36 @@ def format_report(report: Dict) -> str:
   return '\n'.join(lines)
 
 
-def _define_flags():
+def _define_flags(fv: flags.FlagValues) -> None:
   """Flags exist only when the module runs as a tool, never on import."""
   flags.DEFINE_string('contact_sheet', None,
                       'PNG path for a contact sheet (default: contact_sheet.png '
-                      'next to the shards).')
-  flags.DEFINE_integer('sheet_clips', 6, 'Clips (rows) on the contact sheet.')
-  flags.DEFINE_bool('json', False, 'Print the report as JSON.')
+                      'next to the shards).', flag_values=fv)
+  flags.DEFINE_integer('sheet_clips', 6, 'Clips (rows) on the contact sheet.',
+                       flag_values=fv)
+  flags.DEFINE_bool('json', False, 'Print the report as JSON.', flag_values=fv)
 
 
-def main(argv: Sequence[str]) -> int:
-  if len(argv) != 2:
-    print('usage: python -m tfrecords_tools.inspect FILE_PATTERN', file=sys.stderr)
-    return 2
+TOOL = cli.Tool(name='inspect', command='python -m tfrecords_tools.inspect',
+                doc=__doc__, define_flags=_define_flags,
+                positional=('FILE_PATTERN',))
+
+
+def main(args: cli.Args) -> int:
+  """Inspects the records of a parsed command line; returns the exit status."""
+  fv, (pattern,) = args.flags, args.positional
   try:
-    report = inspect_records(argv[1], sheet_clips=FLAGS.sheet_clips)
+    report = inspect_records(pattern, sheet_clips=fv.sheet_clips)
   except (FileNotFoundError, ValueError) as e:
     print(f'inspect: error: {e}', file=sys.stderr)
     return 1
-  sheet = FLAGS.contact_sheet or os.path.join(
-      os.path.dirname(file_patterns.match(argv[1], 'pattern')[0]),
+  sheet = fv.contact_sheet or os.path.join(
+      os.path.dirname(file_patterns.match(pattern, 'pattern')[0]),
       'contact_sheet.png')
   if report['samples']:
     write_contact_sheet(report['samples'], sheet)
   samples = report.pop('samples')
-  if FLAGS.json:
+  if fv.json:
     print(json.dumps(report, indent=1))
   else:
     print(format_report(report))
@@ -210,10 +213,10 @@ def main(argv: Sequence[str]) -> int:
   return 1 if report['problems'] else 0
 
 
-def run():
-  _define_flags()
-  app.run(lambda argv: sys.exit(main(argv)))
+def run(argv: Optional[Sequence[str]] = None) -> int:
+  """Entry point (also the `inspect-clips` console script): the exit status."""
+  return cli.run(TOOL, main, argv)
 
 
 if __name__ == '__main__':
-  run()
+  sys.exit(run())

@@ -3,7 +3,8 @@ r"""Relabel clip records with an SPL label space (Apache Beam).
   python -m tfrecords_tools.relabel \
       --records='/data/web/clips-*.tfrecord' \
       --predictions='/data/web_pred/predictions-*.tfrecord' \
-      --variant=spl_m --scr=0.9 --output_dir=/data/web_spl_m
+      --variant=spl_m --scr=0.9 --output_dir=/data/web_spl_m \
+      [--direct_num_workers=W] [-- BEAM_OPTIONS]
 
 `spl_m` / `spl_d` are sized by exactly one of `--k=K`, `--scr=S` (the smallest
 K reaching that samples cover ratio) or `--num_classes=C` (the N diagonal
@@ -12,8 +13,10 @@ cells plus the C - N most frequent off-diagonal ones, C in [N, N^2]: Figure
 reports the SCR reached and the synthetic noise ratio of Table 2 (share of
 clips off the diagonal of the confusion matrix) for every variant.
 
-Any other flag goes to Beam (e.g. `--direct_running_mode=multi_processing`,
-`--runner=DataflowRunner --project=...`).
+Beam pipeline options other than `--runner`, `--direct_num_workers` and
+`--direct_running_mode` go after `--` (`tfrecords_tools.cli`), e.g.
+`--runner=DataflowRunner -- --project=P --region=R`; an unknown flag is an
+error, never handed to Beam.
 
 Pass 1 reads only the context of every clip record (weak label, clip index,
 clip key: a few hundred bytes per clip, the frames are seeked over), joins it
@@ -47,8 +50,15 @@ truncated or corrupt shard) stop the job before any shard is written and are
 listed in `relabel_stats.json` (status 'failed') and in the raised
 `RelabelError`; a frame byte that fails its CRC in pass 2, or a write that
 fails (a full disk), fails the job naming the shard (no partial shard is
-left, under its final name or a temporary one). The wall time of every phase
-is logged.
+left, under its final name or a temporary one).
+
+What the job shows while it works (INFO, `tfrecords_tools.progress`): pass 1
+logs shards read of all, records read, records/s and an ETA; pass 2 shards
+rewritten of all, clips, MB/s and an ETA by bytes, at their first shard and
+every 10 s (job-wide when the DirectRunner's workers are threads or in
+process, per worker process in multi_processing mode). At the end: the wall
+time of every phase and the summary line (label space, SCR, noise ratio,
+clips in / written / dropped).
 
 Speed (`python -m benchmarks.bench_relabel`): the relabel pass runs at about
 the speed of a plain TFRecord copy; the job adds a fixed start-up of about a
@@ -74,9 +84,11 @@ import tensorflow as tf
 
 from tfrecords_tools import atomic_files
 from tfrecords_tools import beam_utils
+from tfrecords_tools import cli
 from tfrecords_tools import completion
 from tfrecords_tools import file_patterns
 from tfrecords_tools import label_spaces
+from tfrecords_tools import progress as progress_lib
 from tfrecords_tools import records
 from tfrecords_tools import schema
 from tfrecords_tools import tfrecord_io
@@ -89,6 +101,9 @@ SCR_CURVE_PNG = 'scr_vs_k.png'
 
 # How many problem messages the error report lists (all are counted).
 _MAX_ERROR_MESSAGES = 20
+
+# Records between two progress updates inside a shard (cheap either way).
+_PROGRESS_RECORDS = 256
 
 
 # Beam metrics namespace of the per-phase wall times (microseconds).
@@ -135,7 +150,9 @@ def _error(kind: str, message: str) -> beam.pvalue.TaggedOutput:
   return beam.pvalue.TaggedOutput('error', ('error', kind, message))
 
 
-def read_shard_contexts(path: str) -> Iterable[Any]:
+def read_shard_contexts(path: str,
+                        progress: Optional[progress_lib.Progress] = None
+                        ) -> Iterable[Any]:
   """Yields `(bucket, (_CLIP, path, rows))` for the clips of a shard.
 
   `rows` lists `(clip_index, clip_key, weak)` of the shard's clips whose index
@@ -143,14 +160,20 @@ def read_shard_contexts(path: str) -> Iterable[Any]:
   (`tfrecord_io.read_contexts`); the frames are seeked over, and their
   checksum is verified by pass 2, which reads them anyway. Problems come out
   as `_error` outputs; a corrupt or truncated shard is one problem naming the
-  file and byte offset.
+  file and byte offset. `progress` (pass 1's) counts the records and, at
+  the end, the shard.
   """
   start = time.perf_counter()
   buckets: Dict[int, List[Tuple[int, str, int]]] = {}
+  unreported = 0
   try:
     with beam_utils.open_file(path) as f:
       for i, payload in enumerate(tfrecord_io.read_contexts(f, path)):
         where = f'{path} record {i}'
+        unreported += 1
+        if progress is not None and unreported == _PROGRESS_RECORDS:
+          progress.add(records=unreported)
+          unreported = 0
         try:
           feature_map = tf.train.Features.FromString(payload).feature
           # First: a newer schema may have renamed the other keys.
@@ -170,9 +193,27 @@ def read_shard_contexts(path: str) -> Iterable[Any]:
             (clip_index, _text(feature_map, schema.CLIP_KEY_KEY), weak))
   except tfrecord_io.CorruptRecordError as e:
     yield _error('corrupt_shard', str(e))
+  if progress is not None:
+    progress.add(records=unreported, shards=1)
   for bucket, rows in sorted(buckets.items()):
     yield bucket, (_CLIP, path, rows)
   _record_time('pass1_contexts', time.perf_counter() - start)
+
+
+class _ReadContexts(beam.DoFn):
+  """`read_shard_contexts` with pass 1's progress counters."""
+
+  def __init__(self, run: progress_lib.BeamRun, num_shards: int):
+    self._run = run
+    self._num_shards = num_shards
+
+  def setup(self):
+    self._progress = self._run.progress(
+        'relabel pass 1 (contexts)',
+        {'shards': self._num_shards, 'records': None}, rates=('records',))
+
+  def process(self, path):
+    yield from read_shard_contexts(path, self._progress)
 
 
 def read_prediction_file(path: str) -> Iterable[Any]:
@@ -350,7 +391,9 @@ def _with_label_space(summary: Dict[str, Any], variant: str,
 
 def rewrite_shard(in_path: str, out_path: str,
                   teachers: Mapping[int, Tuple[int, float]],
-                  space: Mapping[str, Any]) -> Dict[str, Any]:
+                  space: Mapping[str, Any],
+                  progress: Optional[progress_lib.Progress] = None
+                  ) -> Dict[str, Any]:
   """Rewrites one shard with the label space; the relabel pass itself.
 
   Args:
@@ -359,6 +402,7 @@ def rewrite_shard(in_path: str, out_path: str,
     teachers: clip index -> (teacher top-1 class, its score) for every clip
       of the shard.
     space: the label space dict.
+    progress: pass 2's counters (clips, input bytes, then the shard).
 
   Returns:
     Per-shard statistics: input / written / dropped clips, bytes in / out,
@@ -379,6 +423,7 @@ def rewrite_shard(in_path: str, out_path: str,
   stats = {'shard': posixpath.basename(out_path), 'input': 0, 'written': 0,
            'dropped': 0, 'bytes_in': 0, 'bytes_out': 0}
   seen = set()
+  unreported = [0, 0]  # clips, bytes in
   # A write error (a full disk) deletes the temporary and names the shard.
   with atomic_files.naming(out_path), \
       atomic_files.replacing(out_path, atomic_files.BEAM) as tmp:
@@ -387,6 +432,12 @@ def rewrite_shard(in_path: str, out_path: str,
           tfrecord_io.read_split_records(fin, in_path)):
         stats['input'] += 1
         stats['bytes_in'] += length + 16
+        if progress is not None:
+          unreported[0] += 1
+          unreported[1] += length + 16
+          if unreported[0] == _PROGRESS_RECORDS:
+            progress.add(clips=unreported[0], bytes=unreported[1])
+            unreported = [0, 0]
         context = tf.train.Features.FromString(ctx_payload)
         feature_map = context.feature
         try:
@@ -427,6 +478,8 @@ def rewrite_shard(in_path: str, out_path: str,
                          f'{stats["written"]} written + {stats["dropped"]} '
                          f'dropped')
   stats['class_counts'] = class_counts
+  if progress is not None:
+    progress.add(clips=unreported[0], bytes=unreported[1], shards=1)
   return stats
 
 
@@ -461,8 +514,18 @@ class _RewriteShard(beam.DoFn):
   runs.
   """
 
-  def __init__(self, output_dir: str):
+  def __init__(self, output_dir: str,
+               run: Optional[progress_lib.BeamRun] = None,
+               num_shards: Optional[int] = None,
+               input_bytes: Optional[int] = None):
     self._output_dir = output_dir
+    self._run = run or progress_lib.BeamRun.create('DirectRunner', 1)
+    self._totals = {'shards': num_shards, 'clips': None, 'bytes': input_bytes}
+
+  def setup(self):
+    self._progress = self._run.progress(
+        'relabel pass 2 (rewrite)', self._totals, rates=('clips', 'bytes'),
+        eta_by='bytes' if self._totals['bytes'] else None)
 
   def process(self, element, pass1):
     path, clips = element
@@ -473,7 +536,8 @@ class _RewriteShard(beam.DoFn):
     start = time.perf_counter()
     teachers = {idx: (teacher, score) for idx, _, teacher, score in clips}
     dest = beam_utils.join(self._output_dir, posixpath.basename(path))
-    stats = rewrite_shard(path, dest, teachers, space)
+    stats = rewrite_shard(path, dest, teachers, space,
+                          progress=self._progress)
     _record_time('pass2_rewrite', time.perf_counter() - start)
     yield stats
 
@@ -568,7 +632,9 @@ def build_pipeline(pipeline: beam.Pipeline, *, shards: Sequence[str],
                    prediction_files: Sequence[str], names: Sequence[str],
                    variant: str, k: Optional[int], target_scr: Optional[float],
                    output_dir: str, reshuffle: bool = True,
-                   num_classes: Optional[int] = None) -> None:
+                   num_classes: Optional[int] = None,
+                   run: Optional[progress_lib.BeamRun] = None,
+                   input_bytes: Optional[int] = None) -> None:
   """Adds pass 1, pass 2 and the finish step to `pipeline`.
 
   Few stages on purpose (each costs the DirectRunner a bundle): per-clip
@@ -579,12 +645,15 @@ def build_pipeline(pipeline: beam.Pipeline, *, shards: Sequence[str],
   Args:
     reshuffle: spread the shard list over workers before pass 1 (what a
       distributed runner wants; a one-process DirectRunner does not).
+    run: names the run's progress counters.
+    input_bytes: the shards' total size (pass 2's ETA), if known.
     (The others as in `relabel`.)
   """
   n = len(names)
+  run = run or progress_lib.BeamRun.create('DirectRunner', 1)
   paths = pipeline | 'Shards' >> beam.Create(list(shards), reshuffle=reshuffle)
   contexts = paths | 'ReadContexts' >> beam.ParDo(
-      read_shard_contexts).with_outputs('error', main='clips')
+      _ReadContexts(run, len(shards))).with_outputs('error', main='clips')
   preds = (pipeline
            | 'PredictionFiles' >> beam.Create(list(prediction_files),
                                               reshuffle=reshuffle)
@@ -606,7 +675,8 @@ def build_pipeline(pipeline: beam.Pipeline, *, shards: Sequence[str],
            | 'LabelSpace' >> beam.Map(_with_label_space, variant, names, k,
                                       target_scr, num_classes))
   _ = (by_shard.clips
-       | 'Rewrite' >> beam.ParDo(_RewriteShard(output_dir),
+       | 'Rewrite' >> beam.ParDo(_RewriteShard(output_dir, run, len(shards),
+                                               input_bytes),
                                  beam.pvalue.AsSingleton(pass1))
        | 'KeyAll' >> beam.Map(lambda stats: (None, stats))
        | 'Collect' >> beam.GroupByKey()
@@ -645,7 +715,8 @@ def relabel(*, records_pattern: str, predictions_pattern: str, variant: str,
     num_classes: alternatively, the total class count of `spl_m` / `spl_d`,
       in [N, N^2]; checked against N before anything is written.
     runner: Beam runner.
-    direct_num_workers: DirectRunner parallelism.
+    direct_num_workers: DirectRunner parallelism (worker processes unless
+      `--direct_running_mode` in `beam_args` says otherwise).
     beam_args: further Beam pipeline options.
 
   Returns:
@@ -703,15 +774,24 @@ def relabel(*, records_pattern: str, predictions_pattern: str, variant: str,
                    outputs=[posixpath.basename(p) for p in shards],
                    record=STATS_FILENAME, fs=atomic_files.BEAM,
                    also_remove=[schema.LABEL_SPACE_FILENAME])
+  input_bytes = beam_utils.total_size(shards)
+  logging.info('relabel: %d shards (%s), %d prediction files, N=%d, variant '
+               '%s -> %s', len(shards),
+               'size unknown' if input_bytes is None else
+               f'{input_bytes / 1e6:.1f} MB', len(prediction_files),
+               len(names), variant, output_dir)
   prepared = time.perf_counter()
-  # Beam's default running mode unless `beam_args` names one.
+  # More than one DirectRunner worker: processes unless `beam_args` names a
+  # mode (Beam's default, in_memory, would run one worker and warn).
   pipeline = beam_utils.make_pipeline(runner, direct_num_workers, beam_args,
-                                      running_mode=None)
+                                      running_mode='multi_processing')
   build_pipeline(pipeline, shards=shards, prediction_files=prediction_files,
                  names=names, variant=variant, k=k, target_scr=target_scr,
                  num_classes=num_classes, output_dir=output_dir,
                  reshuffle=runner not in ('DirectRunner', 'direct') or
-                 direct_num_workers > 1)
+                 direct_num_workers > 1,
+                 run=progress_lib.BeamRun.create(runner, direct_num_workers),
+                 input_bytes=input_bytes)
   built = time.perf_counter()
   try:
     result = pipeline.run()
@@ -758,51 +838,70 @@ def summary_line(stats: Mapping[str, Any]) -> str:
           f'{clips["written"]}, dropped {clips["dropped"]}')
 
 
-def run(argv: Optional[Sequence[str]] = None) -> None:
-  """Entry point: parses our flags, hands the rest to Beam."""
+# ---- Command line ----
+
+_FLAG_NAMES = ('records', 'predictions', 'variant', 'k', 'scr', 'num_classes',
+               'output_dir', 'runner', 'direct_num_workers',
+               'direct_running_mode')
+
+
+def _define_flags(fv) -> None:
+  """Flags exist only when the module runs as a tool, never on import."""
   from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string('records', None, 'File pattern of the clip records.')
+  flags.DEFINE_string('records', None, 'File pattern of the clip records.',
+                      flag_values=fv)
   flags.DEFINE_string('predictions', None,
-                      'File pattern of the teacher predictions.')
+                      'File pattern of the teacher predictions.',
+                      flag_values=fv)
   flags.DEFINE_enum('variant', None, list(label_spaces.VARIANTS),
-                    'Label-space variant.')
-  flags.DEFINE_integer('k', None, 'K for spl_m / spl_d.')
+                    'Label-space variant.', flag_values=fv)
+  flags.DEFINE_integer('k', None, 'K for spl_m / spl_d.', flag_values=fv)
   flags.DEFINE_float('scr', None,
                      'Target samples cover ratio for spl_m / spl_d (K is the '
-                     'smallest that reaches it).')
+                     'smallest that reaches it).', flag_values=fv)
   flags.DEFINE_integer('num_classes', None,
                        'Total class count for spl_m / spl_d, in [N, N^2]: '
                        'the N diagonal cells plus the most frequent '
-                       'off-diagonal ones (Figure 4: 400 / 1600 / 4500).')
-  flags.DEFINE_string('output_dir', None, 'Output directory.')
-  flags.DEFINE_string('runner', 'DirectRunner', 'Beam runner.')
-  flags.DEFINE_integer('direct_num_workers', 1, 'DirectRunner workers.')
-  flags.mark_flags_as_required(['records', 'predictions', 'variant',
-                                'output_dir'])
-  flags_ = flags.FLAGS
-  argv = list(sys.argv if argv is None else argv)
+                       'off-diagonal ones (Figure 4: 400 / 1600 / 4500).',
+                       flag_values=fv)
+  flags.DEFINE_string('output_dir', None, 'Output directory.', flag_values=fv)
+  cli.define_beam_flags(fv, workers_help='DirectRunner workers.',
+                        default_mode='multi_processing')
+
+
+TOOL = cli.Tool(name='relabel', command='python -m tfrecords_tools.relabel',
+                doc=__doc__, define_flags=_define_flags,
+                required=('records', 'predictions', 'variant', 'output_dir'),
+                beam=True)
+
+
+def main(args: cli.Args) -> int:
+  """Runs the job for a parsed command line; returns the exit status."""
+  fv = args.flags
   try:
-    beam_args = flags_(argv, known_only=True)[1:]
-  except flags.Error as e:
-    sys.exit(f'{e}\nUsage: python -m tfrecords_tools.relabel --records=... '
-             f'--predictions=... --variant=... '
-             f'[--k=K | --scr=S | --num_classes=C] '
-             f'--output_dir=... [Beam options]')
-  try:
-    beam_utils.write_run_config(
-        flags_.output_dir, 'relabel', flags_,
-        ['records', 'predictions', 'variant', 'k', 'scr', 'num_classes',
-         'output_dir', 'runner', 'direct_num_workers'], beam_args)
+    beam_utils.write_run_config(fv.output_dir, 'relabel', fv, _FLAG_NAMES,
+                                args.beam_args)
     stats = relabel(
-        records_pattern=flags_.records, predictions_pattern=flags_.predictions,
-        variant=flags_.variant, output_dir=flags_.output_dir, k=flags_.k,
-        target_scr=flags_.scr, num_classes=flags_.num_classes,
-        runner=flags_.runner,
-        direct_num_workers=flags_.direct_num_workers, beam_args=beam_args)
+        records_pattern=fv.records, predictions_pattern=fv.predictions,
+        variant=fv.variant, output_dir=fv.output_dir, k=fv.k,
+        target_scr=fv.scr, num_classes=fv.num_classes, runner=fv.runner,
+        direct_num_workers=fv.direct_num_workers,
+        beam_args=args.beam_pipeline_args())
   except (RelabelError, ValueError, OSError, RuntimeError) as e:
     # One line naming the file or directory (no traceback).
-    sys.exit(f'relabel failed: {e}')
-  print(f'{summary_line(stats)}; output in {flags_.output_dir}')
+    print(f'relabel failed: {e}', file=sys.stderr)
+    return 1
+  print(f'{summary_line(stats)}; output in {fv.output_dir}')
+  return 0
+
+
+def run(argv: Optional[Sequence[str]] = None) -> int:
+  """Entry point: parses the command line (`cli`), runs; the exit status."""
+  return cli.run(TOOL, main, argv)
+
 
 if __name__ == '__main__':
-  run()
+  # Run the imported module's copy, so pickled DoFns name
+  # `tfrecords_tools.relabel`, which worker processes can import.
+  from tfrecords_tools import relabel as _relabel  # pylint: disable=g-import-not-at-top,import-self
+  sys.exit(_relabel.run())

@@ -2,7 +2,7 @@ r"""The clip writer: web videos + manifest -> sharded clip TFRecords (Beam).
 
   python -m tfrecords_tools.write_clips --manifest=videos/manifest.csv \
       --output_dir=records/web --num_shards=64 --clip_seconds=10 --fps=25 \
-      --direct_num_workers=8
+      --direct_num_workers=8 [-- BEAM_OPTIONS]
 
 Pipeline (every stage is a Beam transform, so it runs on the DirectRunner
 locally and on Dataflow/Flink/Spark unchanged):
@@ -47,6 +47,12 @@ does not overwrite (another `--num_shards`), so a directory never mixes two
 runs; readers refuse a directory that is in progress, crashed or holds
 shards summary.json does not list (`file_patterns.match`). A killed run is
 finished by running the same command again (byte-identical shards).
+
+Progress: each stage (probe, decode, shards) logs how many videos / shards
+it has done of how many, clips/s and an ETA, at its first unit and then
+every 10 s (`tfrecords_tools.progress`: job-wide on the DirectRunner's
+worker threads, per process otherwise); the job ends with its counters.
+Command line: `tfrecords_tools.cli` (Beam options after `--`).
 """
 
 from __future__ import annotations
@@ -64,15 +70,16 @@ import uuid
 import zlib
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from absl import app
 from absl import flags
 import apache_beam as beam
 
 from tfrecords_tools import atomic_files
 from tfrecords_tools import beam_utils
+from tfrecords_tools import cli
 from tfrecords_tools import clip_proto
 from tfrecords_tools import completion
 from tfrecords_tools import manifest as manifest_lib
+from tfrecords_tools import progress as progress_lib
 from tfrecords_tools import schema
 from tfrecords_tools import tfrecord_io
 from tfrecords_tools import video as video_lib
@@ -147,35 +154,6 @@ def _segment(entry: manifest_lib.VideoEntry,
   return start, max(start, end)
 
 
-class _Progress:
-  """Periodic per-worker progress log: videos, clips, rate, ETA."""
-
-  def __init__(self, stage: str, total: int, num_workers: int,
-               every_seconds: float = 10.0):
-    self._stage, self._total, self._workers = stage, total, num_workers
-    self._every = every_seconds
-    self._t0 = self._last = time.monotonic()
-    self.videos = self.clips = self.frames = 0
-
-  def update(self, videos: int = 0, clips: int = 0, frames: int = 0):
-    self.videos += videos
-    self.clips += clips
-    self.frames += frames
-    now = time.monotonic()
-    if now - self._last >= self._every:
-      self._last = now
-      elapsed = now - self._t0
-      rate = self.videos / max(elapsed, 1e-9)
-      # Each worker sees ~1/num_workers of the videos.
-      left = max(0.0, self._total / self._workers - self.videos)
-      eta = left / rate if rate > 0 else float('inf')
-      logging.info(
-          '[%s pid %d] %d videos, %d clips, %d frames in %.0f s '
-          '(%.2f videos/s, %.0f frames/s); ETA ~%.0f s', self._stage,
-          os.getpid(), self.videos, self.clips, self.frames, elapsed, rate,
-          self.frames / max(elapsed, 1e-9), eta)
-
-
 _POOL_LOCK = threading.Lock()
 _IDLE_DECODERS: Dict[float, List[video_lib.TimeLimitedDecoder]] = {}
 
@@ -213,9 +191,11 @@ def _close_decoders():
 class _DecoderDoFn(beam.DoFn):
   """A DoFn that holds a pooled decoder child for each bundle."""
 
-  def __init__(self, config: WriterConfig, total: int):
+  def __init__(self, config: WriterConfig, total: int,
+               run: Optional[progress_lib.BeamRun] = None):
     self._config = config
     self._total = total
+    self._run = run or progress_lib.BeamRun.create('DirectRunner', 1)
     self._decoder = None
 
   def start_bundle(self):
@@ -237,7 +217,8 @@ class ProbeFn(_DecoderDoFn):
   """entry -> (entry, info, capacity) or a reject on the 'rejects' output."""
 
   def setup(self):
-    self._progress = _Progress('probe', self._total, self._config.num_workers)
+    self._progress = self._run.progress('write_clips probe',
+                                        {'videos': self._total})
 
   def process(self, entry: manifest_lib.VideoEntry):
     c = self._config
@@ -258,7 +239,7 @@ class ProbeFn(_DecoderDoFn):
           reason=e.reason, message=e.message))
       return
     finally:
-      self._progress.update(videos=1)
+      self._progress.add(videos=1)
     yield entry, info, capacity
 
 
@@ -319,19 +300,28 @@ class DecodeFn(_DecoderDoFn):
   pieces of the failed attempt are never emitted.
   """
 
-  def __init__(self, config: WriterConfig, total: int, temp_dir: str):
-    super().__init__(config, total)
+  def __init__(self, config: WriterConfig, total: int, temp_dir: str,
+               run: Optional[progress_lib.BeamRun] = None):
+    super().__init__(config, total, run)
     self._temp_dir = temp_dir
 
   def setup(self):
-    self._progress = _Progress('decode', self._total, self._config.num_workers)
+    # The total is the probed videos, known once the plan is (`process`).
+    self._progress = self._run.progress(
+        'write_clips decode', {'videos': None, 'clips': None},
+        rates=('videos', 'clips'))
+    self._total_set = False
 
   def process(self, element, plan):
+    if not self._total_set:
+      self._run.set_total(self._progress, 'videos', len(plan))
+      self._total_set = True
     entry, info, _ = element
     c = self._config
     windows = plan.get(entry.ordinal, [])
     if not windows:
       _counter('videos_without_clips_by_budget').inc()
+      self._progress.add(videos=1)
       return
     path = beam_utils.join(
         self._temp_dir, f'v{entry.ordinal:09d}-{uuid.uuid4().hex}.frames')
@@ -359,6 +349,7 @@ class DecodeFn(_DecoderDoFn):
             offset=offset, length=len(body))))
         offset += len(body)
         frames += len(clip.frames)
+        self._progress.add(clips=1)
       if len(pieces) < len(windows):
         reason = video_lib.PARTIAL if pieces else video_lib.NO_FRAMES
         raise video_lib.VideoError(
@@ -379,7 +370,7 @@ class DecodeFn(_DecoderDoFn):
     _counter('frames').inc(frames)
     if pieces:
       _counter('videos_written').inc()
-    self._progress.update(videos=1, clips=len(pieces), frames=frames)
+    self._progress.add(videos=1)
     yield from pieces
     if pieces:
       yield beam.pvalue.TaggedOutput('counts', (entry.ordinal, len(pieces)))
@@ -404,8 +395,16 @@ class WriteShardFn(beam.DoFn):
   per-video temp files, so any number of workers gives the same bytes.
   """
 
-  def __init__(self, config: WriterConfig):
+  def __init__(self, config: WriterConfig,
+               run: Optional[progress_lib.BeamRun] = None):
     self._config = config
+    self._run = run or progress_lib.BeamRun.create('DirectRunner', 1)
+
+  def setup(self):
+    self._progress = self._run.progress(
+        'write_clips shards', {'shards': self._config.num_shards,
+                               'clips': None, 'bytes': None},
+        rates=('clips', 'bytes'))
 
   def process(self, element, offsets):
     shard, pieces = element
@@ -446,6 +445,7 @@ class WriteShardFn(beam.DoFn):
           stats['clips'] += 1
           stats['frames'] += p.num_frames
           stats['bytes'] += size
+          self._progress.add(clips=1, bytes=size)
           stats['clips_per_class'][entry.label] += 1
           stats['videos'].add(entry.ordinal)
     finally:
@@ -453,6 +453,7 @@ class WriteShardFn(beam.DoFn):
         src.close()
     stats['clips_per_class'] = dict(stats['clips_per_class'])
     stats['videos'] = sorted(stats['videos'])
+    self._progress.add(shards=1)
     yield stats
 
 
@@ -519,11 +520,13 @@ def build_pipeline(pipeline: beam.Pipeline,
                    entries: Sequence[manifest_lib.VideoEntry],
                    manifest_rejects: Sequence[Dict],
                    class_names: Sequence[str], config: WriterConfig,
-                   notes: Dict, temp_dir: str):
+                   notes: Dict, temp_dir: str,
+                   run: Optional[progress_lib.BeamRun] = None):
   """Adds the writer's transforms to `pipeline`.
 
   `temp_dir` (new for each run, under `temp_root(output_dir)`) holds the
-  frames of decoded clips until their shards are written.
+  frames of decoded clips until their shards are written; `run` names the
+  run's progress counters.
   """
   total = len(entries)
   probed = (
@@ -531,7 +534,7 @@ def build_pipeline(pipeline: beam.Pipeline,
       | 'Entries' >> beam.Create(list(entries))
       # Spread videos over workers before the expensive steps.
       | 'Spread' >> beam.Reshuffle()
-      | 'Probe' >> beam.ParDo(ProbeFn(config, total)).with_outputs(
+      | 'Probe' >> beam.ParDo(ProbeFn(config, total, run)).with_outputs(
           'rejects', main='ok'))
   # Global steps read whole PCollections as side inputs of a one-element
   # PCollection (cheaper to build and run than combiners).
@@ -543,7 +546,7 @@ def build_pipeline(pipeline: beam.Pipeline,
       probed.ok
       | 'SpreadDecode' >> beam.Reshuffle()
       | 'Decode' >> beam.ParDo(
-          DecodeFn(config, total, temp_dir),
+          DecodeFn(config, total, temp_dir, run),
           plan=beam.pvalue.AsSingleton(plan)).with_outputs(
               'rejects', 'counts', main='clips'))
   offsets = once | 'Offsets' >> beam.Map(
@@ -557,7 +560,7 @@ def build_pipeline(pipeline: beam.Pipeline,
       | 'WithEmpty' >> beam.Flatten()
       | 'ByShard' >> beam.GroupByKey()
       | 'WriteShard' >> beam.ParDo(
-          WriteShardFn(config),
+          WriteShardFn(config, run),
           offsets=beam.pvalue.AsSingleton(offsets)))
   rejects = ((probed.rejects, decoded.rejects)
              | 'AllRejects' >> beam.Flatten())
@@ -606,11 +609,12 @@ def run_writer(manifest_path: str, config: WriterConfig, *,
   # process, so DirectRunner workers can be threads of this process: they
   # start in well under a second where worker processes each import Beam
   # (seconds). `--direct_running_mode=multi_processing` still works.
+  run = progress_lib.BeamRun.create(runner, config.num_workers)
   try:
     with beam_utils.make_pipeline(runner, config.num_workers, pipeline_args,
                                   running_mode='multi_threading') as pipeline:
       build_pipeline(pipeline, entries, manifest_rejects, class_names, config,
-                     notes, temp_dir)
+                     notes, temp_dir, run)
   except BaseException:
     # A failed run (a full disk, a killed worker) removes its temporary
     # frames and half-written shards; the marker stays, so readers refuse
@@ -660,51 +664,63 @@ def format_summary(summary: Dict) -> str:
 _FLAG_NAMES = ('manifest', 'output_dir', 'num_shards', 'clip_seconds',
                'min_clip_seconds', 'fps', 'short_side', 'jpeg_quality',
                'clips_per_video', 'clips_per_class', 'labels', 'video_timeout',
-               'decode_threads', 'runner', 'direct_num_workers')
+               'decode_threads', 'runner', 'direct_num_workers',
+               'direct_running_mode')
 
 
-def _define_flags():
+def _define_flags(fv: flags.FlagValues) -> None:
   """Flags exist only when the module runs as a tool, never on import."""
-  flags.DEFINE_string('manifest', None, 'CSV (header row) or JSONL manifest.')
-  flags.DEFINE_string('output_dir', None, 'Where shards and JSON files go.')
-  flags.DEFINE_integer('num_shards', 16, 'Number of output shards.')
-  flags.DEFINE_float('clip_seconds', 10.0, 'Clip length in seconds.')
+  flags.DEFINE_string('manifest', None, 'CSV (header row) or JSONL manifest.',
+                      flag_values=fv)
+  flags.DEFINE_string('output_dir', None, 'Where shards and JSON files go.',
+                      flag_values=fv)
+  flags.DEFINE_integer('num_shards', 16, 'Number of output shards.',
+                       flag_values=fv)
+  flags.DEFINE_float('clip_seconds', 10.0, 'Clip length in seconds.',
+                     flag_values=fv)
   flags.DEFINE_float('min_clip_seconds', None,
                      'A video (segment) shorter than one clip but at least this '
-                     'long gives one shorter clip; default clip_seconds / 2.')
-  flags.DEFINE_float('fps', 25.0, 'Output frame rate.')
+                     'long gives one shorter clip; default clip_seconds / 2.',
+                     flag_values=fv)
+  flags.DEFINE_float('fps', 25.0, 'Output frame rate.', flag_values=fv)
   flags.DEFINE_integer('short_side', 256, 'Resize so the short side is this '
-                       '(0 keeps the size).')
-  flags.DEFINE_integer('jpeg_quality', 90, 'JPEG quality, 1..100.')
+                       '(0 keeps the size).', flag_values=fv)
+  flags.DEFINE_integer('jpeg_quality', 90, 'JPEG quality, 1..100.',
+                       flag_values=fv)
   flags.DEFINE_string('clips_per_video', 'all',
                       '"all" (every non-overlapping clip) or a number K (at most '
-                      'K non-overlapping clips, evenly spread).')
+                      'K non-overlapping clips, evenly spread).',
+                      flag_values=fv)
   flags.DEFINE_integer('clips_per_class', None,
                        'Per-class clip budget split evenly over the class\'s '
-                       'videos (overrides --clips_per_video).')
+                       'videos (overrides --clips_per_video).', flag_values=fv)
   flags.DEFINE_string('labels', None, 'File of class names, one per line; '
-                      'derived from the manifest (sorted) when absent.')
+                      'derived from the manifest (sorted) when absent.',
+                      flag_values=fv)
   flags.DEFINE_float('video_timeout', 600.0,
                      'Seconds one video may take to probe or decode before it '
-                     'is rejected as hung.')
+                     'is rejected as hung.', flag_values=fv)
   flags.DEFINE_integer('decode_threads', 0,
                        'FFmpeg threads per video (0: FFmpeg decides). Use 1 '
-                       'when worker processes already fill the cores.')
-  flags.DEFINE_string('runner', 'DirectRunner', 'Beam runner.')
-  flags.DEFINE_integer('direct_num_workers', 1,
-                       'DirectRunner workers, each with its own decoder '
-                       'process (worker threads unless '
-                       '--direct_running_mode=multi_processing is given).')
+                       'when worker processes already fill the cores.',
+                       flag_values=fv)
+  cli.define_beam_flags(
+      fv, default_mode='multi_threading',
+      workers_help='DirectRunner workers, each with its own decoder process '
+      '(worker threads unless --direct_running_mode=multi_processing).')
 
 
-def main(argv: Sequence[str]) -> int:
-  logging.getLogger().setLevel(logging.INFO)
-  for name in ('manifest', 'output_dir'):
-    if not FLAGS[name].value:
-      print(f'--{name} is required', file=sys.stderr)
-      return 2
-  cpv = FLAGS.clips_per_video.strip().lower()
-  if FLAGS.clips_per_class is not None:
+TOOL = cli.Tool(
+    name='write_clips', command='python -m tfrecords_tools.write_clips',
+    doc=__doc__, define_flags=_define_flags,
+    required=('manifest', 'output_dir'), beam=True)
+
+
+def main(args: cli.Args) -> int:
+  """Runs the writer for a parsed command line; returns the exit status."""
+  fv = args.flags
+  cpv = fv.clips_per_video.strip().lower()
+  if fv.clips_per_class is not None:
     clips_per_video = None
   elif cpv == 'all':
     clips_per_video = None
@@ -712,23 +728,24 @@ def main(argv: Sequence[str]) -> int:
     try:
       clips_per_video = int(cpv)
     except ValueError:
-      print(f'--clips_per_video must be "all" or an integer, got {cpv!r}',
-            file=sys.stderr)
+      print(f'write_clips: error: --clips_per_video must be "all" or an '
+            f'integer, got {cpv!r}', file=sys.stderr)
       return 2
   try:
     config = WriterConfig(
-        output_dir=FLAGS.output_dir, num_shards=FLAGS.num_shards,
-        clip_seconds=FLAGS.clip_seconds, fps=FLAGS.fps,
-        short_side=FLAGS.short_side, jpeg_quality=FLAGS.jpeg_quality,
-        clips_per_video=clips_per_video, clips_per_class=FLAGS.clips_per_class,
-        min_clip_seconds=FLAGS.min_clip_seconds,
-        video_timeout=FLAGS.video_timeout,
-        num_workers=FLAGS.direct_num_workers,
-        decode_threads=FLAGS.decode_threads)
+        output_dir=fv.output_dir, num_shards=fv.num_shards,
+        clip_seconds=fv.clip_seconds, fps=fv.fps,
+        short_side=fv.short_side, jpeg_quality=fv.jpeg_quality,
+        clips_per_video=clips_per_video, clips_per_class=fv.clips_per_class,
+        min_clip_seconds=fv.min_clip_seconds,
+        video_timeout=fv.video_timeout,
+        num_workers=fv.direct_num_workers,
+        decode_threads=fv.decode_threads)
     beam_utils.write_run_config(
-        FLAGS.output_dir, 'write_clips', FLAGS, _FLAG_NAMES, argv[1:])
-    summary = run_writer(FLAGS.manifest, config, labels_path=FLAGS.labels,
-                         runner=FLAGS.runner, pipeline_args=argv[1:])
+        fv.output_dir, 'write_clips', fv, _FLAG_NAMES, args.beam_args)
+    summary = run_writer(fv.manifest, config, labels_path=fv.labels,
+                         runner=fv.runner,
+                         pipeline_args=args.beam_pipeline_args())
   except (ValueError, OSError, RuntimeError) as e:
     # One line: the message names the file or directory (no traceback).
     print(f'write_clips: error: {e}', file=sys.stderr)
@@ -737,15 +754,13 @@ def main(argv: Sequence[str]) -> int:
   return 0
 
 
-def run():
-  """Console-script entry point; unknown flags pass through to Beam."""
-  _define_flags()
-  app.run(lambda argv: sys.exit(main(argv)),
-          flags_parser=lambda argv: FLAGS(argv, known_only=True))
+def run(argv: Optional[Sequence[str]] = None) -> int:
+  """Entry point (also the `write-clips` console script): the exit status."""
+  return cli.run(TOOL, main, argv)
 
 
 if __name__ == '__main__':
   # Run the imported module's copy, so pickled elements (`ClipPiece`) name
   # `tfrecords_tools.write_clips`, which worker processes can import.
   from tfrecords_tools import write_clips as _write_clips  # pylint: disable=g-import-not-at-top,import-self
-  _write_clips.run()
+  sys.exit(_write_clips.run())
