@@ -39,15 +39,17 @@ protocols themselves are library calls in `cpd/protocols.py`.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict
+import sys
+from typing import Any, Dict, Optional, Sequence
 
-from absl import app
+
 from absl import flags
 
 from cpd import configurables
 from cpd import protocols
 from spl import job
 from spl import strategies
+from tfrecords_tools import cli
 
 
 def format_table(result: Dict[str, Any]) -> str:
@@ -66,10 +68,8 @@ def format_table(result: Dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
-def _main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  f = flags.FLAGS
+def _main(args: cli.Args) -> int:
+  f = args.flags
   # Defaults first, so that the experiment files (and then the command line)
   # override them (e.g. the paper's 8 frames at stride 4 of eval_common.gin).
   with job.config_errors_exit('cpd.evaluate'):
@@ -86,22 +86,36 @@ def _main(argv):
   job.write_operative_config(f.output_dir, f'config_{f.protocol}.gin')
   print(f'CPD {f.protocol}: {json.dumps({"output_dir": f.output_dir})}')
   print(format_table(result))
+  return 0
 
 
-def _define_flags():
-  flags.DEFINE_multi_string('gin_file', [], 'Gin files, applied in order.')
-  flags.DEFINE_multi_string('gin_bindings', [], 'Gin bindings, after files.')
-  flags.DEFINE_enum('protocol', None, protocols.PROTOCOLS, 'What to run.')
-  flags.DEFINE_string('output_dir', None, 'Results (and features/records).')
+def _define_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_multi_string('gin_file', [], 'Gin files, applied in order.',
+                            flag_values=fv)
+  flags.DEFINE_multi_string('gin_bindings', [], 'Gin bindings, after files.',
+                            flag_values=fv)
+  flags.DEFINE_enum('protocol', None, protocols.PROTOCOLS, 'What to run.',
+                    flag_values=fv)
+  flags.DEFINE_string('output_dir', None, 'Results (and features/records).',
+                      flag_values=fv)
   flags.DEFINE_enum('strategy', 'one_device', protocols.STRATEGIES,
-                    'tf.distribute strategy for extract.')
+                    'tf.distribute strategy for extract.', flag_values=fv)
   flags.DEFINE_string('files', None, 'Clip-record glob (extract, low_label, '
-                      'zero_shot label map).')
-  flags.DEFINE_string('train_features', None, 'Feature dir (knn, linear).')
-  flags.DEFINE_string('test_features', None, 'Feature dir.')
-  flags.mark_flags_as_required(['protocol', 'output_dir'])
+                      'zero_shot label map).', flag_values=fv)
+  flags.DEFINE_string('train_features', None, 'Feature dir (knn, linear).',
+                      flag_values=fv)
+  flags.DEFINE_string('test_features', None, 'Feature dir.', flag_values=fv)
+
+
+TOOL = cli.Tool(name='cpd.evaluate', command='python -m cpd.evaluate',
+                doc=__doc__, define_flags=_define_flags,
+                required=('protocol', 'output_dir'))
+
+
+def run(argv: Optional[Sequence[str]] = None) -> int:
+  """Entry point: the exit status (`tfrecords_tools.cli` conventions)."""
+  return cli.run(TOOL, _main, argv)
 
 
 if __name__ == '__main__':
-  _define_flags()
-  app.run(_main)
+  sys.exit(run())

@@ -36,10 +36,10 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import sys
 import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
-from absl import app
 from absl import flags
 from absl import logging
 import gin
@@ -53,6 +53,7 @@ from spl import input_pipeline
 from spl import job
 from spl import loop
 from spl.models import factory
+from tfrecords_tools import cli
 from tfrecords_tools import file_patterns
 from tfrecords_tools import label_spaces
 from tfrecords_tools import records
@@ -68,31 +69,37 @@ _DATASET_SCOPES = ('eval/', '', 'train/')
 # `make_dataset` arguments that shape the evaluation view, besides the clip.
 _VIEW_OPTIONS = ('mean', 'std', 'min_resize', 'dct_method')
 
-FLAGS = flags.FLAGS
 
-
-def _define_flags():
+def _define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_string('model_dir', None,
-                      'Training run dir: latest checkpoint + config.gin.')
+                      'Training run dir: latest checkpoint + config.gin.',
+                      flag_values=fv)
   flags.DEFINE_string('checkpoint', None,
                       'Checkpoint prefix or directory (instead of the latest '
-                      'of --model_dir); needs --gin_file.')
+                      'of --model_dir); needs --gin_file.', flag_values=fv)
   flags.DEFINE_multi_string('gin_file', [],
                             'Gin files that built the model (default: '
-                            '--model_dir/config.gin).')
-  flags.DEFINE_multi_string('gin_bindings', [], 'Extra gin bindings.')
-  flags.DEFINE_string('records', None, 'Glob of clip records.')
-  flags.DEFINE_list('clip_keys', [], 'clip/key values of the clips to show.')
+                            '--model_dir/config.gin).', flag_values=fv)
+  flags.DEFINE_multi_string('gin_bindings', [], 'Extra gin bindings.',
+                            flag_values=fv)
+  flags.DEFINE_string('records', None, 'Glob of clip records.', flag_values=fv)
+  flags.DEFINE_list('clip_keys', [], 'clip/key values of the clips to show.',
+                    flag_values=fv)
   flags.DEFINE_integer('num_clips', None,
-                       'Show the first N records (if no --clip_keys).')
+                       'Show the first N records (if no --clip_keys).',
+                       flag_values=fv)
   flags.DEFINE_string('class_name', None,
-                      'Class to explain, a name of --label_space.')
-  flags.DEFINE_integer('class_index', None, 'Class to explain, by index.')
+                      'Class to explain, a name of --label_space.',
+                      flag_values=fv)
+  flags.DEFINE_integer('class_index', None, 'Class to explain, by index.',
+                       flag_values=fv)
   flags.DEFINE_string('label_space', None,
-                      'label_space.json (or label_map.json): class names.')
-  flags.DEFINE_string('output_dir', None, 'Where PNGs and the index go.')
-  flags.DEFINE_integer('max_frames', 8, 'Frames per strip.')
-  flags.DEFINE_float('alpha', 0.5, 'Heat map opacity.')
+                      'label_space.json (or label_map.json): class names.',
+                      flag_values=fv)
+  flags.DEFINE_string('output_dir', None, 'Where PNGs and the index go.',
+                      flag_values=fv)
+  flags.DEFINE_integer('max_frames', 8, 'Frames per strip.', flag_values=fv)
+  flags.DEFINE_float('alpha', 0.5, 'Heat map opacity.', flag_values=fv)
 
 
 # ---- Configuration ----
@@ -394,9 +401,9 @@ def run(*, output_dir: str, records_pattern: str,
   return results
 
 
-def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+def main(args: cli.Args) -> int:
+  """Draws the maps of a parsed command line; returns the exit status."""
+  FLAGS = args.flags  # pylint: disable=invalid-name
   with job.config_errors_exit('spl.attention_maps'):
     results = run(
         output_dir=FLAGS.output_dir, records_pattern=FLAGS.records,
@@ -409,8 +416,17 @@ def main(argv: Sequence[str]) -> None:
   for r in results:
     print(f'{os.path.join(FLAGS.output_dir, r["png"])}  '
           f'"{r["class_name"]}" p={r["probability"]:.3f}')
+  return 0
+
+
+TOOL = cli.Tool(name='spl.attention_maps',
+                command='python -m spl.attention_maps', doc=__doc__,
+                define_flags=_define_flags)
+
+def run_cli(argv: Optional[Sequence[str]] = None) -> int:
+  """Entry point: the exit status (`tfrecords_tools.cli` conventions)."""
+  return cli.run(TOOL, main, argv)
 
 
 if __name__ == '__main__':
-  _define_flags()
-  app.run(main)
+  sys.exit(run_cli())

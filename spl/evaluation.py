@@ -5,8 +5,15 @@ replica and grouped per video (`spl.metrics`), static-shape batches where
 TPUs need them (`pad_batches`). Used by SPL's training task and
 `spl.main --mode=eval`; `spl.prediction` and CPD's validation reuse its
 batch padding and replica statistics.
+
+Progress (`tfrecords_tools.progress`, INFO): after the first batch and then
+every 10 s, clips done, clips/s and, when the records' `summary.json` gives
+their count (every shard of the writer's or relabeller's directory matched),
+the total and an ETA; the evaluation ends with its counters.
 """
 
+import json
+import os
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
@@ -16,6 +23,9 @@ import tf_keras
 from spl import input_pipeline
 from spl import loop as loop_lib
 from spl import metrics
+from tfrecords_tools import file_patterns
+from tfrecords_tools import progress as progress_lib
+from tfrecords_tools import schema
 
 EVAL_DETAILS_FILENAME = 'eval_details.json'
 
@@ -68,6 +78,36 @@ def pad_batches(dataset: tf.data.Dataset,
   dummy = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype),
                                 padded.element_spec)
   return padded.concatenate(tf.data.Dataset.from_tensors(dummy).repeat())
+
+
+def expected_records(file_pattern: str) -> Optional[int]:
+  """The records `file_pattern` matches, from their directories' summaries.
+
+  The clip writer and the relabeller write `summary.json` (its `clips` and
+  `num_shards`) beside their shards; when the pattern matches every shard of
+  each directory it touches, the sum is the count. None when that cannot be
+  known without reading the records (a subset of shards, no summary).
+  """
+  try:
+    files = file_patterns.match(file_pattern)
+  except (ValueError, tf.errors.OpError):
+    return None
+  by_dir: Dict[str, int] = {}
+  for path in files:
+    by_dir[os.path.dirname(path)] = by_dir.get(os.path.dirname(path), 0) + 1
+  total = 0
+  for directory, matched in by_dir.items():
+    path = os.path.join(directory, schema.SUMMARY_FILENAME)
+    try:
+      with tf.io.gfile.GFile(path) as f:
+        summary = json.load(f)
+      clips, shards = int(summary['clips']), int(summary['num_shards'])
+    except (tf.errors.OpError, ValueError, KeyError, TypeError):
+      return None
+    if shards != matched:
+      return None
+    total += clips
+  return total
 
 
 def is_tpu(strategy: tf.distribute.Strategy) -> bool:
@@ -149,6 +189,8 @@ def evaluate(model: tf_keras.Model,
     return metrics.gather_across_replicas(
         strategy, strategy.run(replica_fn, args=(inputs,)))
 
+  progress = progress_lib.Progress(
+      'eval', {'clips': expected_records(file_pattern)})
   probs, labels, videos = [], [], []
   for inputs in dist:
     p, l, v, valid = (t.numpy() for t in step(inputs))
@@ -158,6 +200,8 @@ def evaluate(model: tf_keras.Model,
     probs.append(p[valid])
     labels.append(l[valid])
     videos.append(v[valid])
+    progress.add(clips=int(valid.sum()))
+  progress.finish()
   if not probs:
     raise ValueError(f'eval records {file_pattern!r} gave no batch')
   return metrics.classification_metrics(

@@ -73,7 +73,6 @@ import sys
 import tempfile
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from absl import app
 from absl import flags
 from absl import logging
 import gin
@@ -87,6 +86,7 @@ from spl import loop as loop_lib
 from spl.inputs import options as options_lib
 from spl.inputs import pixels
 from spl.models import factory
+from tfrecords_tools import cli
 from tfrecords_tools import label_spaces
 from tfrecords_tools import records
 from tfrecords_tools import schema
@@ -111,41 +111,45 @@ _EVAL_SCOPES = ('eval/', '')
 _W2V_REBUILT = {'max_words': 64}
 _HF_REBUILT = {'pooling': 'masked_mean', 'lower_case': True}
 
-FLAGS = flags.FLAGS
-
-
-def _define_flags():
+def _define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_string('model_dir', None, 'Training run dir (model.json or '
-                      'cpd_model.json, checkpoints, config.gin).')
-  flags.DEFINE_string('output_dir', None, 'Where the SavedModel is written.')
+                      'cpd_model.json, checkpoints, config.gin).',
+                      flag_values=fv)
+  flags.DEFINE_string('output_dir', None, 'Where the SavedModel is written.',
+                      flag_values=fv)
   flags.DEFINE_string('checkpoint', None, 'Checkpoint prefix to export '
-                      '(default: the latest of --model_dir).')
+                      '(default: the latest of --model_dir).', flag_values=fv)
   flags.DEFINE_multi_string('gin_file', [], 'Gin files of the run (default: '
-                            '--model_dir/config.gin).')
-  flags.DEFINE_multi_string('gin_bindings', [], 'Extra gin bindings.')
+                            '--model_dir/config.gin).', flag_values=fv)
+  flags.DEFINE_multi_string('gin_bindings', [], 'Extra gin bindings.',
+                            flag_values=fv)
   flags.DEFINE_bool('ema_weights', True, 'Classifiers: export the '
                     'exponential moving average of the weights when the '
                     'checkpoint holds one (run.ema_decay); false: the raw '
-                    'weights.')
+                    'weights.', flag_values=fv)
   flags.DEFINE_string('class_names', None, 'label_map.json or '
                       'label_space.json naming the classifier\'s classes '
-                      '(default: one of them in --model_dir).')
+                      '(default: one of them in --model_dir).', flag_values=fv)
   flags.DEFINE_integer('num_frames', None, 'Frames of the exported clip, '
-                       'when the model does not fix them.')
+                       'when the model does not fix them.', flag_values=fv)
   flags.DEFINE_integer('crop_size', None, 'Height and width of the exported '
-                       'clip, when the model does not fix them.')
-  flags.DEFINE_integer('stride', None, 'Evaluation view: temporal stride.')
+                       'clip, when the model does not fix them.',
+                       flag_values=fv)
+  flags.DEFINE_integer('stride', None, 'Evaluation view: temporal stride.',
+                       flag_values=fv)
   flags.DEFINE_integer('min_resize', None, 'Evaluation view: short side '
-                       'before cropping.')
+                       'before cropping.', flag_values=fv)
   flags.DEFINE_integer('num_test_clips', None, 'Evaluation view: clips per '
-                       'record.')
+                       'record.', flag_values=fv)
   flags.DEFINE_integer('num_test_crops', None, 'Evaluation view: crops per '
-                       'clip (1 or 3).')
+                       'clip (1 or 3).', flag_values=fv)
   flags.DEFINE_string('word2vec_path', None, 'CPD: the word2vec file of the '
-                      'text encoder (default: the run\'s).')
+                      'text encoder (default: the run\'s).', flag_values=fv)
   flags.DEFINE_string('text_encoder_dir', None, 'CPD: the Hugging Face '
-                      'directory of the text encoder (default: the run\'s).')
-  flags.DEFINE_bool('text', True, 'CPD: export the text signature too.')
+                      'directory of the text encoder (default: the run\'s).',
+                      flag_values=fv)
+  flags.DEFINE_bool('text', True, 'CPD: export the text signature too.',
+                    flag_values=fv)
 
 
 # ---- The evaluation view ----
@@ -759,9 +763,9 @@ def read_export_config(saved_model_dir: str) -> Dict[str, Any]:
 # ---- Command line ----
 
 
-def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+def main(args: cli.Args) -> int:
+  """Exports what a parsed command line names; returns the exit status."""
+  FLAGS = args.flags  # pylint: disable=invalid-name
   overrides = {name: FLAGS[name].value for name in (
       'num_frames', 'crop_size', 'stride', 'min_resize', 'num_test_clips',
       'num_test_crops')}
@@ -778,8 +782,16 @@ def main(argv: Sequence[str]) -> None:
   weights = f' ({config["weights"]} weights)' if 'weights' in config else ''
   print(f'{FLAGS.output_dir}: {config["kind"]} from {config["checkpoint"]}'
         f'{weights}; signatures {sorted(config["signatures"])}')
+  return 0
+
+
+TOOL = cli.Tool(name='spl.export', command='python -m spl.export',
+                doc=__doc__, define_flags=_define_flags)
+
+def run_cli(argv: Optional[Sequence[str]] = None) -> int:
+  """Entry point: the exit status (`tfrecords_tools.cli` conventions)."""
+  return cli.run(TOOL, main, argv)
 
 
 if __name__ == '__main__':
-  _define_flags()
-  app.run(main)
+  sys.exit(run_cli())

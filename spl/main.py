@@ -14,9 +14,9 @@ only one that touches gin. It builds the distribution strategy
 Multi-worker runs read the cluster from TF_CONFIG; `--tpu` names the TPU.
 """
 
-from typing import Sequence
+import sys
+from typing import Optional, Sequence
 
-from absl import app
 from absl import flags
 from absl import logging
 import gin
@@ -27,20 +27,35 @@ from spl import job
 from spl import loop
 from spl import strategies
 from spl import train_lib
+from tfrecords_tools import cli
 
 STRATEGIES = strategies.STRATEGIES
 build_strategy = strategies.build_strategy
 CONFIG_FILENAME = 'config.gin'
 
-FLAGS = flags.FLAGS
-flags.DEFINE_multi_string('gin_file', [], 'Gin files, applied in order.')
-flags.DEFINE_multi_string('gin_bindings', [],
-                          'Gin bindings, applied after the files.')
-flags.DEFINE_string('model_dir', None, 'Checkpoints, summaries, metrics.')
-flags.DEFINE_enum('mode', 'train', train_lib.MODES, 'What to run.')
-flags.DEFINE_enum('strategy', 'one_device', STRATEGIES,
-                  'tf.distribute strategy.')
-flags.DEFINE_string('tpu', None, 'TPU name or address for --strategy=tpu.')
+
+
+def _define_flags(fv: flags.FlagValues) -> None:
+  """Flags exist only when the module runs as a tool, never on import."""
+  flags.DEFINE_multi_string('gin_file', [], 'Gin files, applied in order '
+                            '(includes resolve against the working '
+                            'directory, then the repository).',
+                            flag_values=fv)
+  flags.DEFINE_multi_string('gin_bindings', [],
+                            'Gin bindings, applied after the files.',
+                            flag_values=fv)
+  flags.DEFINE_string('model_dir', None, 'Checkpoints, summaries, metrics.',
+                      flag_values=fv)
+  flags.DEFINE_enum('mode', 'train', train_lib.MODES, 'What to run.',
+                    flag_values=fv)
+  flags.DEFINE_enum('strategy', 'one_device', STRATEGIES,
+                    'tf.distribute strategy.', flag_values=fv)
+  flags.DEFINE_string('tpu', None, 'TPU name or address for --strategy=tpu.',
+                      flag_values=fv)
+
+
+TOOL = cli.Tool(name='spl.main', command='python -m spl.main', doc=__doc__,
+                define_flags=_define_flags, required=('model_dir',))
 
 
 def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> None:
@@ -77,18 +92,22 @@ def run(gin_files: Sequence[str], gin_bindings: Sequence[str], *,
                              strategy=strategy, setup_done=write_config)
 
 
-def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  strategy = build_strategy(FLAGS.strategy, FLAGS.tpu)
+def main(args: cli.Args) -> int:
+  """Runs the job of a parsed command line; returns the exit status."""
+  fv = args.flags
+  strategy = build_strategy(fv.strategy, fv.tpu)
   with job.config_errors_exit('spl.main'):
-    result = run(FLAGS.gin_file, FLAGS.gin_bindings,
-                 model_dir=FLAGS.model_dir, mode=FLAGS.mode,
-                 strategy=strategy)
+    result = run(fv.gin_file, fv.gin_bindings, model_dir=fv.model_dir,
+                 mode=fv.mode, strategy=strategy)
   result.pop('model', None)
   logging.info('done: %s', result)
+  return 0
+
+
+def run_cli(argv: Optional[Sequence[str]] = None) -> int:
+  """Entry point: the exit status (`tfrecords_tools.cli` conventions)."""
+  return cli.run(TOOL, main, argv)
 
 
 if __name__ == '__main__':
-  flags.mark_flag_as_required('model_dir')
-  app.run(main)
+  sys.exit(run_cli())

@@ -54,7 +54,6 @@ import sys
 import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
-from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
@@ -63,51 +62,57 @@ import tensorflow as tf
 from spl import export as export_lib
 from spl import input_pipeline
 from spl import metrics
+from tfrecords_tools import cli
 from tfrecords_tools import records
 from tfrecords_tools import schema
 from tfrecords_tools import video as video_lib
 
-FLAGS = flags.FLAGS
 PROGRAM = 'spl.predict_video'
 _VIEW_FLAGS = ('stride', 'min_resize', 'num_test_clips', 'num_test_crops')
 
 
-def _define_flags():
+def _define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_string('model_dir', None, 'Training run of an SPL classifier '
-                      '(model.json, checkpoints, config.gin).')
+                      '(model.json, checkpoints, config.gin).', flag_values=fv)
   flags.DEFINE_string('saved_model', None, 'A classifier exported by '
-                      'spl.export (instead of --model_dir).')
+                      'spl.export (instead of --model_dir).', flag_values=fv)
   flags.DEFINE_string('checkpoint', None, 'With --model_dir: a checkpoint '
-                      'prefix instead of the latest.')
+                      'prefix instead of the latest.', flag_values=fv)
   flags.DEFINE_multi_string('gin_file', [], 'With --model_dir: the run\'s gin '
-                            'files (default: --model_dir/config.gin).')
-  flags.DEFINE_multi_string('gin_bindings', [], 'Extra gin bindings.')
+                            'files (default: --model_dir/config.gin).',
+                            flag_values=fv)
+  flags.DEFINE_multi_string('gin_bindings', [], 'Extra gin bindings.',
+                            flag_values=fv)
   flags.DEFINE_string('class_names', None, 'label_map.json or '
-                      'label_space.json (default: the model\'s).')
+                      'label_space.json (default: the model\'s).',
+                      flag_values=fv)
   flags.DEFINE_string('records_dir', None, 'Clip records the model was '
                       'evaluated on: their summary.json gives the writer '
-                      'settings below.')
-  flags.DEFINE_float('fps', None, 'Frame rate of the clips (writer: 25).')
+                      'settings below.', flag_values=fv)
+  flags.DEFINE_float('fps', None, 'Frame rate of the clips (writer: 25).',
+                     flag_values=fv)
   flags.DEFINE_integer('short_side', None, 'Short side of the frames '
-                       '(writer: 256; 0 keeps the size).')
+                       '(writer: 256; 0 keeps the size).', flag_values=fv)
   flags.DEFINE_integer('jpeg_quality', None, 'JPEG quality of the frames '
-                       '(writer: 90).')
-  flags.DEFINE_float('clip_seconds', None, 'Clip length (writer: 10).')
+                       '(writer: 90).', flag_values=fv)
+  flags.DEFINE_float('clip_seconds', None, 'Clip length (writer: 10).',
+                     flag_values=fv)
   flags.DEFINE_float('min_clip_seconds', None, 'Shortest clip kept (writer: '
-                     'clip_seconds / 2).')
+                     'clip_seconds / 2).', flag_values=fv)
   flags.DEFINE_integer('clips_per_video', None, 'At most K clips, evenly '
-                       'spread (writer: every non-overlapping clip).')
+                       'spread (writer: every non-overlapping clip).',
+                       flag_values=fv)
   for name in _VIEW_FLAGS:
     flags.DEFINE_integer(name, None, f'Evaluation view: {name} (default: '
-                         'the model\'s).')
-  flags.DEFINE_integer('top_k', 5, 'Classes printed per video.')
-  flags.DEFINE_integer('batch_size', 1, 'Clips per model call.')
+                         'the model\'s).', flag_values=fv)
+  flags.DEFINE_integer('top_k', 5, 'Classes printed per video.', flag_values=fv)
+  flags.DEFINE_integer('batch_size', 1, 'Clips per model call.', flag_values=fv)
   flags.DEFINE_float('video_timeout', 600.0, 'Seconds one video may take to '
-                     'probe or decode.')
+                     'probe or decode.', flag_values=fv)
   flags.DEFINE_integer('decode_threads', 0, 'FFmpeg threads (0: FFmpeg '
-                       'decides).')
+                       'decides).', flag_values=fv)
   flags.DEFINE_string('output_json', None, 'Also write every clip\'s '
-                      'probabilities here.')
+                      'probabilities here.', flag_values=fv)
 
 
 # ---- Clips as the writer cuts them ----
@@ -375,8 +380,10 @@ def make_predictor(*, model_dir: Optional[str], saved_model: Optional[str],
       view_overrides=view_overrides))
 
 
-def main(argv: Sequence[str]) -> None:
-  paths = list(argv[1:])
+def main(args: cli.Args) -> int:
+  """Predicts the videos of a parsed command line; the exit status."""
+  FLAGS = args.flags  # pylint: disable=invalid-name
+  paths = list(args.positional)
   try:
     settings = WriterSettings.resolve(
         FLAGS.records_dir, fps=FLAGS.fps, short_side=FLAGS.short_side,
@@ -404,8 +411,17 @@ def main(argv: Sequence[str]) -> None:
   except (ValueError, OSError, tf.errors.OpError, video_lib.VideoError) as e:
     sys.exit(f'{PROGRAM}: {export_lib.one_line(e)}')
   print(format_results(results))
+  return 0
+
+
+TOOL = cli.Tool(name=PROGRAM, command=f'python -m {PROGRAM}', doc=__doc__,
+                define_flags=_define_flags, positional=('VIDEO',),
+                more_positional=True)
+
+def run_cli(argv: Optional[Sequence[str]] = None) -> int:
+  """Entry point: the exit status (`tfrecords_tools.cli` conventions)."""
+  return cli.run(TOOL, main, argv)
 
 
 if __name__ == '__main__':
-  _define_flags()
-  app.run(main)
+  sys.exit(run_cli())

@@ -181,6 +181,12 @@ def restore_backbone(model: tf_keras.Model, init_checkpoint: str) -> str:
   path = loop_lib.checkpoint_path(init_checkpoint)
   loop_lib.restore(tf.train.Checkpoint(backbone=model.backbone), path,
                    'the backbone', partial=True)
+  if ema_lib.in_checkpoint(path):
+    # The shadows are kept in the order of the pre-training model's
+    # trainable weights, not under the backbone's edges.
+    logging.warning('init_checkpoint %s also holds an EMA of its weights '
+                    '(run.ema_decay): fine-tuning starts from its raw '
+                    'backbone weights, not the average', path)
   return path
 
 

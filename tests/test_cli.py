@@ -8,8 +8,13 @@ import sys
 from absl import flags
 import pytest
 
+from cpd import evaluate as cpd_evaluate
 from cpd import title_stats
 from cpd import title_tree
+from spl import attention_maps
+from spl import export
+from spl import main as spl_main
+from spl import predict_video
 from tfrecords_tools import cli
 from tfrecords_tools import holdout
 from tfrecords_tools import inspect as inspect_lib
@@ -36,6 +41,18 @@ TOOLS = {
     'cpd.title_stats': (title_stats._define_flags, [
         '--classes=IN/c.txt', '--titles=IN/t.txt',
         '--output_json=OUT/s.json']),
+    # The gin entry points and the tools that use a trained model.
+    'spl.main': (spl_main._define_flags, [
+        '--gin_file=IN/run.gin', '--model_dir=OUT']),
+    'cpd.evaluate': (cpd_evaluate._define_flags, [
+        '--protocol=knn', '--output_dir=OUT']),
+    'spl.export': (export._define_flags, [
+        '--model_dir=IN', '--output_dir=OUT']),
+    'spl.predict_video': (predict_video._define_flags, [
+        '--model_dir=IN', 'IN/a.mp4', 'IN/b.mp4',
+        '--output_json=OUT/p.json']),
+    'spl.attention_maps': (attention_maps._define_flags, [
+        '--model_dir=IN', '--records=IN/*.tfrecord', '--output_dir=OUT']),
 }
 
 # What a user mistypes, per tool, and the flag the error must name.
@@ -48,6 +65,11 @@ MISSPELT = {
                                 'sheet_clips'),
     'cpd.title_tree': ('--batchsize=2', "'batchsize'", 'batch_size'),
     'cpd.title_stats': ('--variant=clean', "'variant'", 'variants'),
+    'spl.main': ('--gin_files=IN/run.gin', "'gin_files'", 'gin_file'),
+    'cpd.evaluate': ('--protocl=knn', "'protocl'", 'protocol'),
+    'spl.export': ('--class_name=a.json', "'class_name'", 'class_names'),
+    'spl.predict_video': ('--topk=3', "'topk'", 'top_k'),
+    'spl.attention_maps': ('--num_clip=2', "'num_clip'", 'num_clips'),
 }
 
 BEAM_TOOLS = ('tfrecords_tools.write_clips', 'tfrecords_tools.relabel',
@@ -55,6 +77,14 @@ BEAM_TOOLS = ('tfrecords_tools.write_clips', 'tfrecords_tools.relabel',
 # relabel and inspect import TensorFlow (4-5 s of CPU per run): the cases
 # that differ only in the shared parser (`cli`) run on the light tools.
 LIGHT_BEAM_TOOL = 'tfrecords_tools.write_clips'
+
+
+def _name(module):
+  """The tool's name in its messages: the Beam tools and title tools by
+  their short name, the gin entry points and model tools by module."""
+  if module.startswith(('tfrecords_tools.', 'cpd.title_')):
+    return module.split('.')[-1]
+  return module
 
 
 def _own_flags(define):
@@ -138,7 +168,7 @@ def test_helpfull_adds_the_logging_flags(runs):
 
 @pytest.mark.parametrize('module', list(TOOLS))
 def test_an_unknown_flag_is_one_line_naming_it(runs, module):
-  name = module.split('.')[-1]
+  name = _name(module)
   proc, tmp = runs[(module, 'misspelt')]
   _, named, meant = MISSPELT[module]
   assert proc.returncode == 2

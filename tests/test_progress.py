@@ -8,6 +8,7 @@ process (lines inside a shard, before the shard is written).
 
 import csv
 import functools
+import json
 import logging
 import os
 import re
@@ -18,6 +19,7 @@ import pytest
 import tensorflow as tf
 
 from cpd import features
+from spl import evaluation
 from spl import input_pipeline
 from spl import prediction
 from spl.models import factory
@@ -252,3 +254,43 @@ def test_feature_extraction_shows_records_per_second_inside_a_shard(
                  r'\(clips-00000-of-00002.tfrecord\): 3/5 records$')
   assert first < _index(messages, r'^features: wrote .*features-00000-of-00002')
   _index(messages, r'^features done: 10 records, 2 shards in \d+ s')
+
+
+def test_evaluation_shows_clips_per_second_and_an_eta(tmp_path, caplog):
+  data = str(tmp_path / 'val')
+  testing.write_fake_clip_records(data, num_clips=6, num_shards=2,
+                                  num_classes=3)
+  model = factory.build_classifier('tiny3d', num_classes=3,
+                                   input_shape=(4, 32, 32, 3))
+  model(tf.zeros((1, 4, 32, 32, 3)))
+  dataset_fn = functools.partial(
+      input_pipeline.make_dataset, num_frames=4, stride=1, crop_size=32,
+      num_test_clips=1, deterministic=True)
+  pattern = os.path.join(data, 'clips-*')
+
+  def run():
+    caplog.clear()
+    evaluation.evaluate(model, tf.distribute.OneDeviceStrategy('/cpu:0'),
+                        dataset_fn, pattern, num_classes=3,
+                        global_batch_size=2)
+    return _messages(caplog)
+
+  caplog.set_level(logging.INFO)
+  # No summary.json beside the shards: counts and rate, no total or ETA.
+  assert evaluation.expected_records(pattern) is None
+  messages = run()
+  first = _index(messages, r'^eval: 2 clips; [\d.]+ clips/s; \d+ s elapsed$')
+  assert first < _index(messages, r'^eval done: 6 clips in \d+ s '
+                        r'\([\d.]+ clips/s\)$')
+  # The writer's summary gives the total: percentages and an ETA.
+  with open(os.path.join(data, 'summary.json'), 'w') as f:
+    json.dump({'clips': 6, 'num_shards': 2}, f)
+  assert evaluation.expected_records(pattern) == 6
+  messages = run()
+  first = _index(messages, r'^eval: 2/6 clips \(33%\); [\d.]+ clips/s; '
+                 r'\d+ s elapsed, ETA \d+ s$')
+  assert first < _index(messages, r'^eval: 6/6 clips \(100%\);')
+  _index(messages, r'^eval done: 6 clips in \d+ s')
+  # A subset of the shards: the summary's count is not theirs.
+  assert evaluation.expected_records(
+      os.path.join(data, 'clips-00000-*')) is None

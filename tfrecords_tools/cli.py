@@ -81,6 +81,7 @@ class Tool:
     beam: takes Beam pipeline options after `--` (and the Beam flags,
       `define_beam_flags`).
     positional: names of the positional arguments it requires, in order.
+    more_positional: the last positional argument may repeat (`a.mp4 b.mp4`).
   """
   name: str
   command: str
@@ -89,6 +90,7 @@ class Tool:
   required: Sequence[str] = ()
   beam: bool = False
   positional: Sequence[str] = ()
+  more_positional: bool = False
 
 
 @dataclasses.dataclass
@@ -191,7 +193,7 @@ def parse(tool: Tool, argv: Sequence[str]) -> Args:
     verb = 'is' if len(missing) == 1 else 'are'
     raise UsageError(f'{", ".join(missing)} {verb} required (--help lists '
                      'the flags)')
-  if len(positional) > len(tool.positional):
+  if len(positional) > len(tool.positional) and not tool.more_positional:
     extra = positional[len(tool.positional)]
     hint = (' (Beam options go after `--`)' if tool.beam else '')
     raise UsageError(f'unexpected argument {extra!r}{hint}')
@@ -326,7 +328,8 @@ def help_text(tool: Tool, fv: flags.FlagValues, own: Sequence[str],
               logging_flags: Sequence[str] = ()) -> str:
   """The `--help` text: summary, usage, the tool's flags (+ logging's)."""
   usage = [tool.command] + [f'--{n}=...' for n in tool.required] + list(
-      tool.positional) + ['[flags]']
+      tool.positional) + (['...'] if tool.more_positional else []) + [
+          '[flags]']
   if tool.beam:
     usage.append('[-- BEAM_OPTIONS]')
   lines = ['usage: ' + ' '.join(usage), ''] + _doc_head(tool.doc)
