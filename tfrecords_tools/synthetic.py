@@ -19,6 +19,10 @@ scale, so the whole pipeline runs with no download:
   hashtags, for CPD.
 
 Everything is drawn from one `numpy` generator seeded by `seed`.
+
+The demos use the compositional world of `synthetic_world` (classes made of
+shared components, middle-ground clips, titles at CPD's measured rates),
+which encodes its videos with `encode_video` here.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import dataclasses
 import fractions
 import json
 import os
-from typing import Dict, List
+from typing import Dict, Iterable, List
 
 import numpy as np
 
@@ -105,22 +109,19 @@ def render_frame(t: float, actor: int, cfg: SyntheticConfig,
   return img
 
 
-def _write_video(path: str, actors_per_second: List[int],
-                 cfg: SyntheticConfig, rng: np.random.Generator) -> None:
+def encode_video(path: str, frames: Iterable[np.ndarray], *, fps: int,
+                 width: int, height: int) -> None:
+  """Encodes RGB frames [height, width, 3] into an H.264 mp4 at `fps`.
+
+  x264's 'ultrafast' preset at CRF 18: the same frames give the same bytes.
+  """
   import av  # pylint: disable=g-import-not-at-top
-  background = rng.integers(40, 90, (cfg.height, cfg.width, 3), np.uint8)
-  phase = float(rng.random())
-  color = hue_color(float(rng.random()))
   container = av.open(path, 'w')
-  stream = container.add_stream('libx264', rate=cfg.fps)
-  stream.width, stream.height, stream.pix_fmt = cfg.width, cfg.height, 'yuv420p'
-  stream.time_base = fractions.Fraction(1, cfg.fps)
+  stream = container.add_stream('libx264', rate=fps)
+  stream.width, stream.height, stream.pix_fmt = width, height, 'yuv420p'
+  stream.time_base = fractions.Fraction(1, fps)
   stream.options = {'preset': 'ultrafast', 'crf': '18'}
-  n = int(round(len(actors_per_second) * cfg.fps))
-  for i in range(n):
-    t = i / cfg.fps
-    img = render_frame(t, actors_per_second[int(t)], cfg, background, phase,
-                       color)
+  for i, img in enumerate(frames):
     frame = av.VideoFrame.from_ndarray(img, format='rgb24')
     frame.pts = i
     for packet in stream.encode(frame):
@@ -128,6 +129,17 @@ def _write_video(path: str, actors_per_second: List[int],
   for packet in stream.encode():
     container.mux(packet)
   container.close()
+
+
+def _write_video(path: str, actors_per_second: List[int],
+                 cfg: SyntheticConfig, rng: np.random.Generator) -> None:
+  background = rng.integers(40, 90, (cfg.height, cfg.width, 3), np.uint8)
+  phase = float(rng.random())
+  color = hue_color(float(rng.random()))
+  n = int(round(len(actors_per_second) * cfg.fps))
+  frames = (render_frame(i / cfg.fps, actors_per_second[int(i / cfg.fps)],
+                         cfg, background, phase, color) for i in range(n))
+  encode_video(path, frames, fps=cfg.fps, width=cfg.width, height=cfg.height)
 
 
 def _title(name: str, cfg: SyntheticConfig, rng: np.random.Generator) -> str:
