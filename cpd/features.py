@@ -274,29 +274,14 @@ def extract_features(embed_fn, strategy: tf.distribute.Strategy,
     logging.info('features: %s exists, skipped',
                  os.path.join(output_dir, names[i]))
   todo = [i for i in mine if i not in done]
-  progress = progress_lib.Progress(
-      'features' + (f' (worker {worker_index} of {num_workers})'
-                    if num_workers > 1 else ''),
-      {'records': None, 'shards': len(todo)}, rates=('records',))
-  opened = 0  # Records of the shards opened so far.
-  for n, i in enumerate(todo):
+  progress = progress_lib.ShardProgress('features', 'records', len(todo),
+                                        worker=worker_index,
+                                        num_workers=num_workers)
+  for i in todo:
     path, out = files[i], os.path.join(output_dir, names[i])
     context = read_shard_context(path, label_key)
-    # This worker's total: exact once the last shard is open, else the
-    # records so far plus the mean per shard for the shards left.
-    opened += len(context)
-    left = len(todo) - n - 1
-    progress.set_total('records', opened + left * opened / (n + 1),
-                       estimated=left > 0)
-    shard_done = [0]
-
-    def on_batch(count, n=n, path=path, context=context, shard_done=shard_done):
-      shard_done[0] += count
-      progress.add(records=count, detail=(
-          f'shard {n + 1}/{len(todo)} ({os.path.basename(path)}): '
-          f'{shard_done[0]}/{len(context)} records'))
-
-    rows = embed_records(step, strategy, dataset_fn(path), on_batch)
+    progress.open_shard(path, len(context))
+    rows = embed_records(step, strategy, dataset_fn(path), progress.add)
     idx = rows[CLIP_INDEX]
     if len(np.unique(idx)) != len(idx) or set(idx.tolist()) != set(context):
       raise RuntimeError(
@@ -315,10 +300,9 @@ def extract_features(embed_fn, strategy: tf.distribute.Strategy,
     rows[META] = np.array(meta_json)
     _write_npz_atomic(out, rows)
     written.append(out)
-    progress.add(shards=1)
+    progress.shard_done()
     logging.info('features: wrote %s (%d records)', out, len(idx))
-  if todo:
-    progress.finish()
+  progress.finish()
   # The last worker to finish sees every shard and writes the record.
   if completion.outputs_complete(output_dir, names):
     completion.finish(output_dir, schema.SUMMARY_FILENAME,

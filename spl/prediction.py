@@ -127,22 +127,13 @@ def predict(model: tf_keras.Model,
                    os.path.join(output_dir, names[i]))
     else:
       todo.append(i)
-  progress = progress_lib.Progress(
-      'predict' + (f' (worker {worker} of {num_workers})'
-                   if num_workers > 1 else ''),
-      {'clips': None, 'shards': len(todo)}, rates=('clips',))
-  opened_clips = 0  # Clips of the shards opened so far.
-  for n, i in enumerate(todo):
+  progress = progress_lib.ShardProgress('predict', 'clips', len(todo),
+                                        worker=worker, num_workers=num_workers)
+  for i in todo:
     path = files[i]
     out = os.path.join(output_dir, names[i])
     keys = _clip_keys(path)
-    # This worker's total: exact once the last shard is open, else the
-    # clips so far plus the mean per shard for the shards left.
-    opened_clips += len(keys)
-    left = len(todo) - n - 1
-    progress.set_total('clips', opened_clips + left * opened_clips / (n + 1),
-                       estimated=left > 0)
-    shard_done = 0
+    progress.open_shard(path, len(keys))
     ds = dataset_fn(path, is_training=False, batch_size=global_batch_size,
                     input_context=None, num_classes=None, repeat=False,
                     drop_remainder=False).map(predict_features)
@@ -164,10 +155,7 @@ def predict(model: tf_keras.Model,
           raise RuntimeError(f'predict: clip {c} of {path!r} predicted '
                              'twice or unknown')
         predicted[c] = ([int(x) for x in cls], [float(x) for x in sc])
-      shard_done += int(valid.sum())
-      progress.add(clips=int(valid.sum()), detail=(
-          f'shard {n + 1}/{len(todo)} ({os.path.basename(path)}): '
-          f'{shard_done}/{len(keys)} clips'))
+      progress.add(int(valid.sum()))
     missing = sorted(set(keys) - set(predicted))
     if missing:
       raise RuntimeError(f'predict: {len(missing)} clips of {path!r} got '
@@ -182,10 +170,9 @@ def predict(model: tf_keras.Model,
             top_k_index=top_k_index,
             top_k_score=top_k_score).SerializeToString(deterministic=True))
     written.append(out)
-    progress.add(shards=1)
+    progress.shard_done()
     logging.info('predict: wrote %d clips to %s', len(predicted), out)
-  if todo:
-    progress.finish()
+  progress.finish()
   # The last worker to finish sees every shard (a finished worker's shards
   # are renamed into place before it looks).
   if completion.outputs_complete(output_dir, names):

@@ -205,9 +205,9 @@ def _index(messages, pattern):
   raise AssertionError(f'no message matches {pattern!r}: {messages}')
 
 
-def test_prediction_shows_clips_per_second_inside_a_shard(tmp_path, caplog):
-  data = str(tmp_path / 'web')
-  testing.write_fake_clip_records(data, num_clips=8, num_shards=2,
+def _tiny_classifier_and_records(data, num_clips):
+  """A 3-class tiny3d classifier, its eval dataset_fn and 2 record shards."""
+  testing.write_fake_clip_records(data, num_clips=num_clips, num_shards=2,
                                   num_classes=3)
   model = factory.build_classifier('tiny3d', num_classes=3,
                                    input_shape=(4, 32, 32, 3))
@@ -215,9 +215,15 @@ def test_prediction_shows_clips_per_second_inside_a_shard(tmp_path, caplog):
   dataset_fn = functools.partial(
       input_pipeline.make_dataset, num_frames=4, stride=1, crop_size=32,
       num_test_clips=1, deterministic=True)
+  return model, dataset_fn, os.path.join(data, 'clips-*')
+
+
+def test_prediction_shows_clips_per_second_inside_a_shard(tmp_path, caplog):
+  model, dataset_fn, pattern = _tiny_classifier_and_records(
+      str(tmp_path / 'web'), num_clips=8)
   caplog.set_level(logging.INFO)
   prediction.predict(model, tf.distribute.OneDeviceStrategy('/cpu:0'),
-                     dataset_fn, os.path.join(data, 'clips-*'),
+                     dataset_fn, pattern,
                      str(tmp_path / 'pred'), num_classes=3,
                      global_batch_size=2, top_k=2)
   messages = _messages(caplog)
@@ -258,15 +264,7 @@ def test_feature_extraction_shows_records_per_second_inside_a_shard(
 
 def test_evaluation_shows_clips_per_second_and_an_eta(tmp_path, caplog):
   data = str(tmp_path / 'val')
-  testing.write_fake_clip_records(data, num_clips=6, num_shards=2,
-                                  num_classes=3)
-  model = factory.build_classifier('tiny3d', num_classes=3,
-                                   input_shape=(4, 32, 32, 3))
-  model(tf.zeros((1, 4, 32, 32, 3)))
-  dataset_fn = functools.partial(
-      input_pipeline.make_dataset, num_frames=4, stride=1, crop_size=32,
-      num_test_clips=1, deterministic=True)
-  pattern = os.path.join(data, 'clips-*')
+  model, dataset_fn, pattern = _tiny_classifier_and_records(data, num_clips=6)
 
   def run():
     caplog.clear()

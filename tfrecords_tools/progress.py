@@ -185,6 +185,56 @@ class Progress:
     return line
 
 
+class ShardProgress:
+  """A worker's progress over its shards, counted inside each shard.
+
+  The jobs that write one output per input shard (prediction, feature
+  extraction) log units done (clips, records) of the worker's total, shards
+  done, the unit's rate, an ETA and the current shard's units done of its
+  count. The total is exact once the last shard was opened and estimated
+  (`~`, from the mean per shard so far) before.
+  """
+
+  def __init__(self, what: str, unit: str, num_shards: int, *,
+               worker: int = 0, num_workers: int = 1):
+    if num_workers > 1:
+      what += f' (worker {worker} of {num_workers})'
+    self.progress = Progress(what, {unit: None, 'shards': num_shards},
+                             rates=(unit,))
+    self._unit = unit
+    self._num_shards = num_shards
+    self._opened = 0  # Units of the shards opened so far.
+    self._index = -1
+    self._name = ''
+    self._count = 0
+    self._done = 0
+
+  def open_shard(self, path: str, count: int) -> None:
+    """Starts the next shard, `path`, of `count` units."""
+    self._index += 1
+    self._opened += count
+    left = self._num_shards - self._index - 1
+    self.progress.set_total(
+        self._unit, self._opened + left * self._opened / (self._index + 1),
+        estimated=left > 0)
+    self._name, self._count, self._done = os.path.basename(path), count, 0
+
+  def add(self, count: int) -> None:
+    """`count` more units of the current shard are done."""
+    self._done += count
+    self.progress.add(**{self._unit: count}, detail=(
+        f'shard {self._index + 1}/{self._num_shards} ({self._name}): '
+        f'{self._done}/{self._count} {self._unit}'))
+
+  def shard_done(self) -> None:
+    self.progress.add(shards=1)
+
+  def finish(self) -> None:
+    """The final counters line (none if there were no shards to do)."""
+    if self._num_shards:
+      self.progress.finish()
+
+
 # ---- One object per process and run, for Beam DoFns ----
 
 _SHARED: Dict[tuple, Progress] = {}
