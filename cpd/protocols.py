@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
+import tf_keras
 
 from cpd import features as features_lib
 from cpd import heads
@@ -159,7 +160,7 @@ def build_text_fn(*, checkpoint: Optional[str] = None,
                   hidden_dim: Optional[int] = None,
                   embedding_dim: Optional[int] = None,
                   encoder_key: str = 'text_encoder',
-                  head_key: str = 'text_head') -> Callable:
+                  head_key: str = 'text_head') -> TextEmbedder:
   """Text encoder + head of a CPD checkpoint as [B] strings -> [B, d].
 
   Exactly one of `hf_model_dir` (BERT-family directory) and `word2vec_path`
@@ -191,9 +192,23 @@ def build_text_fn(*, checkpoint: Optional[str] = None,
   if checkpoint:
     _restore(checkpoint, **{encoder_key: encoder, head_key: head})
 
-  def text_fn(titles):
-    return head(encoder(titles, training=False), training=False)
-  return text_fn
+  return TextEmbedder(encoder, head)
+
+
+class TextEmbedder:
+  """[B] strings -> [B, d]: a CPD text encoder and its head, in eval mode.
+
+  `encoder` and `head` are public so that callers can reach the weights (an
+  exporter tracks their variables and lookup tables).
+  """
+
+  def __init__(self, encoder: tf_keras.layers.Layer,
+               head: tf_keras.layers.Layer):
+    self.encoder = encoder
+    self.head = head
+
+  def __call__(self, titles: tf.Tensor) -> tf.Tensor:
+    return self.head(self.encoder(titles, training=False), training=False)
 
 
 # ---- Protocol runner ----

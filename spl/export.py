@@ -598,13 +598,9 @@ def cpd_module(checkpoint: str, clip_shape: Sequence[int],
   if text is not None:
     text_fn = _configurable('build_text_fn')(checkpoint=checkpoint,
                                               **text['build_args'])
-    # `build_text_fn` returns a closure over the restored encoder and head:
-    # their variables and lookup tables must be tracked by the root.
-    parts = inspect.getclosurevars(text_fn).nonlocals
-    if not {'encoder', 'head'} <= set(parts):
-      raise RuntimeError('cpd.protocols.build_text_fn no longer closes over '
-                         '`encoder` and `head`: update spl.export')
-    root.text_variables = _tracked(parts['encoder'], parts['head'])
+    # The restored encoder's and head's variables and lookup tables must be
+    # tracked by the root.
+    root.text_variables = _tracked(text_fn.encoder, text_fn.head)
     lowercase = text['lowercase']
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string,
