@@ -336,10 +336,17 @@ class DataParameters(tf.Module):
 
   def _sparse_sgd(self, variable, momentum, grad, learning_rate):
     if isinstance(grad, tf.IndexedSlices):
-      # One row per example (and replica): sum the duplicates.
-      rows, position = tf.unique(tf.cast(grad.indices, tf.int32))
-      values = tf.math.unsorted_segment_sum(grad.values, position,
-                                            tf.shape(rows)[0])
+      # One row per example (and replica), so rows repeat: every position
+      # gets the sum over its row's duplicates, which then write the same
+      # value. An [n, n] equality mask keeps the shapes static (XLA, TPUs:
+      # `tf.unique`'s output shape depends on the values), and a masked sum,
+      # not a matmul, keeps the sum exact in float32 where TPU matmuls round
+      # to bfloat16. n is the global batch: n^2 is small beside a step.
+      rows = tf.cast(grad.indices, tf.int32)
+      values = grad.values[tf.newaxis, :]  # The tables are vectors.
+      same = tf.equal(rows[:, tf.newaxis], rows[tf.newaxis, :])
+      values = tf.reduce_sum(tf.where(same, values, tf.zeros_like(values)),
+                             axis=1)
     else:
       grad = tf.convert_to_tensor(grad)
       rows = tf.range(tf.shape(grad)[0])

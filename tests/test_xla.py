@@ -471,9 +471,6 @@ def test_cpd_sharded_step_on_two_replicas_passes_tpu_audit(logical_cpus):
 # ---- Known TPU blockers outside these steps ----
 
 
-@pytest.mark.xfail(strict=True, raises=tpu_audit.TpuIncompatibleError,
-                   reason='DataParameters._sparse_sgd sums duplicate rows '
-                   'with tf.unique (data-dependent shape)')
 def test_spl_train_step_with_data_parameters_passes_tpu_audit(clip_records):
   strategy = XlaReplicaStrategy()
   task = _spl_task(strategy, clip_norm=None,
