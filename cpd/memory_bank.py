@@ -20,7 +20,10 @@ plain single-replica path and reads the replica id from the replica context
 The bank variables are `ON_READ` variables: each replica writes its own copy
 (or shard) with plain resource ops, no implicit all-reduce. Checkpoints hold
 the full [N, d] bank whatever the mode and number of replicas, so a run can be
-resumed with another replica count or mode.
+resumed with another replica count or mode. Under MultiWorkerMirroredStrategy
+a worker holds only its own replicas' shards: saving a sharded bank gathers
+the others' (a collective, so every worker saves, as `spl.loop` does), and
+each worker initialises and restores the shards of its global replica ids.
 """
 
 import math
@@ -113,6 +116,19 @@ def initial_rows(seed, start, num_rows, dim):
   return tf.cast((2.0 * u - 1.0) * stdv, tf.float32)
 
 
+def _local_replica_ids(strategy, num_local):
+  """Global replica ids of this process's `num_local` replicas, in order.
+
+  All of them in one process (0, 1, ...); under MultiWorkerMirroredStrategy
+  a worker's replicas only, read from their replica contexts.
+  """
+  if num_local == strategy.num_replicas_in_sync:
+    return list(range(num_local))
+  ids = tf.function(lambda: strategy.run(
+      lambda: tf.distribute.get_replica_context().replica_id_in_sync_group))()
+  return [int(i) for i in strategy.experimental_local_results(ids)]
+
+
 def _l2_normalize(x):
   return x / tf.norm(x, axis=-1, keepdims=True)
 
@@ -172,6 +188,8 @@ class MemoryBank(tf.__internal__.tracking.Trackable):
         init, trainable=False, name=name,
         synchronization=tf.VariableSynchronization.ON_READ,
         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    self._replica_ids = _local_replica_ids(strategy, len(self._components()))
+    self._gather_fn = None
     if mode == SHARDED:
       self._assign_components(self._shard_values(
           lambda r, n: initial_rows(self.seed, r * self.rows_per_shard, n,
@@ -210,25 +228,49 @@ class MemoryBank(tf.__internal__.tracking.Trackable):
     return values
 
   def _assign_components(self, values):
-    components = self._components()
+    """Gives each local component `values[its global replica id]` (sharded)
+    or `values[0]` (replicated)."""
     ops = []
-    for i, component in enumerate(components):
+    for replica, component in zip(self._replica_ids, self._components()):
       with tf.device(component.device):
-        ops.append(component.assign(values[i if self.mode == SHARDED else 0]))
+        ops.append(component.assign(
+            values[replica if self.mode == SHARDED else 0]))
     return tf.group(ops)
+
+  def _gather_shards(self):
+    """Every replica's shard rows, [shards * S, d], from every worker.
+
+    A collective: every worker must call it, in the same order.
+    """
+    if self._gather_fn is None:
+      def gather():
+        rows = self._variable.read_value()[:self.rows_per_shard]
+        return tf.distribute.get_replica_context().all_gather(rows, axis=0)
+      self._gather_fn = tf.function(lambda: self._strategy.run(gather))
+    return self._strategy.experimental_local_results(self._gather_fn())[0]
 
   # ---- Cross-replica context: whole-bank access ----
 
   def read_all(self):
-    """The full [N, d] bank (cross-replica context; for tests, eval, saving)."""
+    """The full [N, d] bank (cross-replica context; for tests, eval, saving).
+
+    Under MultiWorkerMirroredStrategy a sharded bank is gathered from every
+    worker: a collective, which every worker must call.
+    """
     components = self._components()
     if self.mode == REPLICATED:
       return tf.convert_to_tensor(components[0].read_value())
+    if len(components) < self.num_shards:
+      return self._gather_shards()[:self.num_rows]
     parts = [c.read_value()[:self.rows_per_shard] for c in components]
     return tf.concat(parts, 0)[:self.num_rows]
 
   def read_replicas(self):
-    """Every replica's copy (replicated) or shard (sharded), as tensors."""
+    """Each local replica's copy (replicated) or shard (sharded), as tensors.
+
+    All replicas in one process; under MultiWorkerMirroredStrategy this
+    worker's, in the order of their global replica ids.
+    """
     return [tf.convert_to_tensor(c.read_value()) for c in self._components()]
 
   def assign_all(self, rows):

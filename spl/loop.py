@@ -283,6 +283,11 @@ def training_input(strategy: tf.distribute.Strategy,
   checkpoint through the step counter, at the cost of reading (not
   decoding) the consumed records once when resuming. Without a seed a
   resumed run starts a fresh random order.
+
+  The input repeats forever, and says so: tf.data cannot infer it (the
+  decode interleave's cardinality is unknown), and a multi-worker strategy
+  would otherwise hand out batches of unknown size, in case the last ones
+  were partial (CPD's step needs the static batch size).
   """
   def make(ctx: tf.distribute.InputContext):
     extra = {}
@@ -295,7 +300,8 @@ def training_input(strategy: tf.distribute.Strategy,
                     batch_size=ctx.get_per_replica_batch_size(
                         global_batch_size),
                     input_context=ctx, **kwargs, **extra)
-    return ds.map(map_fn)
+    return ds.map(map_fn).apply(tf.data.experimental.assert_cardinality(
+        tf.data.INFINITE_CARDINALITY))
 
   return iter(strategy.distribute_datasets_from_function(make))
 
