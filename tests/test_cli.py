@@ -16,6 +16,7 @@ from spl import export
 from spl import main as spl_main
 from spl import predict_video
 from tfrecords_tools import cli
+from tfrecords_tools import dask_cluster
 from tfrecords_tools import holdout
 from tfrecords_tools import inspect as inspect_lib
 from tfrecords_tools import relabel
@@ -35,6 +36,8 @@ TOOLS = {
         "--records=IN/clips-*.tfrecord", '--num_pairs=1', '--output_dir=OUT']),
     'tfrecords_tools.inspect': (inspect_lib._define_flags, [
         'IN/clips-*.tfrecord', '--contact_sheet=OUT/sheet.png']),
+    'tfrecords_tools.dask_cluster': (dask_cluster._define_flags, [
+        '--workers=1', '--port=0', '--scheduler_file=OUT/scheduler.json']),
     'cpd.title_tree': (title_tree._define_flags, [
         '--spacy_pipeline=IN/pipeline', '--titles=IN/t.txt',
         '--output=OUT/t.txt']),
@@ -63,6 +66,7 @@ MISSPELT = {
     'tfrecords_tools.holdout': ('--num_pair=3', "'num_pair'", 'num_pairs'),
     'tfrecords_tools.inspect': ('--sheet_clip=2', "'sheet_clip'",
                                 'sheet_clips'),
+    'tfrecords_tools.dask_cluster': ('--worker=2', "'worker'", 'workers'),
     'cpd.title_tree': ('--batchsize=2', "'batchsize'", 'batch_size'),
     'cpd.title_stats': ('--variant=clean', "'variant'", 'variants'),
     'spl.main': ('--gin_files=IN/run.gin', "'gin_files'", 'gin_file'),

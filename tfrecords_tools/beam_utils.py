@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence
+import os
+from typing import Any, Callable, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from tfrecords_tools import atomic_files
 from tfrecords_tools import schema
+
+
+# `--runner=` names of Beam's Dask runner (the `dask` extra; Beam 2.77 does
+# not register it under a short name).
+DASK_RUNNERS = ('DaskRunner', 'dask',
+                'apache_beam.runners.dask.dask_runner.DaskRunner')
+
+
+def is_dask(runner: str) -> bool:
+  return runner in DASK_RUNNERS
 
 
 def make_pipeline(runner: str = 'DirectRunner', direct_num_workers: int = 1,
@@ -28,6 +39,11 @@ def make_pipeline(runner: str = 'DirectRunner', direct_num_workers: int = 1,
   its workers see them as the DirectRunner's would. Its worker processes
   (`multi_processing`) run `tfrecords_tools.beam_worker`: Beam's worker with
   readable logs.
+
+  `DaskRunner` (`DASK_RUNNERS`) runs on a `dask.distributed` cluster, e.g.
+  `-- --dask_client_address=tcp://HOST:8786` (`tfrecords_tools.dask_cluster`
+  starts one here); see `_dask_runner` for what it cannot do and how many
+  partitions it makes.
 
   The tools check `extra_args` before they get here
   (`cli.check_beam_options`): what Beam does not know, it would only log
@@ -67,7 +83,247 @@ def make_pipeline(runner: str = 'DirectRunner', direct_num_workers: int = 1,
                 beam_provision_api_pb2.ProvisionInfo(
                     pipeline_options=encoded))),
         options=options)
+  if is_dask(runner):
+    return beam.Pipeline(runner=_dask_runner(), options=PipelineOptions(args))
   return beam.Pipeline(options=PipelineOptions(args + [f'--runner={runner}']))
+
+
+def _dask_runner():
+  """Beam's DaskRunner, refusing pipelines it would run wrongly.
+
+  What Beam 2.77's Dask runner (`apache_beam.runners.dask`) does with a
+  pipeline, measured here, and what the jobs do about it:
+
+  * It computes the Dask graph of the *last* transform only: a branch that
+    does not feed it is silently not run. Each job ends in one step that
+    depends on every other (the writer's summary, relabel's finish).
+  * A multi-output `ParDo` (`with_outputs`) hands every output, whatever
+    its tag, to each consumer. The jobs tag elements themselves
+    (`ParDoByTag`).
+  * A side input is recomputed, with everything upstream of it, inside
+    every task (bundle) that reads it: upstream side effects (files
+    written) repeat, and the work grows with the number of bundles. The
+    jobs join on keys with `GroupByKey` instead (`Gather`, keyed joins).
+    Beam's own file sinks (`WriteToText`, `iobase.Write`) finalise through
+    side inputs: the jobs write every file from a DoFn.
+  * `Reshuffle` is a no-op; parallelism comes only from the partitions of
+    a `Create` and the hash partitioning of a `GroupByKey` (`Spread`),
+    which keeps the number of partitions of its input. Beam's default puts
+    up to 128 elements of a `Create` in one partition (one task, one
+    worker); here, without `--dask_npartitions` or `--dask_partition_size`,
+    a `Create` is split into `DASK_PARTITIONS_PER_THREAD` partitions per
+    worker thread of the cluster (asked when the run starts): enough
+    pieces to balance the workers, few enough that the shuffles (tasks
+    ~ partitions^2 per `GroupByKey` up to 32 partitions) stay cheap.
+  * No metrics (`result.metrics()` raises; counters are no-ops), a DoFn's
+    `setup`/`teardown` run per bundle, and its client is never closed
+    (closed here when the run ends).
+
+  Pipelines with side inputs, multi-output ParDos or branches the last
+  step does not need are refused before anything runs (`ValueError`).
+
+  Raises:
+    ImportError: the `dask` extra is not installed.
+  """
+  # pylint: disable=g-import-not-at-top
+  try:
+    from apache_beam.runners.dask import dask_runner
+    from apache_beam.runners.dask.overrides import dask_overrides
+  except ImportError as e:
+    raise ImportError('--runner=DaskRunner needs dask and distributed: '
+                      "pip install -e '.[dask]'") from e
+  from apache_beam.runners.runner import PipelineState
+  # pylint: enable=g-import-not-at-top
+
+  class Result(dask_runner.DaskRunnerResult):
+    """Closes the run's Dask client once the run is over."""
+
+    def wait_until_finish(self, duration=None):
+      try:
+        return super().wait_until_finish(duration)
+      finally:
+        if PipelineState.is_terminal(self.state):
+          self.client.close()
+
+  class DaskRunner(dask_runner.DaskRunner):
+
+    def run_pipeline(self, pipeline, options):
+      pipeline.replace_all(dask_overrides())  # As the runner's first step.
+      check_dask_pipeline(pipeline)
+      dask_options = options.view_as(dask_runner.DaskOptions)
+      if not (dask_options.npartitions or dask_options.partition_size):
+        dask_options.npartitions = DASK_PARTITIONS_PER_THREAD * _dask_threads(
+            dask_options)
+      result = super().run_pipeline(pipeline, options)
+      return Result(result.client, result.futures)
+
+  return DaskRunner()
+
+
+# Dask partitions of a `beam.Create` per worker thread (`_dask_runner`).
+DASK_PARTITIONS_PER_THREAD = 4
+
+
+def _dask_threads(dask_options) -> int:
+  """Worker threads of the cluster the options name (this machine's cores
+  when they name none: Dask then starts a local cluster of that size)."""
+  address = dask_options.address or dask_options.scheduler_file
+  if not address:
+    return os.cpu_count() or 1
+  from dask import distributed  # pylint: disable=g-import-not-at-top
+  kwargs = {'address': dask_options.address,
+            'scheduler_file': dask_options.scheduler_file}
+  if isinstance(dask_options.timeout, int):
+    kwargs['timeout'] = dask_options.timeout
+  with distributed.Client(**kwargs) as client:
+    return max(1, sum(client.nthreads().values()))
+
+
+def check_dask_pipeline(pipeline: beam.Pipeline) -> None:
+  """Refuses what Beam 2.77's Dask runner would silently get wrong.
+
+  Raises:
+    ValueError: naming the transforms with side inputs or several outputs,
+      and those the last transform does not depend on (never run).
+  """
+  from apache_beam.pipeline import PipelineVisitor  # pylint: disable=g-import-not-at-top
+  leaves = []
+
+  class Leaves(PipelineVisitor):
+
+    def visit_transform(self, transform_node):
+      leaves.append(transform_node)
+
+  pipeline.visit(Leaves())
+  problems = []
+  for node in leaves:
+    if node.side_inputs:
+      problems.append(f'{node.full_label}: side inputs')
+    if len(node.outputs) > 1:
+      problems.append(f'{node.full_label}: several outputs')
+  needed, todo = set(), leaves[-1:]
+  while todo:
+    node = todo.pop()
+    if node not in needed:
+      needed.add(node)
+      todo.extend(p.producer for p in node.main_inputs.values()
+                  if getattr(p, 'producer', None) is not None)
+  problems += [f'{node.full_label}: not needed by the last transform '
+               f'{leaves[-1].full_label}, never run'
+               for node in leaves if node not in needed]
+  if problems:
+    raise ValueError('the Dask runner cannot run this pipeline: ' +
+                     '; '.join(problems))
+
+
+# ---- Transforms every runner runs alike ----
+
+
+def _key_by(element, key):
+  return key(element), element
+
+
+def _values(keyed):
+  return keyed[1]
+
+
+class Spread(beam.PTransform):
+  """Spreads elements over workers: keyed by `key(element)`, grouped, unkeyed.
+
+  `beam.Reshuffle` is a no-op on Beam's Dask runner; a `GroupByKey` is a
+  real shuffle on every runner. `key` should take many values (e.g. a
+  video's ordinal): elements of one key stay together.
+  """
+
+  def __init__(self, key: Callable[[Any], Any]):
+    super().__init__()
+    self._key = key
+
+  def expand(self, pcoll):
+    return (pcoll
+            | 'Key' >> beam.Map(_key_by, self._key)
+            | 'Group' >> beam.GroupByKey()
+            | 'Values' >> beam.FlatMap(_values))
+
+
+def _keyed_none(element):
+  return None, element
+
+
+def _as_list(keyed):
+  return list(keyed[1])
+
+
+class Gather(beam.PTransform):
+  """All elements as one list (one element; none for an empty input).
+
+  The jobs' global steps (a plan over all videos, a summary) read whole
+  PCollections this way rather than as side inputs, which Beam's Dask
+  runner recomputes in every task that reads them.
+  """
+
+  def expand(self, pcoll):
+    return (pcoll
+            | 'Key' >> beam.Map(_keyed_none)
+            | 'Group' >> beam.GroupByKey()
+            | 'List' >> beam.Map(_as_list))
+
+
+class _TagOutputs(beam.DoFn):
+  """`fn`'s outputs as `(tag, value)`: main outputs tagged `main`."""
+
+  def __init__(self, fn, main: str):
+    self._fn = (fn if isinstance(fn, beam.DoFn) else
+                beam.transforms.core.CallableWrapperDoFn(fn))
+    self._main = main
+
+  def setup(self):
+    self._fn.setup()
+
+  def start_bundle(self):
+    self._fn.start_bundle()
+
+  def process(self, element, *args, **kwargs):
+    for out in self._fn.process(element, *args, **kwargs) or ():
+      if isinstance(out, beam.pvalue.TaggedOutput):
+        yield out.tag, out.value
+      else:
+        yield self._main, out
+
+  def finish_bundle(self):
+    if self._fn.finish_bundle():
+      raise ValueError(f'{self._fn}: outputs from finish_bundle are not '
+                       'supported here')
+
+  def teardown(self):
+    self._fn.teardown()
+
+
+def _select(pair, tag):
+  if pair[0] == tag:
+    yield pair[1]
+
+
+class ParDoByTag(beam.PTransform):
+  """`beam.ParDo(fn).with_outputs(*tags, main=main)` from single-output steps.
+
+  Beam's Dask runner drops output tags (every consumer of a multi-output
+  ParDo gets all its outputs), so `fn`'s outputs (`TaggedOutput` or main)
+  become `(tag, value)` pairs and one `FlatMap` per tag keeps its own. The
+  result is a dict: tag -> PCollection, as `with_outputs` gives on other
+  runners.
+  """
+
+  def __init__(self, fn, *tags: str, main: str):
+    super().__init__()
+    self._fn = fn
+    self._tags = (main,) + tags
+    self._main = main
+
+  def expand(self, pcoll):
+    pairs = pcoll | 'Tag' >> beam.ParDo(_TagOutputs(self._fn, self._main))
+    return {tag: pairs | f'Select_{tag}' >> beam.FlatMap(_select, tag)
+            for tag in self._tags}
 
 
 def _fn_api_runner(**kwargs):
@@ -143,6 +399,11 @@ def total_size(paths: Sequence[str]) -> Optional[int]:
 def makedirs(path: str) -> None:
   """Creates `path` and its parents; no-op when it exists (or on object stores)."""
   atomic_files.BEAM.makedirs(path)
+
+
+def delete(path: str) -> None:
+  """Deletes one file."""
+  _fs().delete([path])
 
 
 def rename(src: str, dst: str) -> None:

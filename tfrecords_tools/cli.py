@@ -119,8 +119,9 @@ def define_beam_flags(fv: flags.FlagValues, *, workers_help: str,
                       default_mode: str) -> None:
   """`--runner`, `--direct_num_workers`, `--direct_running_mode`."""
   flags.DEFINE_string('runner', 'DirectRunner',
-                      'Beam runner (DirectRunner, DataflowRunner, FlinkRunner, '
-                      'SparkRunner, ...); its options go after `--`.',
+                      'Beam runner (DirectRunner, DaskRunner, DataflowRunner, '
+                      'FlinkRunner, SparkRunner, ...); its options go after '
+                      '`--`.',
                       flag_values=fv)
   flags.DEFINE_integer('direct_num_workers', 1, workers_help, flag_values=fv)
   flags.DEFINE_enum('direct_running_mode', None,
@@ -250,6 +251,13 @@ def check_beam_options(args: Sequence[str], own_flags: Collection[str]) -> None:
     return
   # pylint: disable=g-import-not-at-top,protected-access
   from apache_beam.options import pipeline_options as beam_options
+  if any(a.startswith('--dask_') for a in args):
+    # Beam's Dask runner module defines its options (the `dask` extra);
+    # without the extra they stay unknown and are refused below.
+    try:
+      importlib.import_module('apache_beam.runners.dask.dask_runner')
+    except ImportError:
+      pass
 
   class _Parser(beam_options._BeamArgumentParser):
 

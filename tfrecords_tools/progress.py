@@ -28,6 +28,7 @@ import dataclasses
 import logging
 import math
 import os
+import socket
 import threading
 import time
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
@@ -261,11 +262,14 @@ class BeamRun:
     num_workers: the DirectRunner's worker count (its per-process share of
       a stage is ~1/W); None on other runners (no share, no ETA).
     every: seconds between lines.
+    driver_host: the launching process's host (None: any): a worker on
+      another machine may have the driver's pid.
   """
   run_id: str
   driver_pid: int
   num_workers: Optional[int]
   every: float = EVERY_SECONDS
+  driver_host: Optional[str] = None
 
   @classmethod
   def create(cls, runner: str, direct_num_workers: int,
@@ -273,11 +277,13 @@ class BeamRun:
     import uuid  # pylint: disable=g-import-not-at-top
     direct = runner in ('DirectRunner', 'direct')
     return cls(uuid.uuid4().hex, os.getpid(),
-               max(1, direct_num_workers) if direct else None, every)
+               max(1, direct_num_workers) if direct else None, every,
+               socket.gethostname())
 
   def in_driver(self) -> bool:
     """Whether this process launched the run (its counters are the job's)."""
-    return os.getpid() == self.driver_pid
+    return os.getpid() == self.driver_pid and (
+        self.driver_host is None or socket.gethostname() == self.driver_host)
 
   def share(self, total: Optional[float]) -> Tuple[Optional[float], bool]:
     """(this process's part of `total`, whether that is an estimate)."""

@@ -23,7 +23,10 @@ clip key: a few hundred bytes per clip, the frames are seeked over), joins it
 with the teacher predictions on `clip/index` (in buckets of consecutive
 indices, so Beam moves one element per file and bucket, not one per clip),
 checks the join, and builds the confusion matrix and the label space
-(`tfrecords_tools.label_spaces`). Pass 2 rewrites each shard as one unit (one DoFn call),
+(`tfrecords_tools.label_spaces`), kept for pass 2 and the finish step in a
+hidden temporary file of the output directory (not a side input: the same
+pipeline runs on every runner, Beam's Dask runner included; see
+`build_pipeline`). Pass 2 rewrites each shard as one unit (one DoFn call),
 so output shards keep the input names and record order: every kept record
 gets `clip/teacher/index`, `clip/teacher/score`, the new `clip/label/index`
 and `clip/label/text`, and `clip/label_space/id`; the weak label stays. Only
@@ -71,6 +74,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import posixpath
 import sys
 import time
@@ -314,9 +318,10 @@ class _MatchClips(beam.DoFn):
 class _ShardClips(beam.DoFn):
   """One shard's matched clips, sorted, and the shard's confusion counts.
 
-  The main output feeds pass 2 (one element per shard, so a shard is
-  rewritten by one DoFn call); the `confusion` output is the shard's part of
-  C[weak, teacher], summed by `_Pass1Fn`: per-shard, not per-clip, elements.
+  The main output feeds pass 2 (one element per shard with matched clips,
+  so a shard is rewritten by one DoFn call); the `confusion` output is the
+  shard's part of C[weak, teacher], summed by `_Pass1Fn`: per-shard, not
+  per-clip, elements.
   """
 
   def __init__(self, num_classes: int):
@@ -507,11 +512,45 @@ def render_plots(space: Mapping[str, Any],
   return plots
 
 
+# Tags of the values joined on a shard path for pass 2 (`_RewriteShard`).
+_CLIPS, _PASS1_FILE = 'clips', 'pass1_file'
+
+
+def pass1_file_path(output_dir: str, run_id: str) -> str:
+  """Where a run keeps pass 1's result for pass 2 and the finish step.
+
+  A hidden temporary named like `atomic_files`' own, so a failed or killed
+  run's file is deleted with theirs (`remove_temporaries`,
+  `completion.begin`).
+  """
+  return beam_utils.join(output_dir, f'.relabel_pass1.pickle.tmp-{run_id}')
+
+
+def _save_pass1(pass1: Mapping[str, Any], pass1_file: str,
+                shards: Sequence[str]) -> Iterable[Tuple[str, Any]]:
+  """Writes pass 1's result (`_with_label_space`); `(shard, file)` per shard.
+
+  Every shard gets one element, so every shard reaches pass 2 (which skips
+  it when pass 1 found problems) and the finish step always runs.
+  """
+  beam_utils.write_bytes_atomic(pass1_file, pickle.dumps(pass1))
+  for path in shards:
+    yield path, (_PASS1_FILE, pass1_file)
+
+
+def _read_pass1(pass1_file: str) -> Dict[str, Any]:
+  return pickle.loads(beam_utils.read_bytes(pass1_file))
+
+
 class _RewriteShard(beam.DoFn):
   """Pass 2 for one whole shard (one element), unless pass 1 found problems.
 
-  Every shard gives exactly one output element, so the finish step always
-  runs.
+  Its element is `(shard path, [(_CLIPS, the shard's matched clips) unless
+  it has none, (_PASS1_FILE, pass 1's file)])`: the label space reaches the
+  workers through the output directory (one file, read once per bundle),
+  not as a side input, which Beam's Dask runner recomputes, with all of
+  pass 1, in every task that reads it. Every shard gives exactly one output
+  element, so the finish step always runs.
   """
 
   def __init__(self, output_dir: str,
@@ -527,9 +566,17 @@ class _RewriteShard(beam.DoFn):
         'relabel pass 2 (rewrite)', self._totals, rates=('clips', 'bytes'),
         eta_by='bytes' if self._totals['bytes'] else None)
 
-  def process(self, element, pass1):
-    path, clips = element
-    space = pass1['space']
+  def start_bundle(self):
+    self._spaces = {}  # Pass 1's file -> its label space, for this bundle.
+
+  def process(self, element):
+    path, values = element
+    # A shard without a matched clip (an empty one) has no `_CLIPS`.
+    clips = [c for tag, v in values if tag == _CLIPS for c in v]
+    (pass1_file,) = [v for tag, v in values if tag == _PASS1_FILE]
+    if pass1_file not in self._spaces:
+      self._spaces[pass1_file] = _read_pass1(pass1_file)['space']
+    space = self._spaces[pass1_file]
     if space is None:
       yield {'shard': posixpath.basename(path), 'skipped': True}
       return
@@ -615,9 +662,15 @@ def _finish(shard_stats: List[Dict[str, Any]], pass1: Mapping[str, Any],
                     job='relabel')
 
 
-def _finish_element(element, pass1, output_dir: str, num_shards: int) -> None:
+def _finish_gathered(shard_stats: List[Dict[str, Any]], output_dir: str,
+                     num_shards: int, pass1_file: str) -> None:
+  """`_finish` of every shard's stats, with pass 1 read from its file."""
   start = time.perf_counter()
-  _finish(list(element[1]), pass1, output_dir, num_shards)
+  _finish(shard_stats, _read_pass1(pass1_file), output_dir, num_shards)
+  # A finished run's temporaries, this file among them, are gone
+  # (`completion.finish`); a failed pass 1 leaves it.
+  if beam_utils.exists(pass1_file):
+    beam_utils.delete(pass1_file)
   _record_time('finish', time.perf_counter() - start)
 
 
@@ -626,6 +679,11 @@ def _finish_element(element, pass1, output_dir: str, num_shards: int) -> None:
 
 def _match_shards(pattern: str, what: str) -> List[str]:
   return file_patterns.match_beam(pattern, f'`{what}` pattern')
+
+
+def _tag_shard_clips(path_clips):
+  path, clips = path_clips
+  return path, (_CLIPS, clips)
 
 
 def build_pipeline(pipeline: beam.Pipeline, *, shards: Sequence[str],
@@ -642,6 +700,14 @@ def build_pipeline(pipeline: beam.Pipeline, *, shards: Sequence[str],
   elements everywhere else, one combine for the confusion matrix and the
   problems of pass 1.
 
+  Only single-output ParDos, GroupByKeys, Flattens and a combine, no side
+  input, one last step that depends on every other: what every runner runs
+  alike, Beam's Dask runner included (`beam_utils._dask_runner`). Pass 1's
+  result goes to a file in the output directory (`_save_pass1`), whose name
+  is joined with each shard's clips on the shard path for pass 2
+  (`_RewriteShard`); the finish step gathers the shard stats and reads pass
+  1 from the file.
+
   Args:
     reshuffle: spread the shard list over workers before pass 1 (what a
       distributed runner wants; a one-process DirectRunner does not).
@@ -652,36 +718,47 @@ def build_pipeline(pipeline: beam.Pipeline, *, shards: Sequence[str],
   n = len(names)
   run = run or progress_lib.BeamRun.create('DirectRunner', 1)
   paths = pipeline | 'Shards' >> beam.Create(list(shards), reshuffle=reshuffle)
-  contexts = paths | 'ReadContexts' >> beam.ParDo(
-      _ReadContexts(run, len(shards))).with_outputs('error', main='clips')
+  contexts = paths | 'ReadContexts' >> beam_utils.ParDoByTag(
+      _ReadContexts(run, len(shards)), 'error', main='clips')
   preds = (pipeline
            | 'PredictionFiles' >> beam.Create(list(prediction_files),
                                               reshuffle=reshuffle)
-           | 'ReadPredictions' >> beam.ParDo(read_prediction_file).with_outputs(
-               'error', main='preds'))
-  matched = ((contexts.clips, preds.preds)
+           | 'ReadPredictions' >> beam_utils.ParDoByTag(
+               read_prediction_file, 'error', main='preds'))
+  matched = ((contexts['clips'], preds['preds'])
              | 'FlattenClipsAndPredictions' >> beam.Flatten()
              | 'JoinOnBucket' >> beam.GroupByKey()
-             | 'Match' >> beam.ParDo(_MatchClips(n)).with_outputs(
-                 'error', main='ok'))
-  by_shard = ((matched.ok, paths | 'KeyShards' >> beam.Map(lambda p: (p, None)))
-              | 'FlattenShards' >> beam.Flatten()
+             | 'Match' >> beam_utils.ParDoByTag(_MatchClips(n), 'error',
+                                                main='ok'))
+  # Shards without a matched clip are not here: every shard reaches pass 2
+  # through pass 1's file (`_save_pass1`).
+  by_shard = (matched['ok']
               | 'GroupByShard' >> beam.GroupByKey()
-              | 'ShardClips' >> beam.ParDo(_ShardClips(n)).with_outputs(
-                  'confusion', main='clips'))
-  pass1 = ((contexts.error, preds.error, matched.error, by_shard.confusion)
+              | 'ShardClips' >> beam_utils.ParDoByTag(
+                  _ShardClips(n), 'confusion', main='clips'))
+  # Pass 1 has a result even when no shard has a clip.
+  no_clips = pipeline | 'NoClips' >> beam.Create(
+      [('confusion', np.zeros((n, n), np.int64))])
+  pass1 = ((contexts['error'], preds['error'], matched['error'],
+            by_shard['confusion'], no_clips)
            | 'FlattenPass1' >> beam.Flatten()
            | 'Pass1' >> beam.CombineGlobally(_Pass1Fn(n)).without_defaults()
            | 'LabelSpace' >> beam.Map(_with_label_space, variant, names, k,
                                       target_scr, num_classes))
-  _ = (by_shard.clips
+  pass1_file = pass1_file_path(output_dir, run.run_id)
+  pass1_files = pass1 | 'SavePass1' >> beam.FlatMap(
+      _save_pass1, pass1_file, list(shards))
+  # Last, and after everything else: the Dask runner runs only what the
+  # last step needs.
+  _ = ((by_shard['clips'] | 'TagClips' >> beam.Map(_tag_shard_clips),
+        pass1_files)
+       | 'WithPass1' >> beam.Flatten()
+       | 'JoinOnShard' >> beam.GroupByKey()
        | 'Rewrite' >> beam.ParDo(_RewriteShard(output_dir, run, len(shards),
-                                               input_bytes),
-                                 beam.pvalue.AsSingleton(pass1))
-       | 'KeyAll' >> beam.Map(lambda stats: (None, stats))
-       | 'Collect' >> beam.GroupByKey()
-       | 'Finish' >> beam.Map(_finish_element, beam.pvalue.AsSingleton(pass1),
-                              output_dir, len(shards)))
+                                               input_bytes))
+       | 'Collect' >> beam_utils.Gather()
+       | 'Finish' >> beam.Map(_finish_gathered, output_dir, len(shards),
+                              pass1_file))
 
 
 def _phase_seconds(result: Any) -> Dict[str, float]:

@@ -5,17 +5,22 @@ r"""The clip writer: web videos + manifest -> sharded clip TFRecords (Beam).
       --direct_num_workers=8 [-- BEAM_OPTIONS]
 
 Pipeline (every stage is a Beam transform, so it runs on the DirectRunner
-locally and on Dataflow/Flink/Spark unchanged):
+locally, on a Dask cluster and on Dataflow/Flink/Spark unchanged; no side
+input, no multi-output ParDo: see `build_pipeline`):
 
   manifest rows (read and validated in the driver)
     -> probe each video (duration, rate, size, rotation; time-limited)
-    -> plan clip windows (global: the per-class budget needs all videos)
+    -> plan clip windows (global: the per-class budget needs all videos, so
+       the probes are gathered into one element, which emits every video
+       with its windows)
     -> decode + resample + resize + JPEG each clip (time-limited, per video,
        in the worker's decoder child process); the worker writes the
        serialised frames to a per-video temporary file next to the output
        and passes on only small `ClipPiece` metadata (no frame is shuffled)
     -> clip indices: contiguous over written clips, in (manifest row, time)
-       order, computed after decoding so a failed video leaves no gap
+       order, computed after decoding so a failed video leaves no gap (one
+       element gathers the clip counts; each video's first index is joined
+       with its pieces on its ordinal)
     -> group pieces by shard (crc32 of the clip key), sort by clip index,
        build each record's context and copy its frames from the temp file
        into `clips-SSSSS-of-NNNNN.tfrecord` under a temporary name, rename
@@ -313,12 +318,21 @@ class DecodeFn(_DecoderDoFn):
     self._total_set = False
 
   def process(self, element, plan):
-    if not self._total_set:
-      self._run.set_total(self._progress, 'videos', len(plan))
-      self._total_set = True
+    """Decodes one probed video, `(entry, info, capacity)`, by `plan`.
+
+    `plan` holds the windows of every probed video (`plan_all`).
+    """
     entry, info, _ = element
+    yield from self._decode(entry, info, plan.get(entry.ordinal, []),
+                            len(plan))
+
+  def _decode(self, entry: manifest_lib.VideoEntry,
+              info: video_lib.VideoInfo,
+              windows: Sequence[Tuple[float, float]], num_videos: int):
+    if not self._total_set:
+      self._run.set_total(self._progress, 'videos', num_videos)
+      self._total_set = True
     c = self._config
-    windows = plan.get(entry.ordinal, [])
     if not windows:
       _counter('videos_without_clips_by_budget').inc()
       self._progress.add(videos=1)
@@ -378,6 +392,30 @@ class DecodeFn(_DecoderDoFn):
       yield beam.pvalue.TaggedOutput('rejects', reject)
 
 
+class PlannedDecodeFn(DecodeFn):
+  """`DecodeFn` on `planned_videos`' elements: each carries its windows.
+
+  What the pipeline runs: the plan reaches every video as data rather than
+  as a side input (see `build_pipeline`).
+  """
+
+  def process(self, element):  # pylint: disable=arguments-differ
+    entry, info, windows, num_videos = element
+    yield from self._decode(entry, info, windows, num_videos)
+
+
+def planned_videos(probed: Sequence[Tuple], config: WriterConfig
+                   ) -> Iterable[Tuple]:
+  """`(entry, info, windows, number of probed videos)` of every probed video.
+
+  `probed` holds every video's `(entry, info, capacity)` (`ProbeFn`); the
+  windows are `plan_all`'s.
+  """
+  plan = plan_all(probed, config)
+  for entry, info, _ in sorted(probed, key=lambda p: p[0].ordinal):
+    yield entry, info, plan[entry.ordinal], len(plan)
+
+
 def clip_offsets(counts: Iterable[Tuple[int, int]]) -> Dict[int, int]:
   """First clip index of each video: cumulative counts in ordinal order."""
   offsets, total = {}, 0
@@ -388,7 +426,7 @@ def clip_offsets(counts: Iterable[Tuple[int, int]]) -> Dict[int, int]:
 
 
 class WriteShardFn(beam.DoFn):
-  """(shard, pieces) -> one complete shard file, renamed into place.
+  """(shard, [(clip index, piece)]) -> one complete shard file, renamed.
 
   Records are assembled in clip-index order: the context (with the now
   known clip index) is built here and the frames are copied from the
@@ -406,11 +444,11 @@ class WriteShardFn(beam.DoFn):
                                'clips': None, 'bytes': None},
         rates=('clips', 'bytes'))
 
-  def process(self, element, offsets):
-    shard, pieces = element
+  def process(self, element):
+    shard, numbered = element
     c = self._config
-    items = sorted(((offsets[p.ordinal] + p.k, p) for p in pieces if p),
-                   key=lambda x: x[0])
+    # `(clip index, piece)`s (`number_clips`), and None for the shard itself.
+    items = sorted((x for x in numbered if x is not None), key=lambda x: x[0])
     path = beam_utils.join(c.output_dir,
                            schema.shard_name(shard, c.num_shards))
     stats = {'shard': shard, 'clips': 0, 'frames': 0, 'bytes': 0,
@@ -516,6 +554,52 @@ def temp_root(output_dir: str) -> str:
   return beam_utils.join(output_dir, TEMP_DIRNAME)
 
 
+# Tags of the elements joined on a video's ordinal (`number_clips`) and of
+# those gathered for the summary (`summarise`).
+_PIECE, _OFFSET = 'piece', 'offset'
+_STATS, _REJECT = 'stats', 'reject'
+
+
+def _ordinal(element) -> int:
+  """The manifest ordinal of an entry or of a planned video."""
+  entry = element if isinstance(element, manifest_lib.VideoEntry) else (
+      element[0])
+  return entry.ordinal
+
+
+def _piece_by_video(shard_piece):
+  return shard_piece[1].ordinal, (_PIECE, shard_piece)
+
+
+def _offsets_by_video(counts):
+  for ordinal, offset in sorted(clip_offsets(counts).items()):
+    yield ordinal, (_OFFSET, offset)
+
+
+def number_clips(element) -> Iterable[Tuple[int, Tuple[int, ClipPiece]]]:
+  """(ordinal, [its pieces and its first clip index]) -> (shard, (index, piece)).
+
+  A video's clips are numbered from the video's offset (`clip_offsets`),
+  in the order the decoder wrote them (`ClipPiece.k`).
+  """
+  _, values = element
+  (offset,) = [v for tag, v in values if tag == _OFFSET]
+  for tag, value in values:
+    if tag == _PIECE:
+      shard, piece = value
+      yield shard, (offset + piece.k, piece)
+
+
+def _tagged(value, tag):
+  return tag, value
+
+
+def summarise(items, **kwargs) -> Dict:
+  """`write_summary` of the gathered `(_STATS, stats)` / `(_REJECT, r)`."""
+  return write_summary(None, [v for tag, v in items if tag == _STATS],
+                       [v for tag, v in items if tag == _REJECT], **kwargs)
+
+
 def build_pipeline(pipeline: beam.Pipeline,
                    entries: Sequence[manifest_lib.VideoEntry],
                    manifest_rejects: Sequence[Dict],
@@ -527,50 +611,58 @@ def build_pipeline(pipeline: beam.Pipeline,
   `temp_dir` (new for each run, under `temp_root(output_dir)`) holds the
   frames of decoded clips until their shards are written; `run` names the
   run's progress counters.
+
+  Only single-output ParDos, GroupByKeys and Flattens, no side input, one
+  last step that depends on every other: what every runner runs alike,
+  Beam's Dask runner included (`beam_utils._dask_runner`). Global steps (the
+  plan, the clip offsets, the summary) `Gather` their input into one
+  element; the offsets reach the clips by a join on the video's ordinal.
   """
   total = len(entries)
   probed = (
       pipeline
+      # Spread over workers (a `Create` reshuffles, or on Dask splits its
+      # elements evenly over partitions).
       | 'Entries' >> beam.Create(list(entries))
-      # Spread videos over workers before the expensive steps.
-      | 'Spread' >> beam.Reshuffle()
-      | 'Probe' >> beam.ParDo(ProbeFn(config, total, run)).with_outputs(
-          'rejects', main='ok'))
-  # Global steps read whole PCollections as side inputs of a one-element
-  # PCollection (cheaper to build and run than combiners).
-  once = pipeline | 'Once' >> beam.Create([None])
-  plan = once | 'Plan' >> beam.Map(
-      lambda _, probes: plan_all(probes, config),
-      beam.pvalue.AsList(probed.ok))
+      | 'Probe' >> beam_utils.ParDoByTag(ProbeFn(config, total, run),
+                                         'rejects', main='ok'))
   decoded = (
-      probed.ok
-      | 'SpreadDecode' >> beam.Reshuffle()
-      | 'Decode' >> beam.ParDo(
-          DecodeFn(config, total, temp_dir, run),
-          plan=beam.pvalue.AsSingleton(plan)).with_outputs(
-              'rejects', 'counts', main='clips'))
-  offsets = once | 'Offsets' >> beam.Map(
-      lambda _, counts: clip_offsets(counts),
-      beam.pvalue.AsList(decoded.counts))
+      probed['ok']
+      | 'GatherProbes' >> beam_utils.Gather()
+      | 'Plan' >> beam.FlatMap(planned_videos, config)
+      | 'SpreadDecode' >> beam_utils.Spread(_ordinal)
+      | 'Decode' >> beam_utils.ParDoByTag(
+          PlannedDecodeFn(config, total, temp_dir, run), 'rejects', 'counts',
+          main='clips'))
+  offsets = (decoded['counts']
+             | 'GatherCounts' >> beam_utils.Gather()
+             | 'Offsets' >> beam.FlatMap(_offsets_by_video))
+  numbered = (
+      (decoded['clips'] | 'PieceByVideo' >> beam.Map(_piece_by_video),
+       offsets)
+      | 'WithOffsets' >> beam.Flatten()
+      | 'ByVideo' >> beam.GroupByKey()
+      | 'Number' >> beam.FlatMap(number_clips))
   # Every shard exists, even an empty one, so the shard pattern is complete.
   empty = pipeline | 'EveryShard' >> beam.Create(
       [(s, None) for s in range(config.num_shards)])
   shard_stats = (
-      (decoded.clips, empty)
+      (numbered, empty)
       | 'WithEmpty' >> beam.Flatten()
       | 'ByShard' >> beam.GroupByKey()
-      | 'WriteShard' >> beam.ParDo(
-          WriteShardFn(config, run),
-          offsets=beam.pvalue.AsSingleton(offsets)))
-  rejects = ((probed.rejects, decoded.rejects)
-             | 'AllRejects' >> beam.Flatten())
+      | 'WriteShard' >> beam.ParDo(WriteShardFn(config, run)))
+  # Last, and after everything else: the Dask runner runs only what the
+  # last step needs.
   _ = (
-      once
+      (shard_stats | 'TagStats' >> beam.Map(_tagged, _STATS),
+       probed['rejects'] | 'TagProbeRejects' >> beam.Map(_tagged, _REJECT),
+       decoded['rejects'] | 'TagDecodeRejects' >> beam.Map(_tagged, _REJECT))
+      | 'ForSummary' >> beam.Flatten()
+      | 'GatherAll' >> beam_utils.Gather()
       | 'Summary' >> beam.Map(
-          write_summary, beam.pvalue.AsList(shard_stats),
-          beam.pvalue.AsList(rejects), config=config,
-          class_names=list(class_names), num_videos=total,
-          manifest_rejects=list(manifest_rejects), notes=notes))
+          summarise, config=config, class_names=list(class_names),
+          num_videos=total, manifest_rejects=list(manifest_rejects),
+          notes=notes))
 
 
 def run_writer(manifest_path: str, config: WriterConfig, *,
