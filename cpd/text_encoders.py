@@ -2,6 +2,13 @@
 
 Both map a batch of titles to one vector per title; the text head
 (`cpd.heads.TextHead`) then maps it to the shared 256-d space.
+
+Each encoder works in two halves: `tokenize` (string ops and vocabulary
+look-ups, host work) maps titles to fixed-shape int32 tensors, and `call`
+maps those to vectors with TPU-compatible ops only. The CPD trainer runs
+`tokenize` in its `tf.data` pipeline, so its step takes integers (a TPU has
+no string type); `call` also takes the strings themselves, then it
+tokenises first, for callers outside a step (evaluation, export).
 """
 
 import os
@@ -93,6 +100,9 @@ class Word2VecAverageEncoder(tf_keras.layers.Layer):
   whitespace and looked up (optionally lower-cased). Unknown words are
   ignored; a title with no known word maps to zeros. The table is a trainable
   weight so that curriculum stage 2 can fine-tune it.
+
+  `tokenize` does the splitting and the look-up (host side: string ops and a
+  hash table); `call` takes its ids, or strings, which it tokenises first.
   """
 
   def __init__(self, words, vectors, lowercase=False, max_words=64,
@@ -136,13 +146,41 @@ class Word2VecAverageEncoder(tf_keras.layers.Layer):
         trainable=True)
     super().build(input_shape)
 
-  def call(self, titles):
-    """[B] tf.string -> float32 [B, dim]."""
+  def tokenize(self, titles):
+    """Titles -> word ids: what `call` takes inside an accelerator's step.
+
+    String ops and a hash-table look-up (host work): run it in the input
+    pipeline (`tf.data`, after batching) to keep them out of the step.
+
+    Args:
+      titles: tf.string [B] (or a list of str).
+
+    Returns:
+      int32 [B, max_words]: the vocabulary row of each of the title's first
+      `max_words` whitespace-separated words (lower-cased first if
+      `lowercase`), -1 for an unknown word and for padding.
+    """
     titles = tf.convert_to_tensor(titles, tf.string)
+    if titles.shape.rank != 1:
+      raise ValueError(f'`titles` must be rank 1, got shape {titles.shape}')
     if self.lowercase:
       titles = tf.strings.lower(titles, encoding='utf-8')
     words = tf.strings.split(titles)[:, :self.max_words]
-    ids = self._table.lookup(words).to_tensor(default_value=-1)
+    ids = self._table.lookup(words).to_tensor(
+        default_value=-1, shape=[None, self.max_words])
+    return tf.cast(ids, tf.int32)
+
+  def call(self, inputs):
+    """Titles tf.string [B], or their `tokenize` ids -> float32 [B, dim].
+
+    Ids are int [B, L], -1 where there is no known word; strings are
+    tokenised here first, with the same result.
+    """
+    inputs = tf.convert_to_tensor(inputs)
+    ids = self.tokenize(inputs) if inputs.dtype == tf.string else inputs
+    if not ids.dtype.is_integer:
+      raise ValueError(f'inputs must be title strings or int word ids, got '
+                       f'{inputs.dtype.name}')
     known = ids >= 0
     vectors = tf.gather(self.embeddings, tf.maximum(ids, 0))
     weights = tf.cast(known, vectors.dtype)[..., None]
@@ -179,7 +217,8 @@ class TransformerTextEncoder(tf_keras.layers.Layer):
   """Titles (strings or token dicts) -> pooled transformer features [B, H].
 
   Wraps a Keras BERT encoder (Model Garden `BertEncoderV2`) and, optionally,
-  a `WordPieceTokenizer` so that it can take raw titles.
+  a `WordPieceTokenizer` so that it can take raw titles: `tokenize` runs it
+  (host side, for the input pipeline), `call` takes its dict or strings.
   """
 
   def __init__(self, encoder, tokenizer=None, pooling=MASKED_MEAN, **kwargs):
@@ -200,12 +239,27 @@ class TransformerTextEncoder(tf_keras.layers.Layer):
     self.pooling = pooling
     self.output_dim = encoder.get_config()['hidden_size']
 
+  def tokenize(self, titles):
+    """Titles -> the token dict `call` takes inside an accelerator's step.
+
+    WordPiece with `tensorflow-text` ops (host work): run it in the input
+    pipeline (`tf.data`, after batching) to keep them out of the step.
+
+    Args:
+      titles: tf.string [B] (or a list of str).
+
+    Returns:
+      The tokenizer's dict of int32 [B, max_length]: 'input_word_ids',
+      'input_mask', 'input_type_ids' (`cpd.tokenizer.WordPieceTokenizer`).
+    """
+    if self.tokenizer is None:
+      raise ValueError('string inputs need a `tokenizer`')
+    return self.tokenizer(titles)
+
   def call(self, inputs, training=None):
     """Strings [B] (needs a tokenizer) or a token dict -> float [B, H]."""
     if not isinstance(inputs, dict):
-      if self.tokenizer is None:
-        raise ValueError('string inputs need a `tokenizer`')
-      inputs = self.tokenizer(inputs)
+      inputs = self.tokenize(inputs)
     outputs = self.encoder(inputs, training=training)
     return pool_tokens(outputs['sequence_output'], inputs['input_mask'],
                        self.pooling)

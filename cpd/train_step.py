@@ -5,6 +5,10 @@ The step of `cpd.trainer.CpdTask`: forward both modalities, the loss module
 after scoring), the gradients of the variable groups the curriculum trains in
 the stage, coupled weight decay, optional clipping of the summed gradient,
 one optimizer per learning-rate group. Call it inside `strategy.run`.
+
+The step takes titles as the text encoder's tokens (fixed-shape int32, made
+by its `tokenize` in the input pipeline): strings would put string ops and a
+hash table in the step, which a TPU cannot run.
 """
 
 from typing import Optional
@@ -29,14 +33,16 @@ def cpd_train_step(loss_module, video_model, text_encoder, text_head,
       (loss, metrics)).
     video_model: clips -> [B, d] unit-norm embeddings (trained in both
       stages, e.g. `cpd.heads.build_video_embedding_model`).
-    text_encoder: titles -> [B, H] (frozen in stage 1).
+    text_encoder: title tokens -> [B, H] (frozen in stage 1).
     text_head: [B, H] -> [B, d] unit-norm embeddings.
     curriculum: `cpd.curriculum.Curriculum`.
     optimizers: dict group name ('rest', 'text_encoder') -> tf_keras
       optimizer whose learning rate the caller set from
       `curriculum.learning_rates(stage)`.
     clips: this replica's video batch.
-    titles: this replica's titles (what `text_encoder` takes).
+    titles: this replica's titles as `text_encoder` takes them: the int
+      tokens of its `tokenize` (TPU-ready; `cpd.trainer` feeds these) or,
+      off a TPU, strings.
     indices: int [B] clip indices.
     stage: 1 or 2 (a Python int: trace one step per stage).
     weight_decay: coupled L2 decay (PyTorch SGD's `weight_decay`, what the

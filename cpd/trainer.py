@@ -8,6 +8,12 @@ strategy comes from the entry point, everything is built under its scope, and
 the step is single-replica code (`cpd.train_step.cpd_train_step`) run by
 `strategy.run`.
 
+Titles are cleaned and tokenised in the input pipeline, after batching
+(the text encoder's `tokenize`: string ops and vocabulary look-ups run on
+the host in `tf.data`), so the training and validation steps take fixed-shape
+int32 tokens only, as a TPU needs; the memory-bank indices stay in the same
+batch element as their titles' tokens.
+
 What a checkpoint holds: the video model (with a `backbone` edge, so
 `spl.main` fine-tuning runs can start from it via `init_checkpoint`), text
 encoder and head, both optimizers, the loss module (memory banks, Z of each
@@ -58,7 +64,8 @@ RETRIEVAL_FILENAME = 'retrieval.json'
 TITLES = 'titles'
 
 
-# ---- Text encoders: () -> layer mapping titles to [B, H] ----
+# ---- Text encoders: () -> layer with `tokenize` (titles -> tokens) and
+# `call` (tokens or titles -> [B, H]) ----
 
 
 def word2vec_text_encoder(path: str, *, binary: Optional[bool] = None,
@@ -104,6 +111,11 @@ class CpdModels:
     self.video_model = heads.build_video_embedding_model(backbone,
                                                          embedding_dim)
     self.text_encoder = text_encoder_fn()
+    if not callable(getattr(self.text_encoder, 'tokenize', None)):
+      raise ValueError(
+          f'the text encoder must have a `tokenize` method (titles -> '
+          f'tokens, run in the input pipeline), got '
+          f'{type(self.text_encoder).__name__}')
     self.text_head = heads.TextHead(text_hidden_dim, embedding_dim,
                                     name='text_head')
     # Creates every variable now: restores are checked against all of them
@@ -120,6 +132,7 @@ class CpdModels:
     return tf.math.l2_normalize(tf.reduce_mean(emb, axis=1), axis=-1)
 
   def embed_titles(self, titles):
+    """Titles (strings, or their `tokenize` tokens) -> [B, d]."""
     return self.text_head(self.text_encoder(titles, training=False),
                           training=False)
 
@@ -131,6 +144,15 @@ class CpdModels:
 def _titles(element, clean: bool):
   titles = element[input_pipeline.CAPTION]
   return text_cleaning.clean_titles(titles) if clean else titles
+
+
+def _title_tokens(text_encoder, element, clean: bool):
+  """A batch's titles as the steps take them: cleaned, then tokenised.
+
+  Runs in `tf.data` (host): the steps get the text encoder's fixed-shape
+  int32 tokens, never strings.
+  """
+  return text_encoder.tokenize(_titles(element, clean))
 
 
 # ---- Validation ----
@@ -184,7 +206,7 @@ def embed_pairs(models: CpdModels, strategy: tf.distribute.Strategy,
     ds = ds.map(lambda e: {
         **input_pipeline.video_features(e),
         input_pipeline.LABEL: e[input_pipeline.LABEL],
-        TITLES: _titles(e, clean_titles),
+        TITLES: _title_tokens(models.text_encoder, e, clean_titles),
         evaluation.VALID: tf.ones_like(e[input_pipeline.LABEL], tf.int32)})
     # Full batches on every replica at every step (the last ones padded):
     # otherwise the pairs that do not fill the last step leave some
@@ -321,7 +343,8 @@ class CpdTask(loop_lib.Task):
         seed=self.input_seed, map_fn=lambda e: {
             **input_pipeline.video_features(e),
             input_pipeline.CLIP_INDEX: e[input_pipeline.CLIP_INDEX],
-            TITLES: _titles(e, self.clean_titles)})
+            TITLES: _title_tokens(self.models.text_encoder, e,
+                                  self.clean_titles)})
 
   def train_steps(self, iterator, num_steps):
     stage = self.curriculum.stage
@@ -434,9 +457,10 @@ def run_cpd(*,
       and at the end) or 'eval' (retrieval of the latest checkpoint).
     model_dir: checkpoints, summaries (train/, eval/), `metrics.json`.
     strategy: built by the entry point.
-    text_encoder_fn: () -> layer mapping a [B] string batch of titles to
-      [B, H] (`word2vec_text_encoder` or `hf_text_encoder`, path bound by
-      gin).
+    text_encoder_fn: () -> text encoder layer (`word2vec_text_encoder` or
+      `hf_text_encoder`, path bound by gin): its `tokenize` maps a [B]
+      string batch of titles to fixed-shape int tokens (run in the input
+      pipeline), calling it maps those tokens to [B, H].
     num_train_examples: N, training clips: the memory banks' rows; every
       training record's `clip/index` must be in [0, N).
     global_batch_size: training batch over replicas.

@@ -51,7 +51,8 @@ class CpdStepRun:
   """The real CPD train step (`cpd.train_step.cpd_train_step`) on linear models.
 
   Video model: one Dense + L2 normalisation (`cpd.heads.VideoHead`); text
-  encoder: one Dense (frozen in stage 1); text head: Dense + L2
+  encoder: one Dense (frozen in stage 1), or the caller's (e.g. a real
+  `cpd.text_encoders` encoder taking title tokens); text head: Dense + L2
   normalisation. No batch normalisation, so the step on one replica and on R
   replicas of the same global batch must agree (per-replica BN statistics
   would not). Initial weights come from `weight_seed` (NumPy), the same for
@@ -61,7 +62,8 @@ class CpdStepRun:
   """
 
   def __init__(self, strategy, loss_module_fn, *, dim, input_dim,
-               hidden_dim=6, learning_rate=0.05, stage=1, weight_seed=0):
+               hidden_dim=6, learning_rate=0.05, stage=1, weight_seed=0,
+               text_encoder_fn=None, text_example=None):
     """Builds models, curriculum and optimizers under `strategy`'s scope.
 
     Args:
@@ -69,11 +71,16 @@ class CpdStepRun:
       loss_module_fn: () -> loss module (e.g. `cpd.nce.CrossModalNCE`), built
         under the scope.
       dim: embedding width (the loss module's `dim`).
-      input_dim: width of the video and text inputs.
-      hidden_dim: text encoder output width.
+      input_dim: width of the video inputs (and of the Dense text
+        encoder's).
+      hidden_dim: the Dense text encoder's output width.
       learning_rate: SGD learning rate of every group.
       stage: curriculum stage of the step (2 also trains the text encoder).
       weight_seed: seed of the initial weights.
+      text_encoder_fn: () -> text encoder, built under the scope instead of
+        the Dense one (its weights are drawn from `weight_seed` too).
+      text_example: a batch of the text encoder's inputs that builds it
+        (default float32 zeros [1, input_dim]).
     """
     # Imported here: this module is shared by tests that do not need CPD.
     from cpd import curriculum as curriculum_lib  # pylint: disable=g-import-not-at-top
@@ -86,10 +93,13 @@ class CpdStepRun:
       self.loss_module = loss_module_fn()
       self.video_model = tf_keras.Sequential(
           [tf_keras.Input([input_dim]), heads.VideoHead(dim)])
-      self.text_encoder = tf_keras.layers.Dense(hidden_dim)
+      self.text_encoder = (text_encoder_fn() if text_encoder_fn else
+                           tf_keras.layers.Dense(hidden_dim))
       self.text_head = heads.VideoHead(dim)
+      if text_example is None:
+        text_example = tf.zeros([1, input_dim])
       # Variables made here, not lazily inside the first replica step.
-      self.text_head(self.text_encoder(tf.zeros([1, input_dim])))
+      self.text_head(self.text_encoder(text_example))
       self.curriculum = curriculum_lib.Curriculum()
       self.optimizers = {
           group: tf_keras.optimizers.SGD(learning_rate)
@@ -113,7 +123,7 @@ class CpdStepRun:
 
   @property
   def variables(self):
-    """Video kernel and bias, text encoder's, text head's (6 variables)."""
+    """Video kernel and bias, the text encoder's, the text head's."""
     return (self.video_model.weights + self.text_encoder.weights +
             self.text_head.weights)
 

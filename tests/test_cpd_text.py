@@ -6,6 +6,7 @@ import os
 import shutil
 
 import numpy as np
+from official.nlp.modeling.networks import bert_encoder
 import pytest
 from safetensors import numpy as safetensors_numpy
 import tensorflow as tf
@@ -121,6 +122,102 @@ def test_word2vec_text_and_binary_average(tmp_path):
   np.testing.assert_allclose(out[1], vectors[2])
   np.testing.assert_array_equal(out[2:], 0.0)
   assert len(enc.trainable_weights) == 1
+
+
+# ---- Tokenised in tf.data, as the trainer does: the same embeddings ----
+
+# Unknown words, empty and blank titles, non-ASCII (lower-cased, accents,
+# CJK), runs of whitespace, and titles longer than the encoders keep.
+TOKENIZE_TITLES = [
+    'Cat dog zebra', '', '   ', 'zebra okapi', 'café CAFÉ Café',
+    'dog dog dog dog dog cat', 'Dog  ' * 40 + 'cat', '日本語 の cat 🐱',
+    'a\tcat\ndog ', 'Ünïcode ÇA',
+]
+
+
+def _tokens_in_tf_data(tokenize, titles, batch_size=3):
+  """`tokenize` mapped over batches in tf.data (the last one partial);
+  the batches concatenated, and the dataset's element_spec."""
+  ds = tf.data.Dataset.from_tensor_slices(titles).batch(batch_size).map(
+      tokenize)
+  batches = list(ds.as_numpy_iterator())
+  return tf.nest.map_structure(lambda *b: np.concatenate(b),
+                               *batches), ds.element_spec
+
+
+@pytest.mark.parametrize('lowercase', [True, False])
+def test_word2vec_tokens_in_tf_data_give_the_string_embeddings(lowercase):
+  words = ['cat', 'dog', 'café', 'a', 'Dog', 'ça', '日本語']
+  vectors = np.random.RandomState(0).randn(len(words), 4).astype(np.float32)
+  max_words = 5
+  enc = text_encoders.Word2VecAverageEncoder(words, vectors,
+                                             lowercase=lowercase,
+                                             max_words=max_words)
+  tokens, spec = _tokens_in_tf_data(enc.tokenize, TOKENIZE_TITLES)
+  assert spec == tf.TensorSpec([None, max_words], tf.int32)
+  # Python's reading: whitespace split, first `max_words` words, -1 for an
+  # unknown word and for padding.
+  row = {w: i for i, w in enumerate(words)}
+  want_ids = []
+  for title in TOKENIZE_TITLES:
+    title = title.lower() if lowercase else title
+    ids = [row.get(w, -1) for w in title.split()[:max_words]]
+    want_ids.append(ids + [-1] * (max_words - len(ids)))
+  np.testing.assert_array_equal(tokens, want_ids)
+  np.testing.assert_array_equal(enc.tokenize(TOKENIZE_TITLES), want_ids)
+  # Strings, tokenised then called, exactly the same; both the mean of the
+  # known words kept (zeros without one).
+  from_strings = enc(tf.constant(TOKENIZE_TITLES)).numpy()
+  np.testing.assert_array_equal(enc(tokens).numpy(), from_strings)
+  np.testing.assert_array_equal(tf.function(enc)(tokens).numpy(),
+                                from_strings)
+  for ids, got in zip(want_ids, from_strings):
+    known = [i for i in ids if i >= 0]
+    want = vectors[known].mean(0) if known else np.zeros(4, np.float32)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+  assert (np.asarray(want_ids) == -1).all(axis=1).sum() >= 3
+  with pytest.raises(ValueError, match='strings or int word ids'):
+    enc(tf.zeros([2, max_words]))
+
+
+def _tiny_bert(tmp_path, max_length):
+  vocab = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', 'cat', 'dog', 'cafe', 'a',
+           'ca', '##t', 'the']
+  path = tmp_path / 'vocab.txt'
+  path.write_text('\n'.join(vocab) + '\n')
+  encoder = bert_encoder.BertEncoderV2(
+      vocab_size=len(vocab), hidden_size=8, num_layers=1,
+      num_attention_heads=2, inner_dim=16, max_sequence_length=max_length,
+      type_vocab_size=2)
+  return text_encoders.TransformerTextEncoder(
+      encoder, tokenizer_lib.WordPieceTokenizer(str(path),
+                                                max_length=max_length))
+
+
+@pytest.mark.parametrize('model', ['tiny_bert', 'minilm'])
+def test_transformer_tokens_in_tf_data_give_the_string_embeddings(
+    model, tmp_path):
+  max_length = 8
+  if model == 'minilm':
+    encoder = text_encoders.transformer_from_hf_directory(
+        _minilm_dir(), max_length=max_length)
+  else:
+    encoder = _tiny_bert(tmp_path, max_length)
+  tokens, spec = _tokens_in_tf_data(encoder.tokenize, TOKENIZE_TITLES)
+  assert spec == {k: tf.TensorSpec([None, max_length], tf.int32) for k in
+                  ('input_word_ids', 'input_mask', 'input_type_ids')}
+  for key, value in encoder.tokenize(TOKENIZE_TITLES).items():
+    np.testing.assert_array_equal(tokens[key], value.numpy(), err_msg=key)
+  mask = tokens['input_mask']
+  assert mask[1].sum() == 2  # '' is [CLS] [SEP].
+  assert mask[6].all()  # 41 words: truncated to max_length.
+  if model == 'tiny_bert':
+    assert (tokens['input_word_ids'] == 1).any()  # [UNK]
+  from_strings = encoder(tf.constant(TOKENIZE_TITLES), training=False)
+  np.testing.assert_array_equal(encoder(tokens, training=False).numpy(),
+                                from_strings.numpy())
+  with pytest.raises(ValueError, match='need a `tokenizer`'):
+    text_encoders.TransformerTextEncoder(encoder.encoder).tokenize(['a'])
 
 
 # ---- HF BERT: real MiniLM-L6 against a float64 numpy forward pass ----

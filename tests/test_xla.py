@@ -6,7 +6,8 @@ OneDeviceStrategy that wraps every such function in
 `tf.function(jit_compile=True)`. The real code paths (SPL's
 `ClassificationTask.train_steps` loop, `spl.evaluation.evaluate`,
 `spl.prediction.predict`, CPD's `cpd_train_step` through
-`tests.distribute_utils.CpdStepRun`) then run twice from the same weights
+`tests.distribute_utils.CpdStepRun`, also with the real word2vec encoder on
+title tokens) then run twice from the same weights
 and data, once with and once without XLA, and must agree within float
 rounding: losses, metrics, every weight and optimizer slot, EMA shadows,
 batch-norm statistics, (CPD) both memory banks, Z and the sampler step.
@@ -27,7 +28,9 @@ path runs under XLA with one shard.
 
 The op audit (`spl.tpu_audit`) walks each compiled step, nested functions
 included; planted bad steps must be refused with the op and the planted
-line named.
+line named. CPD's step passes it with either real text encoder because it
+takes the encoder's `tokenize` output (int32 tokens, made in the input
+pipeline), not title strings, which it refuses.
 """
 
 import functools
@@ -35,15 +38,15 @@ import os
 import re
 
 import numpy as np
+from official.nlp.modeling.networks import bert_encoder
 import pytest
 import tensorflow as tf
 import tf_keras
 
-from cpd import curriculum as curriculum_lib
-from cpd import heads
 from cpd import memory_bank
 from cpd import nce
 from cpd import text_encoders
+from cpd import tokenizer as tokenizer_lib
 from cpd import train_step
 from spl import data_parameters
 from spl import ema as ema_lib
@@ -335,11 +338,11 @@ def _cpd_batch(step, num_rows=N):
           rng.permutation(num_rows)[:GLOBAL_B].astype(np.int32))
 
 
-def _cpd_run(strategy, stage, **loss_kwargs):
+def _cpd_run(strategy, stage, run_kwargs=None, **loss_kwargs):
   loss_kwargs.setdefault('bank_momentum', 0.3)
   return distribute_utils.CpdStepRun(
       strategy, lambda: nce.CrossModalNCE(N, D, M, seed=7, **loss_kwargs),
-      dim=D, input_dim=D, stage=stage)
+      dim=D, input_dim=D, stage=stage, **(run_kwargs or {}))
 
 
 def _cpd_state(run):
@@ -468,6 +471,172 @@ def test_cpd_sharded_step_on_two_replicas_passes_tpu_audit(logical_cpus):
   tpu_audit.check(concrete)
 
 
+# ---- CPD train step with the real text encoders, on title tokens ----
+
+# GLOBAL_B titles: known and unknown words, repeated words (duplicate rows in
+# the word2vec table's sparse gradient), an empty title, non-ASCII, and more
+# words than the encoders keep (MAX_WORDS words, MAX_LENGTH word pieces).
+TITLES = ['a cat plays with a ball', 'Dog', 'the café dog', '',
+          'cat cat cat dog dog ball ball a a cat', 'zebra',
+          'CAFÉ Ünïcode 日本 dog', 'ball with dog']
+# Row 0 is in no title: only padding and unknown words (-1) gather it, with
+# weight 0, so in stage 2 only weight decay moves it.
+W2V_WORDS = ['guitar', 'a', 'cat', 'dog', 'plays', 'with', 'ball', 'café']
+MAX_WORDS = 6
+BERT_VOCAB = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', 'a', 'cat', 'dog', 'play',
+              '##s', 'with', 'ball', 'cafe', 'the']
+MAX_LENGTH = 8
+# `cpd_train_step` settings of gin_configs/runs/cpd_pretrain.gin. The weight
+# decay makes the text encoder's embedding-table gradients dense; without it
+# they stay sparse (see the xfail below).
+PRETRAIN_STEP = dict(weight_decay=1e-4, clip_norm=20.0)
+
+
+def _word2vec_encoder():
+  vectors = np.random.RandomState(5).randn(len(W2V_WORDS), 5)
+  return text_encoders.Word2VecAverageEncoder(
+      W2V_WORDS, vectors.astype(np.float32), lowercase=True,
+      max_words=MAX_WORDS, name='text_encoder')
+
+
+@pytest.fixture(scope='module')
+def bert_vocab(tmp_path_factory):
+  path = tmp_path_factory.mktemp('bert') / 'vocab.txt'
+  path.write_text('\n'.join(BERT_VOCAB) + '\n')
+  return str(path)
+
+
+def _transformer_encoder(vocab_path):
+  """What `hf_text_encoder` builds (a `BertEncoderV2` and WordPiece), tiny."""
+  encoder = bert_encoder.BertEncoderV2(
+      vocab_size=len(BERT_VOCAB), hidden_size=8, num_layers=1,
+      num_attention_heads=2, inner_dim=16, max_sequence_length=MAX_LENGTH,
+      type_vocab_size=2)
+  return text_encoders.TransformerTextEncoder(
+      encoder, tokenizer_lib.WordPieceTokenizer(vocab_path,
+                                                max_length=MAX_LENGTH))
+
+
+def _text_run(strategy, encoder_fn, **loss_kwargs):
+  """Stage 2 (the text encoder trained) of `encoder_fn`'s encoder."""
+  return _cpd_run(strategy, 2, dict(text_encoder_fn=encoder_fn,
+                                    text_example=tf.constant(TITLES[:1])),
+                  **loss_kwargs)
+
+
+def _text_step(strategy, encoder_fn, **step_kwargs):
+  """(the stage-2 step of `_text_run` as `strategy.run` calls it, the run)."""
+  run = _text_run(strategy, encoder_fn)
+  args = (run.loss_module, run.video_model, run.text_encoder, run.text_head,
+          run.curriculum, run.optimizers)
+
+  def step(c, t, i):
+    return strategy.run(train_step.cpd_train_step,
+                        args=args + (c, t, i, run.stage), kwargs=step_kwargs)
+
+  return step, run
+
+
+@pytest.mark.parametrize('encoder', ['word2vec', 'transformer'])
+def test_cpd_train_step_on_title_tokens_passes_tpu_audit(encoder, bert_vocab):
+  """The trainer tokenises titles in `tf.data` with the encoder's `tokenize`;
+  the step then takes fixed-shape int32 tokens and passes the audit. On the
+  strings themselves the tokeniser's ops would be in the step: refused."""
+  encoder_fn = (_word2vec_encoder if encoder == 'word2vec' else
+                functools.partial(_transformer_encoder, bert_vocab))
+  strategy = XlaReplicaStrategy()
+  step, run = _text_step(strategy, encoder_fn, **PRETRAIN_STEP)
+  titles = tf.constant(TITLES)
+  tokens = run.text_encoder.tokenize(titles)
+  width = MAX_WORDS if encoder == 'word2vec' else MAX_LENGTH
+  for t in tf.nest.flatten(tokens):
+    assert t.dtype == tf.int32 and t.shape == (GLOBAL_B, width)
+  clips, _, indices = _cpd_batch(0)
+
+  concrete = tpu_audit.trace(step, clips, tokens, indices)
+  # The text encoder's forward and backward pass were traced.
+  ops = {op.type for _, op in tpu_audit.walk_ops(concrete.graph)}
+  assert ('ResourceGather' if encoder == 'word2vec' else 'Einsum') in ops
+  tpu_audit.check(concrete)
+  with pytest.raises(tpu_audit.TpuIncompatibleError,
+                     match=r'cpd/(text_encoders|tokenizer)\.py:\d+'):
+    tpu_audit.check(step, clips, titles, indices)
+
+
+@pytest.fixture(scope='module')
+def cpd_word2vec_runs():
+  """3 stage-2 steps of the word2vec encoder on tokens, without and with
+  XLA, from the same weights."""
+  strategy = XlaReplicaStrategy()
+  loss_kwargs = dict(z_policy='ema', z_momentum=0.7)
+  reference = _text_run(strategy, _word2vec_encoder, **loss_kwargs)
+  tested = _text_run(strategy, _word2vec_encoder, **loss_kwargs)
+  initial = _cpd_state(reference)
+  for name, value in _cpd_state(tested).items():
+    for a, b in zip(tf.nest.flatten(value), tf.nest.flatten(initial[name])):
+      np.testing.assert_array_equal(a, b, err_msg=name)
+  # Tokenised on the host, as the trainer's tf.data pipeline does; each step
+  # pairs the titles with other clips.
+  tokens = reference.text_encoder.tokenize(TITLES).numpy()
+  batches = []
+  for s in range(3):
+    clips, _, indices = _cpd_batch(s)
+    batches.append((clips, np.roll(tokens, s, axis=0), indices))
+  step_kwargs = dict(weight_decay=0.1, clip_norm=1.0)
+  want = reference.run(batches, **step_kwargs)
+  strategy.xla = True
+  got = tested.run(batches, **step_kwargs)
+  return dict(want=want, got=got, initial=initial, tokens=tokens,
+              step_kwargs=step_kwargs, learning_rate=float(
+                  reference.optimizers['text_encoder'].learning_rate),
+              want_state=_cpd_state(reference),
+              got_state=_cpd_state(tested), compiled=list(strategy.compiled))
+
+
+def test_cpd_train_step_on_word2vec_tokens_with_xla_equals_without(
+    cpd_word2vec_runs):
+  runs = cpd_word2vec_runs
+  (want_metrics, want_weights), (got_metrics, got_weights) = (runs['want'],
+                                                              runs['got'])
+  for step, (g, w) in enumerate(zip(got_metrics, want_metrics)):
+    assert sorted(g) == sorted(w)
+    for name in w:
+      _assert_close(g[name], w[name], f'step {step}: {name}')
+  for step, (g, w) in enumerate(zip(got_weights, want_weights)):
+    for k, (gv, wv) in enumerate(zip(g, w)):
+      _assert_close(gv, wv, f'step {step}: variable {k}')
+  got, want, initial = runs['got_state'], runs['want_state'], runs['initial']
+  for name in ('video_bank', 'text_bank', 'z_v2t', 'z_t2v'):
+    _assert_close(got[name], want[name], name)
+  for k, (gv, wv) in enumerate(zip(got['optimizer'], want['optimizer'])):
+    _assert_close(gv, wv, f'optimizer variable {k}')
+  assert got['sampler_step'] == want['sampler_step'] == 3
+  # Unknown words and padding are -1; the table is the encoder's one weight.
+  tokens = runs['tokens']
+  assert tokens.dtype == np.int32 and (tokens == -1).any()
+  table = {i: v for i, v in enumerate(want['weights']) if v.shape ==
+           (len(W2V_WORDS), 5)}
+  assert len(table) == 1
+  (k, trained), = table.items()
+  # Stage 2 trained the table (under XLA too, equal). Row 0 is in no title:
+  # only padding and unknown words gather it, with weight 0, so its gradient
+  # is the weight decay alone (scaled by the clipping of each step).
+  decay = runs['step_kwargs']['weight_decay']
+  clip_norm = runs['step_kwargs']['clip_norm']
+  norms = [r['gradient_norm'] for r in want_metrics]
+  assert max(norms) > clip_norm  # It clipped.
+  decayed = initial['weights'][k] * np.prod(
+      [1.0 - runs['learning_rate'] * decay * min(1.0, clip_norm / n)
+       for n in norms])
+  _assert_close(trained[0], decayed[0], 'word2vec row 0')
+  assert np.abs(trained[1:] - decayed[1:]).max(axis=1).min() > 1e-4
+  assert np.abs(want['text_bank'] - initial['text_bank']).max() > 1e-2
+  _check_audit(runs['compiled'])
+  # The compiled step took the tokens: no string input reached it.
+  for concrete in runs['compiled']:
+    assert all(t.dtype != tf.string for t in concrete.inputs)
+
+
 # ---- Known TPU blockers outside these steps ----
 
 
@@ -481,27 +650,17 @@ def test_spl_train_step_with_data_parameters_passes_tpu_audit(clip_records):
 
 
 @pytest.mark.xfail(strict=True, raises=tpu_audit.TpuIncompatibleError,
-                   reason='the word2vec / BERT text encoders take title '
-                   'strings and tokenise inside the step')
-def test_cpd_train_step_on_title_strings_passes_tpu_audit():
+                   reason='without weight decay the word2vec table\'s '
+                   'gradient stays sparse (tf.IndexedSlices) and the Keras '
+                   'optimizer sums its duplicate rows with tf.unique')
+def test_cpd_stage2_word2vec_step_without_weight_decay_passes_tpu_audit():
+  """Stage 2 with `weight_decay = 0` (the shipped runs decay by 1e-4, which
+  makes the gradient dense, and pass: above); BERT's word-embedding table
+  too."""
   strategy = XlaReplicaStrategy()
-  with strategy.scope():
-    loss = nce.CrossModalNCE(N, D, M, seed=7)
-    video_model = tf_keras.Sequential([tf_keras.Input([D]),
-                                       heads.VideoHead(D)])
-    encoder = text_encoders.Word2VecAverageEncoder(
-        ['a', 'cat', 'dog'], np.eye(3, 4, dtype=np.float32))
-    text_head = heads.VideoHead(D)
-    text_head(encoder(tf.constant(['a cat'])))
-    curriculum = curriculum_lib.Curriculum()
-    optimizers = {g: tf_keras.optimizers.SGD(0.1)
-                  for g in curriculum.learning_rates(1)}
+  step, run = _text_step(strategy, _word2vec_encoder)
   clips, _, indices = _cpd_batch(0)
-  titles = tf.constant(['a cat', 'dog'] * (GLOBAL_B // 2))
-  tpu_audit.check(
-      lambda c, t, i: strategy.run(train_step.cpd_train_step, args=(
-          loss, video_model, encoder, text_head, curriculum, optimizers,
-          c, t, i, 1)), clips, titles, indices)
+  tpu_audit.check(step, clips, run.text_encoder.tokenize(TITLES), indices)
 
 
 # ---- The audit refuses planted ops, naming them and their line ----
