@@ -29,17 +29,18 @@ the same batch size, file interleave and parallelism (AUTOTUNE):
 Prints clips/s of each and the ratios (targets in issue 3: >= 1.0 for both),
 both per wall-clock second and per CPU-second of the process (the second is
 what a fully loaded host gets and is far less sensitive to other load on a
-shared machine). Each pipeline is timed `--rounds` times, interleaved, and
-the best round counts. The first round of ours includes XLA's one-time
-compiles (a dozen window sizes). Last, a per-step CPU breakdown of one clip:
-where the time goes, and why the window decode alone cannot pay for the
-float32 output (JPEG decoding at quality 90 is dominated by entropy decoding,
-which libjpeg must do for every row above the window and every column). It
-also prints what `finish_features` costs per clip when run on this CPU
-(~1 GFLOP of resampling matmuls per 16x224^2 clip: ~40 ms on one CPU core,
+shared machine). Each pipeline is timed `--rounds` times, interleaved, and the
+best round counts. At a preset's clip shape it then prints how many CPU cores
+would feed one GPU (an H200 trains R3D-50 at ~135 clips/s at 16x224^2 and ~930
+at 8x112^2 in bf16: issue 20's anchors). The first round of ours includes
+XLA's one-time compiles (a dozen window sizes). Last, a per-step CPU breakdown
+of one clip: where the time goes, and why the window decode alone cannot pay
+for the float32 output (JPEG decoding at quality 90 is dominated by entropy
+decoding, which libjpeg must do for every row above the window and every
+column). It also prints what `finish_features` costs per clip when run on this
+CPU (~1 GFLOP of resampling matmuls per 16x224^2 clip: ~40 ms on one CPU core,
 noise next to a 3D ResNet step on a GPU/TPU; on a CPU-only host use host
-finishing).
-"""
+finishing)."""
 
 from __future__ import annotations
 
@@ -69,6 +70,10 @@ PRESETS = {
     'cpd': dict(frame_height=128, frame_width=171, num_frames=8, stride=4,
                 crop_size=112),
 }
+# What one GPU trains at each paper clip shape (issue 20's anchors, not from
+# the papers): an H200 runs R3D-50 at about this many clips/s in bf16.
+GPU_CLIPS_PER_SECOND = {'spl': ('H200, R3D-50, 16x224^2, bf16', 135.0),
+                        'cpd': ('H200, R3D-50, 8x112^2, bf16', 930.0)}
 # Frame size of the written records (set from the flags by `main`).
 HEIGHT, WIDTH = 256, 340
 
@@ -331,6 +336,19 @@ def main(argv=None) -> Dict[str, float]:
     print(f'ratio ours (host finishing) / Model Garden   = '
           f'{ours_host / mg:.2f} clips/s, {ours_host_cpu / mg_cpu:.2f} per '
           f'CPU-s')
+    preset_shape = all(getattr(args, k) == v
+                       for k, v in PRESETS[args.preset].items())
+    if preset_shape and args.preset in GPU_CLIPS_PER_SECOND:
+      gpu, gpu_rate = GPU_CLIPS_PER_SECOND[args.preset]
+      print(f'\nCPU cores to feed one GPU ({gpu}: ~{gpu_rate:.0f} clips/s), '
+            f'at this machine\'s clips per CPU-second (all of the input '
+            f'process\'s threads; one core = one CPU-second a second):')
+      for name, per_core in (('ours (device finishing)', ours_cpu),
+                             ('ours (host finishing)', ours_host_cpu),
+                             ('Model Garden parser', mg_cpu)):
+        print(f'  {name:34s} {gpu_rate / per_core:6.1f} cores')
+    else:
+      print('\n(no GPU anchor for a clip shape other than the presets)')
     cost_breakdown(pattern, num_frames=args.num_frames,
                    crop_size=args.crop_size)
     return {'ours': ours, 'ours_host_finishing': ours_host,
