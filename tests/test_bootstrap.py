@@ -125,7 +125,9 @@ def test_video_correct_is_the_evaluations_video_top1():
 
 
 def test_verdicts():
-  iv = lambda lo, hi: bootstrap.Interval(0.5 * (lo + hi), lo, hi, 0.95, 10)  # pylint: disable=unnecessary-lambda-assignment
+  def iv(lo, hi):
+    return bootstrap.Interval(0.5 * (lo + hi), lo, hi, 0.95, 10)
+
   assert bootstrap.verdict(iv(0.01, 0.05), 1) == bootstrap.HELD
   assert bootstrap.verdict(iv(-0.05, -0.01), -1) == bootstrap.HELD
   assert bootstrap.verdict(iv(-0.05, -0.01), 1) == bootstrap.REVERSED

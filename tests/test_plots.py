@@ -9,23 +9,25 @@ the trainer writes them; the teacher's evaluation from
 `spl.metrics.classification_metrics`.
 """
 
+import dataclasses
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+from spl import bootstrap
 from spl import demo
 from spl import gradcam
-from spl import loop as loop_lib
-from spl import metrics
 from tests import label_space_data
 from tfrecords_tools import label_space_plots as plots
 from tfrecords_tools import label_spaces
 from tfrecords_tools import relabel
+from tfrecords_tools import synthetic_world
 
 NAMES = ['archery', 'bowling', 'cooking on campfire']
 
@@ -267,78 +269,91 @@ def test_grad_cam_strip_has_a_colour_bar_and_says_how_it_is_normalised(
 # ---- The demo report ----
 
 
-def _eval_result(rng, num_classes, num_clips, clips_per_video):
-  probs = rng.dirichlet(np.ones(num_classes), num_clips)
-  labels = rng.integers(0, num_classes, num_clips)
-  videos = np.arange(num_clips) // clips_per_video
-  return loop_lib.scalars(metrics.classification_metrics(
-      probs, labels, videos, num_classes=num_classes, top_k=(1,)))
+def _fake_runs(spaces, videos, seeds, rng):
+  """What `run_spl_seed` returns, for the rows none / weak / spl_b / spl_m."""
+  runs = []
+  for _ in seeds:
+    scores = {key: {'videos': videos,
+                    'correct': (rng.random(len(videos)) < p).astype(
+                        float).tolist()}
+              for key, p in (('none', 0.5), ('weak', 0.6), ('spl_b', 0.7),
+                             ('spl_m', 0.65))}
+    runs.append({
+        'scores': scores,
+        'spaces': {v: {k: s.get(k) for k in ('num_classes', 'k', 'scr',
+                                              'noise_ratio', 'num_clips',
+                                              'num_dropped_clips')}
+                   for v, s in dict(weak=spaces['spl_b'], **spaces).items()},
+        'curves': {'none': demo.LossCurve('none', 3, [(10, 1.0)],
+                                          [(10, 1.1)])},
+        'pretrain_curves': {'spl_b': demo.LossCurve('spl_b', 6,
+                                                    [(10, 1.0)])},
+        'disagreement': {'clips': 24, 'disagreement': 0.625,
+                         'agreement_by_kind': {'query': 0.7,
+                                               'middle_ground': 0.4,
+                                               'background': 0.1},
+                         'clips_by_kind': {}, 'middle_ground_to_sharing_class':
+                         0.3},
+        'seconds': 1.0})
+  return runs
 
 
-def _rows(ev, spaces):
-  rows = []
-  for label, variant in (('No pre-training', None), ('SPL-B', 'spl_b'),
-                         ('SPL-M', 'spl_m')):
-    space = spaces.get(variant)
-    rows.append({
-        'method': label, 'variant': variant,
-        'pretrain_classes': space['num_classes'] if space else 0,
-        'pretrain_scr': space['scr'] if space else None,
-        'pretrain_noise_ratio': space['noise_ratio'] if space else None,
-        'clip_top1': ev['clip/top_1'], 'video_top1': ev['video/top_1'],
-        'val_clips': ev['num_clips'], 'val_videos': ev['num_videos']})
-  return rows
-
-
-@pytest.mark.parametrize('clips_per_video', [1, 2])
-def test_demo_report_gives_teacher_and_label_spaces(relabelled,
-                                                    clips_per_video):
+@pytest.mark.parametrize('seeds', [(0,), (0, 1, 2)])
+def test_demo_report_gives_intervals_label_spaces_and_the_paper(
+    relabelled, tmp_path, seeds):
   root, spaces = relabelled
-  out = str(root)
-  rng = np.random.default_rng(clips_per_video)
-  ev = _eval_result(rng, 3, 6, clips_per_video)
-  teacher = {'train': {'loss': 0.5, 'step': 20}, 'step': 20,
-             'eval': _eval_result(rng, 3, 6, clips_per_video)}
-  rows = _rows(ev, spaces)
-  size = demo.SIZES['tiny']
-  summaries = {'train': {'clips': 6}, 'val': {'clips': 6},
-               'web': {'clips': 24, 'videos_written': 8}}
-  curves = {'pre-train spl_b': demo.LossCurve('spl_b', 6, [(10, 1.0)]),
-            'fine-tune from scratch': demo.LossCurve('scratch', 3, [(10, 1.0)],
-                                                     [(10, 1.1)])}
-  demo.write_outputs(out, rows, curves, teacher,
-                     {v: (s, {}) for v, s in spaces.items()}, summaries, size)
+  out = str(tmp_path / 'out')
+  shutil.copytree(str(root / 'label_spaces'),
+                  os.path.join(out, f'seed_{seeds[0]}', 'label_spaces'))
+  size = dataclasses.replace(demo.SIZES['tiny'], seeds=seeds,
+                             spl_rows=('none', 'weak', 'spl_b', 'spl_m'))
+  world_cfg = demo.world_config(size)
+  synthetic_world.generate_world(str(tmp_path / 'world'), world_cfg,
+                                 write_videos=False)
+  world_stats = synthetic_world.measure_world(str(tmp_path / 'world'))
+  summaries = {k: {'clips': 24, 'videos_written': 8}
+               for k in ('train', 'val', 'web')}
+  videos = [f'v{i:03d}' for i in range(30)]
+  runs = _fake_runs(spaces, videos, seeds, np.random.default_rng(len(seeds)))
+  results = demo.collect_results(size, world_cfg, world_stats, summaries,
+                                 runs, [])
+  demo.write_outputs(out, results, runs)
 
   with open(os.path.join(out, 'results.json')) as f:
-    results = json.load(f)
-  assert results['teacher']['eval']['clip/top_1'] == teacher['eval'][
-      'clip/top_1']
-  assert results['teacher']['step'] == 20
-  for variant, space in spaces.items():
+    written = json.load(f)
+  rows = {r['key']: r for r in written['spl']['rows']}
+  assert list(rows) == ['none', 'weak', 'spl_b', 'spl_m']
+  for key, r in rows.items():
+    x = np.array([run['scores'][key]['correct'] for run in runs])
+    assert r['accuracy']['estimate'] == pytest.approx(x.mean())
+    assert r['per_seed'] == pytest.approx(x.mean(axis=1).tolist())
+    if key != 'weak':
+      w = np.array([run['scores']['weak']['correct'] for run in runs])
+      assert r['difference']['estimate'] == pytest.approx(x.mean() - w.mean())
+  for variant in ('spl_b', 'spl_m'):
     for key in ('num_classes', 'scr', 'noise_ratio'):
-      assert results['label_spaces'][variant][key] == space[key]
-  assert results['one_clip_per_video'] == (clips_per_video == 1)
+      assert written['spl']['label_spaces_per_seed'][0][variant][key] == (
+          spaces[variant][key])
 
   report = open(os.path.join(out, 'report.md')).read()
-  acc = f"{100 * teacher['eval']['clip/top_1']:.1f} %"
-  assert 'Teacher (trained on the target set, 3 classes, 20 steps)' in report
-  assert acc in report
-  table = demo.format_table(rows)
-  assert table in report
-  header = table.splitlines()[0]
-  assert 'SCR' in header and 'noise ratio' in header
-  for variant, space in spaces.items():
-    line = next(x for x in table.splitlines()
-                if x.startswith(dict(spl_b='SPL-B', spl_m='SPL-M')[variant]))
-    assert f"{space['scr']:.3f}" in line
-    assert f"{space['noise_ratio']:.3f}" in line
-    assert f" {space['num_classes']} " in line
-  if clips_per_video == 1:
-    assert 'video top-1' not in header and 'top-1 %' in header
-    assert 'one clip per video' in report
-  else:
-    assert 'clip top-1' in header and 'video top-1' in header
-    assert 'one clip per video' not in report
+  header = next(x for x in report.splitlines() if x.startswith('| Method |'))
+  for column in ('top-1 % [95% CI]', 'vs weak label [paired 95% CI]', 'SCR',
+                 'noise ratio', 'not comparable', 'per seed'):
+    assert column in header, column
+  for key, variant in (('spl_b', 'spl_b'), ('spl_m', 'spl_m')):
+    line = next(x for x in report.splitlines()
+                if x.startswith(f"| {rows[key]['label']} |"))
+    space = spaces[variant]
+    assert f"| {space['scr']:.3f} |" in line
+    assert f"| {space['noise_ratio']:.3f} |" in line
+    assert f"| {space['num_classes']} |" in line
+    assert bootstrap.format_interval(
+        bootstrap.Interval(**rows[key]['accuracy'])) in line
+    assert bootstrap.format_interval(
+        bootstrap.Interval(**rows[key]['difference']), signed=True) in line
+  assert '84.3 (Table 1)' in report and '84.5 (Table 2' in report
+  assert ('two-level' in report) == (len(seeds) > 1)
+  assert '62.5 %' in report  # The teacher's disagreement, beside 60%.
   # SCR-vs-K is copied only for the variant that has a K.
   plot_dir = os.path.join(out, 'plots')
   assert os.path.exists(os.path.join(plot_dir, 'spl_m_scr_vs_k.png'))

@@ -1,4 +1,4 @@
-r"""A compositional synthetic world with the structure the SPL and CPD papers describe.
+r"""A compositional synthetic world with the structure the two papers describe.
 
 The demos' data (`python -m spl.demo`): real mp4 files and manifests of a
 clean target set and of query-retrieved "web" videos with titles, built so
@@ -37,22 +37,46 @@ What the world is made of:
 
 Parameters and where they come from (`WorldConfig`):
 
-| parameter | value | source |
-|---|---|---|
-| `num_components` (= classes) | 8 | not in the papers (they have 200 / 400 classes): as many as 4 flip-symmetric motions x 2 frequencies give |
-| class = 2 components, ring | - | SPL Sec. 1: noisy clips "have semantic relations with the target action ... but may also include essential visual components of other actions"; Figure 1 / 6: "baking cookies" vs "scrambling eggs" share "mixing" |
-| `target_val_videos_per_class` | 25 | Kinetics-200 (SPL Sec. 4.1): 5K validation videos / 200 classes |
-| `target_train_videos_per_class` | 12 | not in the papers (Kinetics-200 has 385 a class): a compute budget; the web set is sized from it |
-| `web_clips_per_target_clip` | 8.7 | SPL Table 1: 6.7x10^5 web clips (WebK200-147K-V) for Kinetics-200's 77K training videos |
-| `target_seconds`, `web_seconds`, `segment_seconds` | 6, 10, 2 | not in the papers (10 s clips there): 3 target clips, 5 web clips a video of 2 s clips (the demos' clip length), one segment a clip so every clip is one kind |
-| `query_share_mean` | 0.4 | SPL Sec. 3.1: agreement filtering discards "over 60%" of the web clips (Table 2's noise ratio: 58.9% / 65.5%), read as 60% of clips not showing the query; the teacher's real disagreement on this world is measured by the demo and reported beside the paper's figure |
-| `query_share_concentration` | 4 | not in the papers ("may only contain a small proportion of the target action", Sec. 1): Beta(1.6, 2.4), so videos range from almost none of the action to mostly the action |
-| `middle_ground_share` | 0.5 | not in the papers (they name both kinds, middle ground (Fig. 1) and "other non-targeted content" (Sec. 1), without proportions): an even split |
-| `title_whole_name` | 0.384 | CPD Table 6, Kinetics-title-clean: 38.4% of titles contain the entire class name |
-| `title_at_least_one` | 0.916 | CPD Table 6: 91.6% contain at least one class word |
-| `title_class_word_share` | 0.26 | CPD Table 6: 26.0% of title words are class words (pooled); the number of noise words is 1 + Poisson(lambda) with lambda solved for it |
-| `title_emoji` | 0.3 | not in the papers (CPD Fig. 3-4 show emoji in titles; title-clean removes them, so they do not count as words) |
-| frames 64x48 at 10 fps; squares 1/6 of the height, amplitude 1/5 | - | not in the papers: CPU scale (the demos crop 32x32); at the demos' 5 sampled frames a second the fast motion moves a square by less than its size, so a 3x3x3 convolution can follow it |
+* `num_components` (= classes) 8. Not in the papers (200 / 400 classes
+  there): as many as 4 flip-symmetric motions x 2 frequencies give.
+* A class is 2 components, on a ring. SPL Sec. 1: noisy clips "have
+  semantic relations with the target action ... but may also include
+  essential visual components of other actions"; Figures 1 and 6:
+  "baking cookies" and "scrambling eggs" share "mixing".
+* `target_val_videos_per_class` 25. Kinetics-200 (SPL Sec. 4.1): 5K
+  validation videos / 200 classes.
+* `target_train_videos_per_class` 12. Not in the papers (Kinetics-200 has
+  385 a class): a compute budget; the web set is sized from it.
+* `web_clips_per_target_clip` 8.7. SPL Table 1: 6.7x10^5 web clips
+  (WebK200-147K-V) for Kinetics-200's 77K training videos.
+* `target_seconds`, `web_seconds`, `segment_seconds` 6, 10, 2. Not in the
+  papers (10 s clips there): 3 target and 5 web clips a video of 2 s (the
+  demos' clip length), one segment a clip, so every clip is one kind.
+* `query_share_mean` 0.4. SPL Sec. 3.1: agreement filtering discards "over
+  60%" of the web clips (Table 2's noise ratio: 58.9% / 65.5%), read as
+  60% of the clips not showing the query. The teacher's real disagreement
+  on this world is measured by the demo and reported beside that figure.
+* `query_share_concentration` 4. Not in the papers ("may only contain a
+  small proportion of the target action", Sec. 1): Beta(1.6, 2.4), so
+  videos range from almost none of the action to mostly the action.
+* `middle_ground_share` 0.5. Not in the papers (they name both kinds,
+  middle ground (Fig. 1) and "other non-targeted content" (Sec. 1),
+  without proportions): an even split.
+* `title_whole_name` 0.384. CPD Table 6, Kinetics-title-clean: 38.4% of
+  titles contain the entire class name.
+* `title_at_least_one` 0.916. CPD Table 6: 91.6% contain at least one
+  class word.
+* `title_class_word_share` 0.26. CPD Table 6: 26.0% of title words are
+  class words (pooled); noise words number 1 + Poisson(lambda), lambda
+  solved for this share (`noise_words_lambda`).
+* `title_emoji` 0.3. Not in the papers (CPD Figures 3-4 show emoji in
+  titles; title-clean removes them, so they are not words).
+* Frames 64x48 at 10 fps, squares 1/6 of the height, motions of amplitude
+  1/5 of it (circles 0.6 of that). Not in the papers: CPU scale; the
+  squares stay in the demos' 32x32 centre crop of the 48x36 resized frame
+  but for at most 3 pixels at the extremes. Between two frames the demos
+  sample (5 a second) a slow square moves up to 6 pixels, a fast one up
+  to 12.
 
 `measure_world` measures the documented statistics on a generated world's
 outputs (its manifests and `world.json`): the share of the queried action
@@ -90,7 +114,8 @@ NOISE_WORDS = ('amazing', 'best', 'vlog', 'episode', 'tutorial', 'lol', 'omg',
 EMOJI = synthetic.EMOJI
 # Motions that a left-right flip (a training augmentation) maps onto
 # themselves: an oscillation along 45 degrees would become one along 135.
-HORIZONTAL, VERTICAL, CIRCLE, PULSE = 'horizontal', 'vertical', 'circle', 'pulse'
+HORIZONTAL, VERTICAL = 'horizontal', 'vertical'
+CIRCLE, PULSE = 'circle', 'pulse'
 MOTIONS = (HORIZONTAL, VERTICAL, CIRCLE, PULSE)
 FREQUENCIES_HZ = (0.5, 1.0)
 
