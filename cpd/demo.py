@@ -23,15 +23,15 @@ import dataclasses
 import functools
 import json
 import os
+import sys
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
-from absl import app
 from absl import flags
-from absl import logging as absl_logging
 import numpy as np
 
 from spl import demo as spl_demo
+from tfrecords_tools import cli
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _RUN_FILE = os.path.join(_REPO, 'gin_configs', 'runs', 'cpd_pretrain.gin')
@@ -266,22 +266,31 @@ def _write_report(output_dir, rows, result, summaries, size, text_encoder):
     f.write('\n'.join(report) + '\n')
 
 
-def _define_flags():
+def _define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_string('output_dir', '/tmp/weakvideo_cpd_demo',
-                      'Demo workspace.')
-  flags.DEFINE_enum('size', 'small', list(SIZES), 'Demo size.')
-  flags.DEFINE_integer('seed', 0, 'Seed of the synthetic data.')
+                      'Demo workspace.', flag_values=fv)
+  flags.DEFINE_enum('size', 'small', list(SIZES), 'Demo size.',
+                    flag_values=fv)
+  flags.DEFINE_integer('seed', 0, 'Seed of the synthetic data.',
+                       flag_values=fv)
 
 
-def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  absl_logging.set_verbosity(absl_logging.ERROR)
-  flag_values = flags.FLAGS
-  run_cpd_demo(flag_values.output_dir, SIZES[flag_values.size],
-               seed=flag_values.seed)
+TOOL = cli.Tool(name='cpd.demo', command='python -m cpd.demo', doc=__doc__,
+                define_flags=_define_flags)
+
+
+def main(args: cli.Args) -> int:
+  """Runs the demo of a parsed command line; returns the exit status."""
+  spl_demo.show_progress_lines_only()
+  fv = args.flags
+  run_cpd_demo(fv.output_dir, SIZES[fv.size], seed=fv.seed)
+  return 0
+
+
+def run_cli(argv: Optional[Sequence[str]] = None) -> int:
+  """Entry point: the exit status (`tfrecords_tools.cli` conventions)."""
+  return cli.run(TOOL, main, argv)
 
 
 if __name__ == '__main__':
-  _define_flags()
-  app.run(main)
+  sys.exit(run_cli())

@@ -38,21 +38,21 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
+import logging
 import os
 import shutil
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from absl import app
 from absl import flags
 from absl import logging as absl_logging
 import numpy as np
 
 from spl import bootstrap
 from spl import demo_report
-
-FLAGS = flags.FLAGS
+from tfrecords_tools import cli
+from tfrecords_tools import progress as progress_lib
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _GIN = os.path.join(_REPO, 'gin_configs')
@@ -183,9 +183,16 @@ class _Clock:
     self.total = total
 
   def stage(self, msg: str) -> None:
+    """Starts stage n + 1: its number, the time so far and, from the mean
+    time of the stages done, an estimate of the time left."""
+    elapsed = time.monotonic() - self.t0
+    eta = ''
+    if self.n:
+      eta = (', ETA ~' + progress_lib.format_seconds(
+          elapsed / self.n * (self.total - self.n)) + ' (mean stage so far)')
     self.n += 1
-    print(f'\n[{self.n}/{self.total} | {time.monotonic() - self.t0:5.0f} s] '
-          f'{msg}', flush=True)
+    print(f'\n[{self.n}/{self.total} | {elapsed:5.0f} s{eta}] {msg}',
+          flush=True)
 
   def elapsed(self) -> float:
     return time.monotonic() - self.t0
@@ -1090,22 +1097,55 @@ def write_outputs(output_dir: str, results: Dict[str, Any],
   return text
 
 
-def _define_flags():
-  flags.DEFINE_string('output_dir', '/tmp/weakvideo_demo', 'Demo workspace.')
+def show_progress_lines_only() -> None:
+  """Logs errors and the jobs' progress lines only (the demos' output).
+
+  Each demo stage runs a job that logs, at INFO, lines with its rate and an
+  ETA: training (`spl.loop`: step, clips/s, eta), the clip writer, relabel,
+  prediction and evaluation (`tfrecords_tools.progress`). Everything else
+  at INFO and WARNING (gin configs, checkpoints, TensorFlow) stays hidden.
+  """
+  absl_logging.set_verbosity(absl_logging.INFO)
+  loop_file = os.path.join('spl', 'loop.py')
+
+  def keep(record: logging.LogRecord) -> bool:
+    return (record.levelno >= logging.ERROR or
+            record.name == progress_lib.__name__ or
+            (record.pathname.endswith(loop_file) and
+             record.getMessage().startswith('step ')))
+
+  handler = absl_logging.get_absl_handler()
+  if keep not in handler.filters:
+    handler.addFilter(keep)
+
+
+def _define_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string('output_dir', '/tmp/weakvideo_demo', 'Demo workspace.',
+                      flag_values=fv)
   flags.DEFINE_enum('size', 'small', list(SIZES),
                     'Demo size: small (make demo), study (SPL Table 1 and '
                     'CPD Table 1a/1b, 3 seeds, about an hour), tiny and '
-                    'study_tiny (tests).')
-  flags.DEFINE_integer('seed', 0, 'Seed of the synthetic world.')
+                    'study_tiny (tests).', flag_values=fv)
+  flags.DEFINE_integer('seed', 0, 'Seed of the synthetic world.',
+                       flag_values=fv)
 
 
-def main(argv: Sequence[str]) -> int:
-  del argv
-  absl_logging.set_verbosity(absl_logging.ERROR)
-  run_demo(FLAGS.output_dir, SIZES[FLAGS.size], seed=FLAGS.seed)
+TOOL = cli.Tool(name='spl.demo', command='python -m spl.demo', doc=__doc__,
+                define_flags=_define_flags)
+
+
+def main(args: cli.Args) -> int:
+  """Runs the demo of a parsed command line; returns the exit status."""
+  show_progress_lines_only()
+  fv = args.flags
+  run_demo(fv.output_dir, SIZES[fv.size], seed=fv.seed)
   return 0
 
 
+def run_cli(argv: Optional[Sequence[str]] = None) -> int:
+  """Entry point: the exit status (`tfrecords_tools.cli` conventions)."""
+  return cli.run(TOOL, main, argv)
+
+
 if __name__ == '__main__':
-  _define_flags()
-  app.run(lambda argv: sys.exit(main(argv)))
+  sys.exit(run_cli())

@@ -8,10 +8,12 @@ import sys
 from absl import flags
 import pytest
 
+from cpd import demo as cpd_demo
 from cpd import evaluate as cpd_evaluate
 from cpd import title_stats
 from cpd import title_tree
 from spl import attention_maps
+from spl import demo as spl_demo
 from spl import export
 from spl import main as spl_main
 from spl import predict_video
@@ -56,6 +58,8 @@ TOOLS = {
         '--output_json=OUT/p.json']),
     'spl.attention_maps': (attention_maps._define_flags, [
         '--model_dir=IN', '--records=IN/*.tfrecord', '--output_dir=OUT']),
+    'spl.demo': (spl_demo._define_flags, ['--size=tiny', '--output_dir=OUT']),
+    'cpd.demo': (cpd_demo._define_flags, ['--size=tiny', '--output_dir=OUT']),
 }
 
 # What a user mistypes, per tool, and the flag the error must name.
@@ -74,6 +78,8 @@ MISSPELT = {
     'spl.export': ('--class_name=a.json', "'class_name'", 'class_names'),
     'spl.predict_video': ('--topk=3', "'topk'", 'top_k'),
     'spl.attention_maps': ('--num_clip=2', "'num_clip'", 'num_clips'),
+    'spl.demo': ('--sizes=tiny', "'sizes'", 'size'),
+    'cpd.demo': ('--seeds=1', "'seeds'", 'seed'),
 }
 
 BEAM_TOOLS = ('tfrecords_tools.write_clips', 'tfrecords_tools.relabel',
