@@ -33,7 +33,6 @@ off the disk (its write-back otherwise dominates).
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shutil
 import tempfile
@@ -42,6 +41,7 @@ from typing import Callable, Dict, List
 
 import psutil
 
+from benchmarks import bench_writer
 from tfrecords_tools import dask_cluster
 from tfrecords_tools import relabel
 from tfrecords_tools import testing
@@ -69,22 +69,11 @@ def _cpu_seconds(pids: List[int]) -> Dict[int, float]:
   return out
 
 
-def _manifest(work_dir: str, path: str, copies: int) -> str:
-  os.makedirs(work_dir, exist_ok=True)
-  manifest = os.path.join(work_dir, f'manifest_{copies}.csv')
-  with open(manifest, 'w', newline='') as f:
-    w = csv.writer(f)
-    w.writerow(['path', 'label', 'title', 'video_id'])
-    for i in range(copies):
-      w.writerow([path, 'a', 't', f'copy{i}'])
-  return manifest
-
-
 def writer_job(path: str, copies: int, work_dir: str,
                dask_args: List[str]) -> Callable:
   """`run(address, out)` -> frames written: the writer on a Dask cluster."""
   info = video_lib.probe(path)
-  manifest = _manifest(work_dir, path, copies)
+  manifest = bench_writer.copies_manifest(work_dir, path, copies)
 
   def run(address: str, out: str) -> float:
     config = write_clips.WriterConfig(

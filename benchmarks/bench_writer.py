@@ -66,10 +66,8 @@ def _ceiling(path: str, copies: int, threads: int = 0) -> tuple:
   return frames / (time.perf_counter() - t0), frames
 
 
-def _writer(path: str, copies: int, workers: int, work_dir: str,
-            threads: int = 0, beam_args: tuple = ()) -> tuple:
-  """(seconds, frames) of one writer run (its own output dir)."""
-  info = video_lib.probe(path)
+def copies_manifest(work_dir: str, path: str, copies: int) -> str:
+  """A writer manifest of `copies` rows of the video `path` (its own ids)."""
   os.makedirs(work_dir, exist_ok=True)
   manifest = os.path.join(work_dir, f'manifest_{copies}.csv')
   with open(manifest, 'w', newline='') as f:
@@ -77,6 +75,14 @@ def _writer(path: str, copies: int, workers: int, work_dir: str,
     w.writerow(['path', 'label', 'title', 'video_id'])
     for i in range(copies):
       w.writerow([path, 'a', 't', f'copy{i}'])
+  return manifest
+
+
+def _writer(path: str, copies: int, workers: int, work_dir: str,
+            threads: int = 0, beam_args: tuple = ()) -> tuple:
+  """(seconds, frames) of one writer run (its own output dir)."""
+  info = video_lib.probe(path)
+  manifest = copies_manifest(work_dir, path, copies)
   out = tempfile.mkdtemp(dir=work_dir, prefix=f'out_{workers}_')
   config = write_clips.WriterConfig(
       output_dir=out, num_shards=4,
