@@ -143,19 +143,21 @@ class DemoSize:
 
 
 SIZES = {
-    # `make demo`: every SPL row once (about 10 minutes on 2 CPU cores).
+    # `make demo`: every SPL row once (7.5 minutes measured on 2 CPU cores,
+    # 11 on cores other jobs were using).
     'small': DemoSize(),
-    # SPL Table 1 and CPD Table 1a/1b, 3 seeds (about an hour on 2 cores:
-    # one seed of each measured at this size, then multiplied).
+    # SPL Table 1 and CPD Table 1a/1b, 3 seeds (40 minutes to an hour on 2
+    # cores: one seed of each measured at this size, then multiplied).
     'study': DemoSize(
         cpd_rows=tuple(r.key for r in CPD_ROWS), cpd_epochs=2,
         seeds=(0, 1, 2), attention=False,
         timing_note=(
             'The study\'s size was chosen by timing one seed of each part at '
-            'these settings on 2 CPU cores shared with other jobs (this '
-            'process got about 70% of them): world and records 75 s, the SPL '
-            'rows 573 s, the CPD rows 557 s, so 75 + 3 x (573 + 557) s = '
-            'about 58 minutes for 3 seeds.')),
+            'these settings on 2 CPU cores shared with other jobs: world and '
+            'records about 70 s, the SPL rows 374 s, the CPD rows 383 s (573 '
+            's and 557 s when this process got only 70% of the cores), so '
+            '70 + 3 x (374 + 383) s = about 40 minutes for 3 seeds, up to '
+            'about an hour on busy cores.')),
     # The CI-sized default path (tests/test_demo.py).
     'tiny': DemoSize(num_classes=4, target_train_videos_per_class=2,
                      target_val_videos_per_class=2, web_videos_per_class=2,

@@ -19,25 +19,32 @@ def _unit(x):
   return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def _numpy_knn_top1(train, train_labels, test, test_labels, k):
-  """Uniform k-NN by cosine, ties broken by summed similarity (knn.py)."""
+def _numpy_knn_top1(train, train_labels, test, test_labels, k,
+                    resolution=1e-5):
+  """Uniform k-NN by cosine, ties broken by summed similarity (knn.py).
+
+  Returns:
+    (top-1, decided): `decided` is False when float32 rounding could change
+    a result: the k-th and (k+1)-th neighbours, or the two best classes'
+    votes, closer than `resolution` (embeddings at random init or collapsed
+    in training have all cosines within 1e-3 of each other, and the
+    similarity tie-break is worth 1e-3 of one).
+  """
   sim = _unit(test) @ _unit(train).T
-  correct = []
+  correct, decided = [], True
   for row, label in zip(sim, test_labels):
+    order = np.argsort(-row, kind='stable')
+    if len(order) > k and row[order[k - 1]] - row[order[k]] <= resolution:
+      decided = False
     votes = {}
-    for j in np.argsort(-row, kind='stable')[:k]:
+    for j in order[:k]:
       votes[train_labels[j]] = votes.get(train_labels[j], 0.0) + (
           1.0 + 1e-3 * row[j])
+    best = sorted(votes.values(), reverse=True)
+    if len(best) > 1 and best[0] - best[1] <= resolution:
+      decided = False
     correct.append(max(votes, key=votes.get) == label)
-  return float(np.mean(correct))
-
-
-def _neighbours_decided(train, test, k, resolution=1e-5):
-  """Whether each test row's k nearest train rows are decided above float32
-  rounding (a collapsed embedding, all cosines within 1e-6, is not)."""
-  sim = -np.sort(-(_unit(test) @ _unit(train).T), axis=1)
-  return sim.shape[1] <= k or bool(
-      np.all(sim[:, k - 1] - sim[:, k] > resolution))
+  return float(np.mean(correct)), decided
 
 
 def _numpy_recall(video, text, prefix_ks=(1, 5, 10)):
@@ -85,10 +92,9 @@ def test_cpd_demo_tiny_end_to_end(tmp_path, monkeypatch):
         'train', 'val')
     assert sorted(train['label'].tolist()) == labels['train']
     assert sorted(val['label'].tolist()) == labels['val']
-    if _neighbours_decided(train['video'], val['video'], size.knn_k):
-      expected = _numpy_knn_top1(train['video'], train['label'], val['video'],
-                                 val['label'], size.knn_k)
-    else:  # Only float32 rounding orders them: the same kNN at its precision.
+    expected, decided = _numpy_knn_top1(train['video'], train['label'],
+                                        val['video'], val['label'], size.knn_k)
+    if not decided:  # Float32 rounding decides: the same kNN at its precision.
       expected = knn.knn_classify(
           train['video'], train['label'], val['video'], val['label'],
           num_classes=size.num_classes, k=size.knn_k, top_k=(1,))['clip/top_1']
