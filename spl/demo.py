@@ -51,6 +51,7 @@ import numpy as np
 
 from spl import bootstrap
 from spl import demo_report
+from spl import loop as loop_lib
 from tfrecords_tools import cli
 from tfrecords_tools import progress as progress_lib
 
@@ -1108,13 +1109,10 @@ def show_progress_lines_only() -> None:
   at INFO and WARNING (gin configs, checkpoints, TensorFlow) stays hidden.
   """
   absl_logging.set_verbosity(absl_logging.INFO)
-  loop_file = os.path.join('spl', 'loop.py')
+  shown = (progress_lib.__name__, loop_lib.PROGRESS_LOGGER)
 
   def keep(record: logging.LogRecord) -> bool:
-    return (record.levelno >= logging.ERROR or
-            record.name == progress_lib.__name__ or
-            (record.pathname.endswith(loop_file) and
-             record.getMessage().startswith('step ')))
+    return record.levelno >= logging.ERROR or record.name in shown
 
   handler = absl_logging.get_absl_handler()
   if keep not in handler.filters:

@@ -12,8 +12,6 @@ their count (every shard of the writer's or relabeller's directory matched),
 the total and an ETA; the evaluation ends with its counters.
 """
 
-import json
-import os
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
@@ -23,9 +21,9 @@ import tf_keras
 from spl import input_pipeline
 from spl import loop as loop_lib
 from spl import metrics
+from tfrecords_tools import completion
 from tfrecords_tools import file_patterns
 from tfrecords_tools import progress as progress_lib
-from tfrecords_tools import schema
 
 EVAL_DETAILS_FILENAME = 'eval_details.json'
 
@@ -81,33 +79,13 @@ def pad_batches(dataset: tf.data.Dataset,
 
 
 def expected_records(file_pattern: str) -> Optional[int]:
-  """The records `file_pattern` matches, from their directories' summaries.
-
-  The clip writer and the relabeller write `summary.json` (its `clips` and
-  `num_shards`) beside their shards; when the pattern matches every shard of
-  each directory it touches, the sum is the count. None when that cannot be
-  known without reading the records (a subset of shards, no summary).
-  """
+  """The records `file_pattern` matches, from their directories' summaries
+  (`tfrecords_tools.completion.record_count`); None when not known."""
   try:
     files = file_patterns.match(file_pattern)
   except (ValueError, tf.errors.OpError):
     return None
-  by_dir: Dict[str, int] = {}
-  for path in files:
-    by_dir[os.path.dirname(path)] = by_dir.get(os.path.dirname(path), 0) + 1
-  total = 0
-  for directory, matched in by_dir.items():
-    path = os.path.join(directory, schema.SUMMARY_FILENAME)
-    try:
-      with tf.io.gfile.GFile(path) as f:
-        summary = json.load(f)
-      clips, shards = int(summary['clips']), int(summary['num_shards'])
-    except (tf.errors.OpError, ValueError, KeyError, TypeError):
-      return None
-    if shards != matched:
-      return None
-    total += clips
-  return total
+  return completion.record_count(files)
 
 
 def is_tpu(strategy: tf.distribute.Strategy) -> bool:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
+import logging as std_logging
 import math
 import os
 import shutil
@@ -54,6 +55,10 @@ from tfrecords_tools import file_patterns
 from tfrecords_tools import records
 
 METRICS_FILENAME = 'metrics.json'
+# The per-step progress line ('step N/M ... clips/s eta'), on a logger of
+# its own so that a caller can show it alone (the demos do).
+PROGRESS_LOGGER = 'spl.loop.progress'
+_PROGRESS_LOG = std_logging.getLogger(PROGRESS_LOGGER)
 
 
 # ---- Cluster roles ----
@@ -494,11 +499,12 @@ class Controller:
           if skipped:
             tf.summary.scalar(f'input/{k}', skipped[k])
       writer.flush()
-      logging.info('step %d/%d  epoch %.2f  loss %.4f  %s  %.1f clips/s  '
-                   'eta %.0fs%s', step, self.total_steps, result['epoch'], loss,
-                   task.progress(result), result['clips_per_second'],
-                   (self.total_steps - step) * elapsed / max(num, 1),
-                   _skip_line(skipped))
+      _PROGRESS_LOG.info('step %d/%d  epoch %.2f  loss %.4f  %s  %.1f clips/s  '
+                         'eta %.0fs%s', step, self.total_steps,
+                         result['epoch'], loss, task.progress(result),
+                         result['clips_per_second'],
+                         (self.total_steps - step) * elapsed / max(num, 1),
+                         _skip_line(skipped))
       due = (step % self.config.checkpoint_every_steps == 0 or
              step == self.total_steps)
       if task.end_loop(step, due) or due:

@@ -10,6 +10,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from tfrecords_tools import atomic_files
+from tfrecords_tools import progress as progress_lib
 from tfrecords_tools import schema
 
 
@@ -267,6 +268,30 @@ class Gather(beam.PTransform):
             | 'Key' >> beam.Map(_keyed_none)
             | 'Group' >> beam.GroupByKey()
             | 'List' >> beam.Map(_as_list))
+
+
+class ReadShards(beam.DoFn):
+  """`read(path, progress)` per input shard, counted on one progress line.
+
+  The first pass of the batch jobs (relabel's contexts, holdout's clips):
+  `read` is a module-level generator that adds `records` (and `shards=1`
+  when a shard is done) to the `ShardProgress` it is given.
+  """
+
+  def __init__(self, read: Callable[..., Any], label: str,
+               run: progress_lib.BeamRun, num_shards: int):
+    self._read = read
+    self._label = label
+    self._run = run
+    self._num_shards = num_shards
+
+  def setup(self):
+    self._progress = self._run.progress(
+        self._label, {'shards': self._num_shards, 'records': None},
+        rates=('records',))
+
+  def process(self, path):
+    yield from self._read(path, self._progress)
 
 
 class _TagOutputs(beam.DoFn):

@@ -366,3 +366,30 @@ def check_matched(patterns: Sequence[str], files: Iterable[str], what: str,
     problem = directory_problem(directory, names, patterns, fs)
     if problem:
       raise IncompleteOutputError(f'{what}: {problem}')
+
+
+def record_count(files: Iterable[str], fs=atomic_files.TF) -> Optional[int]:
+  """How many records `files` hold, from their directories' summaries.
+
+  The clip writer and the relabeller write `summary.json` (its `clips` and
+  `num_shards`) beside their shards; when `files` are every shard of each
+  directory they are in, the sum is the count. None when that cannot be
+  known without reading the records (a subset of shards, no or another
+  kind of summary, an unreadable one). For progress lines, not checks.
+  """
+  by_dir: Dict[str, int] = {}
+  for path in files:
+    directory, _ = atomic_files.split(path)
+    by_dir[directory] = by_dir.get(directory, 0) + 1
+  total = 0
+  for directory, matched in by_dir.items():
+    try:
+      summary = _read_json(
+          atomic_files.join(directory, schema.SUMMARY_FILENAME), fs)
+      clips, shards = int(summary['clips']), int(summary['num_shards'])
+    except (fs.errors() + (ValueError, KeyError, TypeError)):
+      return None
+    if shards != matched:
+      return None
+    total += clips
+  return total

@@ -282,22 +282,6 @@ def read_shard_clips(path: str,
   yield path, rows
 
 
-class _ReadShardClips(beam.DoFn):
-  """`read_shard_clips` with pass 1's progress counters."""
-
-  def __init__(self, run: progress_lib.BeamRun, num_shards: int):
-    self._run = run
-    self._num_shards = num_shards
-
-  def setup(self):
-    self._progress = self._run.progress(
-        'holdout pass 1 (contexts)',
-        {'shards': self._num_shards, 'records': None}, rates=('records',))
-
-  def process(self, path):
-    yield from read_shard_clips(path, self._progress)
-
-
 # ---- The plan: which clips go where, with which new index ----
 
 
@@ -687,7 +671,8 @@ def build_pipeline(pipeline: beam.Pipeline, *, shards: Sequence[str],
   run = run or progress_lib.BeamRun.create('DirectRunner', 1)
   paths = pipeline | 'Shards' >> beam.Create(list(shards), reshuffle=spread)
   contexts = paths | 'ReadContexts' >> beam.ParDo(
-      _ReadShardClips(run, len(shards))).with_outputs('error', main='clips')
+      beam_utils.ReadShards(read_shard_clips, 'holdout pass 1 (contexts)', run,
+                            len(shards))).with_outputs('error', main='clips')
   once = pipeline | 'Once' >> beam.Create([None])
   planned = once | 'Plan' >> beam.ParDo(
       _Plan(num_pairs=num_pairs, seed=seed, num_val_shards=num_val_shards,

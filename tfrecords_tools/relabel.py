@@ -204,22 +204,6 @@ def read_shard_contexts(path: str,
   _record_time('pass1_contexts', time.perf_counter() - start)
 
 
-class _ReadContexts(beam.DoFn):
-  """`read_shard_contexts` with pass 1's progress counters."""
-
-  def __init__(self, run: progress_lib.BeamRun, num_shards: int):
-    self._run = run
-    self._num_shards = num_shards
-
-  def setup(self):
-    self._progress = self._run.progress(
-        'relabel pass 1 (contexts)',
-        {'shards': self._num_shards, 'records': None}, rates=('records',))
-
-  def process(self, path):
-    yield from read_shard_contexts(path, self._progress)
-
-
 def read_prediction_file(path: str) -> Iterable[Any]:
   """Yields `(bucket, (_PRED, path, rows))` for the predictions of a file.
 
@@ -719,7 +703,8 @@ def build_pipeline(pipeline: beam.Pipeline, *, shards: Sequence[str],
   run = run or progress_lib.BeamRun.create('DirectRunner', 1)
   paths = pipeline | 'Shards' >> beam.Create(list(shards), reshuffle=reshuffle)
   contexts = paths | 'ReadContexts' >> beam_utils.ParDoByTag(
-      _ReadContexts(run, len(shards)), 'error', main='clips')
+      beam_utils.ReadShards(read_shard_contexts, 'relabel pass 1 (contexts)',
+                             run, len(shards)), 'error', main='clips')
   preds = (pipeline
            | 'PredictionFiles' >> beam.Create(list(prediction_files),
                                               reshuffle=reshuffle)
