@@ -150,6 +150,15 @@ made), so the damage is found at the end of that file's records.
   `reset_skipped_records()`), so they work under any strategy whose input
   pipeline runs in this process; the training loop reports them.
 
+How a record that fails to decode is found: records are processed in
+parallel but in order, and one whose processing raises is dropped
+(`ignore_errors`; a TF graph cannot catch an error). Every record carries the
+names of the `lost_records_named` (default 16) records before it, so the
+next one that comes out names what is missing (a finite stream ends with a
+marker that cannot fail, so the last records are found too); more lost in a
+row are counted and said to be unnamed. A damaged shard's message travels as
+an element and is raised after processing, for the same reason.
+
 A pattern that matches no file raises `ValueError` naming the pattern, at
 call time. A label is never silently replaced or clipped.
 """
@@ -188,10 +197,20 @@ from tfrecords_tools import file_patterns
 from tfrecords_tools import schema
 
 _ERROR = '_error'  # Internal: '' for a good record, else the reason.
-# Internal, set by `_protected`: position of the record in its task (-1: the
-# end-of-task sentinel) and the records lost (processing raised) before it.
-_POSITION = '_position'
+# Internal, set by `_remember_previous` before processing and carried
+# through it: the record's place in the stream, the end-of-stream marker, and
+# the place and name of the records just before it (`lost_records_named`).
+_SEQ = '_seq'
+_END = '_end'
+_PREV_SEQ = '_prev_seq'
+_PREV_PATH = '_prev_path'
+_PREV_RECORD = '_prev_record'
+# Set by `_find_lost`: the records lost (processing raised) just before this
+# one, by name, and how many more were lost than could be named.
 _LOST = '_lost'
+_UNNAMED = '_unnamed'
+_CARRIED = (_SEQ, _END, _PREV_SEQ, _PREV_PATH, _PREV_RECORD)
+_INTERNAL = (_ERROR, _LOST, _UNNAMED) + _CARRIED
 _LOST_SEPARATOR = '\n'
 _LOST_REASON = (
     'could not be parsed or decoded (malformed record, corrupt or truncated '
@@ -296,23 +315,25 @@ def _read_file(path: tf.Tensor, size: tf.Tensor,
     def damage_found():
       message = _damage_message(path, offset, size, index)
       if on_bad_record == 'skip':
-        return tf.py_function(_record_damage, [path, message], tf.bool)
-      with tf.control_dependencies([tf.debugging.Assert(
-          False, [message], summarize=1)]):
-        return tf.constant(True)
+        with tf.control_dependencies([tf.py_function(
+            _record_damage, [path, message], tf.bool)]):
+          return tf.constant('')
+      return message
 
     # The message is built only for a damaged file (strings cost per record).
-    check = tf.cond(tf.logical_and(end, offset != size), damage_found,
-                    lambda: tf.constant(False))
-    with tf.control_dependencies([check]):
-      out = {'path': path, 'record': tf.identity(index),
-             'serialized': serialized, 'end': end}
+    # In 'error' mode it travels as an element and is raised after
+    # processing: the processing's `ignore_errors` would swallow it here.
+    damage = tf.cond(tf.logical_and(end, offset != size), damage_found,
+                     lambda: tf.constant(''))
+    out = {'path': path, 'record': index, 'serialized': serialized,
+           'end': end, 'damage': damage}
     length = tf.cast(tf.strings.length(serialized), tf.int64)
     return (offset + length + _FRAMING_BYTES, index + 1), out
 
   zero = tf.constant(0, tf.int64)
   return marked.scan((zero, zero), _plain(number)).filter(
-      _plain(lambda e: tf.logical_not(e.pop('end'))))
+      _plain(lambda e: tf.logical_or(tf.logical_not(e['end']),
+                                     tf.not_equal(e['damage'], ''))))
 
 
 class _RecordProcessor:
@@ -367,13 +388,16 @@ class _RecordProcessor:
         CLIP_KEY: tf.constant(''),
         VIDEO_ID: tf.constant(''),
         CAPTION: tf.constant(''),
-        _ERROR: tf.strings.join([self._prefix(element), error]),
+        # A damaged shard's message names the file and offset already.
+        _ERROR: tf.where(tf.equal(element['damage'], ''), tf.strings.join(
+            [self._prefix(element), error]), element['damage']),
     }
 
   def __call__(self, element) -> Dict[str, tf.Tensor]:
     parsed = decode.parse(element['serialized'], self.label_key)
     error = decode.validate(parsed, self.label_key, self.num_classes)
-    return tf.cond(tf.equal(error, ''),
+    return tf.cond(tf.logical_and(tf.equal(error, ''),
+                                  tf.equal(element['damage'], '')),
                    lambda: self._process(element, parsed),
                    lambda: self.placeholder(element, error))
 
@@ -452,91 +476,128 @@ class _RecordProcessor:
     }
 
 
-def _protected(processor: _RecordProcessor):
-  """A task of records (batched) -> their outputs; none lost silently.
+def _end_marker(spec) -> Dict[str, tf.Tensor]:
+  """The element that ends a finite stream: record -1, nothing to parse.
 
-  TF graphs cannot catch errors, but a dataset can drop an element whose
-  map raised (`ignore_errors`). The task's records are processed one after
-  another in one nested dataset that does so; a `scan` over what comes out
-  finds the gaps (records carry their position) and names the lost records
-  in `_LOST` of the next output, or of an end-of-task sentinel (position
-  -1, dropped later). One nested dataset per task of `records_per_task`
-  records, not per record: per record it cost ~0.7 ms of CPU per 8x112^2
-  clip, a quarter of what the whole pipeline spends on it.
+  It is processed like a record (an empty record: a placeholder, never an
+  error raised), so the records lost just before the end are found.
   """
-  def fn(task):
-    n = tf.shape(task['record'], out_type=tf.int64)[0]
-    names = tf.strings.join([task['path'], ' record #',
-                             tf.strings.as_string(task['record'])])
+  return {k: (tf.constant(-1, tf.int64) if k == 'record' else
+              tf.zeros(v.shape, v.dtype)) for k, v in spec.items()}
 
-    def process(element):
-      out = processor(element)
-      out[_POSITION] = element[_POSITION]
-      return out
 
-    def sentinel(element):
-      out = processor.placeholder(element, '')
-      out[_ERROR] = tf.constant('')
-      out[_POSITION] = tf.constant(-1, tf.int64)
-      return out
+def _first_window(size: int):
+  """`_remember_previous`'s state before the first record."""
+  return (tf.constant(0, tf.int64), tf.fill([size], tf.constant(-1, tf.int64)),
+          tf.fill([size], ''), tf.fill([size], tf.constant(-1, tf.int64)))
 
-    def find_lost(expected, out):
-      position = tf.where(out[_POSITION] < 0, n, out[_POSITION])
-      out = dict(out)
-      out[_LOST] = tf.strings.reduce_join(names[expected:position],
-                                          separator=_LOST_SEPARATOR)
-      return position + 1, out
 
-    records = tf.data.Dataset.from_tensor_slices(
-        dict(task, **{_POSITION: tf.range(n)}))
-    good = records.map(_plain(process)).ignore_errors(log_warning=True)
-    end = records.take(1).map(_plain(sentinel))
-    return good.concatenate(end).scan(tf.constant(0, tf.int64),
-                                      _plain(find_lost))
+def _remember_previous(state, element):
+  """Numbers the stream; each record carries the last few records' names.
+
+  Processing runs in parallel but in order, and a record whose processing
+  raises is dropped (`ignore_errors`): TF graphs cannot catch errors. The
+  next record that comes out carries the place and name of the
+  `lost_records_named` records before it, so `_find_lost` names what is
+  missing between two outputs without a nested dataset per record (which
+  cost ~15% of a small clip's CPU time).
+  """
+  seq, prev_seq, prev_path, prev_record = state
+  out = dict(element)
+  out.update({_SEQ: seq, _END: element['record'] < 0, _PREV_SEQ: prev_seq,
+              _PREV_PATH: prev_path, _PREV_RECORD: prev_record})
+
+  def push(window, value):
+    return tf.concat([window[1:], value[None]], 0)
+
+  return (seq + 1, push(prev_seq, seq), push(prev_path, element['path']),
+          push(prev_record, element['record'])), out
+
+
+def _protected(processor: _RecordProcessor):
+  """`processor` carrying `_remember_previous`'s fields through."""
+  def fn(element):
+    out = processor(element)
+    out.update({k: element[k] for k in _CARRIED})
+    return out
   return fn
+
+
+def _find_lost(expected, out):
+  """Names the records lost between the previous output and this one."""
+  out = dict(out)
+  seq = out.pop(_SEQ)
+  lost = out.pop(_PREV_SEQ) >= expected
+  names = tf.strings.join([
+      tf.boolean_mask(out.pop(_PREV_PATH), lost), ' record #',
+      tf.strings.as_string(tf.boolean_mask(out.pop(_PREV_RECORD), lost))])
+  out[_LOST] = tf.strings.reduce_join(names, separator=_LOST_SEPARATOR)
+  out[_UNNAMED] = seq - expected - tf.size(names, out_type=tf.int64)
+  return seq + 1, out
+
+
+def _unnamed_text(unnamed, lost):
+  """What is said of the records lost in a row before the named ones."""
+  first = tf.strings.split(lost, _LOST_SEPARATOR)[0]
+  return tf.strings.join([
+      tf.strings.as_string(unnamed), ' more records lost in a row before ',
+      first, ' (only `lost_records_named` in a row are named)'])
 
 
 def _raise_if_bad(element):
   element = dict(element)
   error = element.pop(_ERROR)
   lost = element.pop(_LOST)
+  unnamed = element.pop(_UNNAMED)
   checks = [
-      tf.debugging.Assert(tf.equal(error, ''), [error], summarize=1),
+      tf.debugging.Assert(tf.logical_or(tf.equal(error, ''), element[_END]),
+                          [error], summarize=1),
       tf.debugging.Assert(
-          tf.equal(lost, ''),
-          [tf.strings.join([lost, ': ', _LOST_REASON])], summarize=1)]
+          tf.logical_and(tf.equal(unnamed, 0), tf.equal(lost, '')),
+          [tf.strings.join([
+              tf.strings.regex_replace(lost, _LOST_SEPARATOR, ', '), ': ',
+              _LOST_REASON,
+              tf.where(unnamed > 0, tf.strings.join(
+                  ['; and ', _unnamed_text(unnamed, lost)]), '')])],
+          summarize=1)]
   with tf.control_dependencies(checks):
     element[LABEL] = tf.identity(element[LABEL])
   return element
 
 
-def _record_lost(lost: tf.Tensor) -> tf.Tensor:
-  for name in lost.numpy().decode('utf-8', errors='replace').split(
-      _LOST_SEPARATOR):
+def _record_lost(lost: tf.Tensor, unnamed: tf.Tensor) -> tf.Tensor:
+  names = lost.numpy().decode('utf-8', errors='replace')
+  for name in names.split(_LOST_SEPARATOR) if names else ():
     bad_input.count_record(f'{name}: {_LOST_REASON}')
+  if unnamed.numpy():
+    text = _unnamed_text(unnamed, lost).numpy().decode(
+        'utf-8', errors='replace')
+    bad_input.count_record(f'{text}: {_LOST_REASON}', int(unnamed.numpy()))
   return tf.constant(True)
 
 
 def _keep_if_good(element):
-  bad = tf.not_equal(element[_ERROR], '')
+  bad = tf.logical_and(tf.not_equal(element[_ERROR], ''),
+                       tf.logical_not(element[_END]))
   counted = [
       tf.cond(bad,
               lambda: tf.py_function(_record_skip, [element[_ERROR]], tf.bool),
               lambda: tf.constant(False)),
-      tf.cond(tf.not_equal(element[_LOST], ''),
-              lambda: tf.py_function(_record_lost, [element[_LOST]], tf.bool),
+      tf.cond(tf.logical_or(tf.not_equal(element[_LOST], ''),
+                            element[_UNNAMED] > 0),
+              lambda: tf.py_function(
+                  _record_lost, [element[_LOST], element[_UNNAMED]], tf.bool),
               lambda: tf.constant(False))]
   with tf.control_dependencies(counted):
-    return tf.logical_and(tf.logical_not(bad), element[_POSITION] >= 0)
+    return tf.logical_not(tf.logical_or(bad, element[_END]))
 
 
 def _is_output(element):
-  return element[_POSITION] >= 0
+  return tf.logical_not(element[_END])
 
 
 def _drop_internal(element):
-  return {k: v for k, v in element.items()
-          if k not in (_ERROR, _LOST, _POSITION)}
+  return {k: v for k, v in element.items() if k not in _INTERNAL}
 
 
 def make_dataset(file_pattern: str, *, is_training: bool, batch_size: int,
@@ -661,7 +722,7 @@ def make_dataset(file_pattern: str, *, is_training: bool, batch_size: int,
     seeds = tf.data.Dataset.random(
         seed=None if pipeline_seed is None else pipeline_seed + 1).batch(2)
     ds = tf.data.Dataset.zip((ds, seeds)).map(
-        _plain(lambda e, s: dict(e, seed=s)))
+        _plain(lambda e, s: dict(e, seed=tf.ensure_shape(s, [2]))))
   if skip_batches:
     ds = ds.skip(skip_batches * batch_size)
 
@@ -670,11 +731,16 @@ def make_dataset(file_pattern: str, *, is_training: bool, batch_size: int,
       crop_size=crop_size, num_classes=num_classes, label_key=label_key,
       num_test_clips=num_test_clips, num_test_crops=num_test_crops,
       image_mode=image_mode, opts=opts, device_finishing=device_finishing)
-  ds = ds.batch(opts.records_per_task).interleave(
-      _plain(_protected(processor)),
-      cycle_length=opts.parallel_clips or _AUTOTUNE,
-      block_length=1, num_parallel_calls=_AUTOTUNE,
-      deterministic=deterministic)
+  if not repeat:
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(
+        _end_marker(ds.element_spec)))
+  ds = ds.scan(_first_window(opts.lost_records_named),
+               _plain(_remember_previous))
+  # In order (`_find_lost` relies on it), in parallel.
+  ds = ds.map(_plain(_protected(processor)),
+              num_parallel_calls=opts.parallel_clips or _AUTOTUNE,
+              deterministic=True).ignore_errors(log_warning=True)
+  ds = ds.scan(tf.constant(0, tf.int64), _plain(_find_lost))
   if on_bad_record == 'error':
     ds = ds.map(_plain(_raise_if_bad)).filter(_plain(_is_output))
   else:

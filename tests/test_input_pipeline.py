@@ -460,7 +460,7 @@ def test_eager_processing_matches_tf_data(clips):
       image_mode=False, opts=opts)
   record = testing.read_records(clips)[0]
   element = {'path': tf.constant('x'), 'record': tf.constant(0, tf.int64),
-             'serialized': tf.constant(record),
+             'serialized': tf.constant(record), 'damage': tf.constant(''),
              'seed': tf.constant([7, 9], tf.int64)}
   eager = proc(element)
   assert eager[ip._ERROR].numpy() == b''
@@ -598,20 +598,21 @@ def test_skip_mode_drops_and_counts(bad_file, is_training):
   assert ip.num_skipped_records() == 0
 
 
-@pytest.mark.parametrize('records_per_task', [1, 3, 4, 16])
-def test_lost_records_are_found_wherever_they_fall_in_a_task(
-    tmp_path, records_per_task):
-  # Corrupt frames first, last, at and across task boundaries, in a row.
+@pytest.mark.parametrize('is_training', [False, True])
+def test_lost_records_are_named_first_last_and_in_a_row(tmp_path,
+                                                        is_training):
+  # Corrupt frames first, last, alone and three in a row.
   bad = {0, 3, 4, 5, 8, 11}
   path = write(str(tmp_path / 'lost.tfrecord'), [
       _corrupt(testing.make_fake_clip(c)) if c in bad else
       testing.make_fake_clip(c) for c in range(12)])
-  kwargs = dict(is_training=False, batch_size=2, num_frames=2, crop_size=16,
-                num_classes=3, repeat=False, drop_remainder=False,
-                deterministic=True, records_per_task=records_per_task)
+  kwargs = dict(is_training=is_training, batch_size=2, num_frames=2,
+                crop_size=16, num_classes=3, repeat=False,
+                drop_remainder=False, deterministic=True)
   ip.reset_skipped_records()
   out = take_all(ip.make_dataset(path, on_bad_record='skip', **kwargs))
-  assert out[ip.CLIP_INDEX].tolist() == [c for c in range(12) if c not in bad]
+  assert sorted(out[ip.CLIP_INDEX].tolist()) == [
+      c for c in range(12) if c not in bad]
   assert ip.num_skipped_records() == len(bad)
   messages = ip.skipped_record_messages()
   assert sorted(int(m.split('record #')[1].split(':')[0])
@@ -621,8 +622,36 @@ def test_lost_records_are_found_wherever_they_fall_in_a_task(
   ip.reset_skipped_records()
   with pytest.raises(tf.errors.InvalidArgumentError,
                      match=f'{path} record #0:') as err:
-    take_all(ip.make_dataset(path, **kwargs))
+    take_all(ip.make_dataset(path, **dict(kwargs, is_training=False)))
   assert 'could not be parsed or decoded' in err.value.message
+
+
+def test_more_lost_in_a_row_than_named_are_counted(tmp_path):
+  """With `lost_records_named=2`, three lost in a row: the last two named,
+  the one before counted; every lost record is in the count."""
+  bad = {3, 4, 5, 9}
+  path = write(str(tmp_path / 'lost.tfrecord'), [
+      _corrupt(testing.make_fake_clip(c)) if c in bad else
+      testing.make_fake_clip(c) for c in range(10)])
+  kwargs = dict(is_training=False, batch_size=2, num_frames=2, crop_size=16,
+                num_classes=3, repeat=False, drop_remainder=False,
+                deterministic=True, lost_records_named=2)
+  ip.reset_skipped_records()
+  out = take_all(ip.make_dataset(path, on_bad_record='skip', **kwargs))
+  assert out[ip.CLIP_INDEX].tolist() == [0, 1, 2, 6, 7, 8]
+  assert ip.num_skipped_records() == 4
+  messages = ip.skipped_record_messages()
+  assert [m.split(':')[0] for m in messages if m.startswith(path)] == [
+      f'{path} record #4', f'{path} record #5', f'{path} record #9']
+  assert any(m.startswith(f'1 more records lost in a row before {path} '
+                          'record #4') for m in messages)
+  ip.reset_skipped_records()
+  with pytest.raises(tf.errors.InvalidArgumentError) as err:
+    take_all(ip.make_dataset(path, **kwargs))
+  assert f'{path} record #4, {path} record #5: could not' in (
+      err.value.message), err.value.message
+  assert f'1 more records lost in a row before {path} record #4' in (
+      err.value.message)
 
 
 # ---- Damaged shards ----
@@ -737,8 +766,9 @@ def test_argument_errors(clips, tmp_path):
   with pytest.raises(ValueError, match='scale_jitter'):
     ip.make_dataset(clips, is_training=True, batch_size=1, crop_size=16,
                     scale_jitter=(10, 20))
-  with pytest.raises(ValueError, match='records_per_task'):
-    ip.make_dataset(clips, is_training=True, batch_size=1, records_per_task=0)
+  with pytest.raises(ValueError, match='lost_records_named'):
+    ip.make_dataset(clips, is_training=True, batch_size=1,
+                    lost_records_named=0)
 
 
 # ---- Evaluation counts and distribution ----

@@ -53,15 +53,16 @@ def reset() -> None:
     _damaged.clear()
 
 
-def count_record(text: str) -> None:
-  """One skipped record, `text` naming its file, number and reason."""
+def count_record(text: str, count: int = 1) -> None:
+  """`count` skipped records (one unless `text` could not name each), `text`
+  naming file, number and reason."""
   global _skipped
   with _lock:
-    _skipped += 1
+    _skipped += count
     _messages.append(text)
-    count = _skipped
-  if count <= 100 or count % 1000 == 0:
-    logging.warning('Skipping bad record (%d so far): %s', count, text)
+    total = _skipped
+  if total <= 100 or total // 1000 > (total - count) // 1000:
+    logging.warning('Skipping bad record (%d so far): %s', total, text)
 
 
 def count_damaged_file(path: str, text: str) -> None:

@@ -34,11 +34,11 @@ class AugmentationOptions:
       continuously. 1: exact sizes.
     parallel_clips: clips processed concurrently (parse, decode, augment);
       None: tf.data's AUTOTUNE (the number of cores).
-    records_per_task: records one parallel task processes in turn, inside
-      one error-catching nested dataset (`spl.input_pipeline._protected`).
-      Larger amortises the nested dataset's cost (measured on 8x112^2 clips: 1 record per
-      task cost ~0.7 ms more CPU per clip than 8, out of ~2.5 ms; 32 gained
-      nothing more) and makes the first batch come a little later.
+    lost_records_named: a record whose processing raises (a corrupt JPEG) is
+      dropped and found by the next record that comes out, which carries
+      the names of the records just before it
+      (`spl.input_pipeline._remember_previous`): up to this many lost in a
+      row are named one by one; more are counted, not named.
   """
   scale_jitter: Optional[Tuple[int, int]] = None
   min_resize: Optional[int] = None
@@ -56,7 +56,7 @@ class AugmentationOptions:
   use_xla: bool = True
   parallel_clips: Optional[int] = None
   window_quantum: int = 4
-  records_per_task: int = 8
+  lost_records_named: int = 16
 
 
 def make_options(crop_size: int,
@@ -101,9 +101,9 @@ def make_options(crop_size: int,
   if opts.parallel_clips is not None and opts.parallel_clips < 1:
     raise ValueError(
         f'`parallel_clips` must be >= 1 or None, got {opts.parallel_clips}')
-  if opts.records_per_task < 1:
+  if opts.lost_records_named < 1:
     raise ValueError(
-        f'`records_per_task` must be >= 1, got {opts.records_per_task}')
+        f'`lost_records_named` must be >= 1, got {opts.lost_records_named}')
   if opts.window_quantum < 1:
     raise ValueError(
         f'`window_quantum` must be >= 1, got {opts.window_quantum}')
