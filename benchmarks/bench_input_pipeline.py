@@ -217,7 +217,8 @@ def cost_breakdown(pattern: str, *, num_frames: int, crop_size: int,
 
   @tf.function
   def window(frames, seed):
-    w = sample.train_window(frames[0], crop_size, opts, seed)
+    w = sample.train_window(frames[0], crop_size, opts,
+                            sample.clip_draws(seed))
     return decode.decode_window(frames, w, '')
 
   finish_in = ip.video_features(next(iter(ip.make_dataset(

@@ -197,21 +197,21 @@ from tfrecords_tools import file_patterns
 from tfrecords_tools import schema
 
 _ERROR = '_error'  # Internal: '' for a good record, else the reason.
-# Internal, set by `_remember_previous` before processing and carried
-# through it: the record's place in the stream, the end-of-stream marker, and
-# the place and name of the records just before it (`lost_records_named`).
+# Internal, set by `_LossFinder.remember` before processing and carried
+# through it: the record's file (index into the pipeline's files) and number,
+# its place in the stream, whether it is the end-of-stream marker or a damaged
+# shard's message, and the place, file and number of the records before it.
+_FILE = '_file'
+_RECORD = '_record'
 _SEQ = '_seq'
 _END = '_end'
+_DAMAGED = '_damaged'
 _PREV_SEQ = '_prev_seq'
-_PREV_PATH = '_prev_path'
+_PREV_FILE = '_prev_file'
 _PREV_RECORD = '_prev_record'
-# Set by `_find_lost`: the records lost (processing raised) just before this
-# one, by name, and how many more were lost than could be named.
-_LOST = '_lost'
-_UNNAMED = '_unnamed'
-_CARRIED = (_SEQ, _END, _PREV_SEQ, _PREV_PATH, _PREV_RECORD)
-_INTERNAL = (_ERROR, _LOST, _UNNAMED) + _CARRIED
-_LOST_SEPARATOR = '\n'
+_CARRIED = (_FILE, _RECORD, _SEQ, _END, _DAMAGED, _PREV_SEQ, _PREV_FILE,
+            _PREV_RECORD)
+_KEEP = '_keep'  # Set by `_LossFinder.check` when some outputs are dropped.
 _LOST_REASON = (
     'could not be parsed or decoded (malformed record, corrupt or truncated '
     'JPEG, or frames of different sizes). tf.data logs the TensorFlow error '
@@ -229,11 +229,6 @@ num_skipped_records = bad_input.num_skipped_records
 skipped_record_messages = bad_input.skipped_record_messages
 damaged_files = bad_input.damaged_files
 reset_skipped_records = bad_input.reset
-
-
-def _record_skip(message: tf.Tensor) -> tf.Tensor:
-  bad_input.count_record(message.numpy().decode('utf-8', errors='replace'))
-  return tf.constant(True)
 
 
 # ---- Argument checks ----
@@ -292,7 +287,7 @@ def _record_damage(path: tf.Tensor, message: tf.Tensor) -> tf.Tensor:
   return tf.constant(True)
 
 
-def _read_file(path: tf.Tensor, size: tf.Tensor,
+def _read_file(file_index: tf.Tensor, path: tf.Tensor, size: tf.Tensor,
                on_bad_record: str) -> tf.data.Dataset:
   """The records of one shard, numbered; damage is found, never fatal.
 
@@ -325,7 +320,7 @@ def _read_file(path: tf.Tensor, size: tf.Tensor,
     # processing: the processing's `ignore_errors` would swallow it here.
     damage = tf.cond(tf.logical_and(end, offset != size), damage_found,
                      lambda: tf.constant(''))
-    out = {'path': path, 'record': index, 'serialized': serialized,
+    out = {'file': file_index, 'record': index, 'serialized': serialized,
            'end': end, 'damage': damage}
     length = tf.cast(tf.strings.length(serialized), tf.int64)
     return (offset + length + _FRAMING_BYTES, index + 1), out
@@ -371,10 +366,6 @@ class _RecordProcessor:
       shape = [self.num_clips * self.num_crops] + shape
     return shape
 
-  def _prefix(self, element):
-    return tf.strings.join([element['path'], ' record #',
-                            tf.strings.as_string(element['record']), ': '])
-
   def placeholder(self, element, error) -> Dict[str, tf.Tensor]:
     extra = {}
     if self.device_finishing:
@@ -388,32 +379,35 @@ class _RecordProcessor:
         CLIP_KEY: tf.constant(''),
         VIDEO_ID: tf.constant(''),
         CAPTION: tf.constant(''),
-        # A damaged shard's message names the file and offset already.
-        _ERROR: tf.where(tf.equal(element['damage'], ''), tf.strings.join(
-            [self._prefix(element), error]), element['damage']),
+        # The record is named by `_LossFinder.check`; a damaged shard's
+        # message names the file and offset itself.
+        _ERROR: tf.where(tf.equal(element['damage'], ''), error,
+                         element['damage']),
     }
 
   def __call__(self, element) -> Dict[str, tf.Tensor]:
     parsed = decode.parse(element['serialized'], self.label_key)
-    error = decode.validate(parsed, self.label_key, self.num_classes)
-    return tf.cond(tf.logical_and(tf.equal(error, ''),
-                                  tf.equal(element['damage'], '')),
-                   lambda: self._process(element, parsed),
-                   lambda: self.placeholder(element, error))
+    ok = decode.is_valid(parsed, self.label_key, self.num_classes)
+    # One branch per record; the problem is described only for a bad one.
+    return tf.cond(
+        tf.logical_and(ok, tf.equal(element['damage'], '')),
+        lambda: self._process(element, parsed),
+        lambda: self.placeholder(element, decode.describe_problem(
+            parsed, self.label_key, self.num_classes)))
 
-  def _host_pixels(self, kept, seed) -> tf.Tensor:
+  def _host_pixels(self, kept, draws) -> tf.Tensor:
     """float32 views: the pixel work on the host (`spl.inputs.pixels`)."""
     s, opts = self.crop_size, self.opts
     if self.is_training:
-      decoded, _, flip = geometry.training_window(kept, s, opts, seed)
+      decoded, _, flip = geometry.training_window(kept, s, opts, draws)
       return pixels.transform_and_resize(
           decoded, [s, s], flip,
-          pixels.colour_params(opts, seed, is_training=True), opts)
+          pixels.colour_params(opts, draws, is_training=True), opts)
     colour = pixels.colour_params(opts, None, is_training=False)
     return self._views(kept, lambda decoded, size: pixels.transform_and_resize(
         decoded, size, tf.constant(False), colour, opts))
 
-  def _device_pixels(self, kept, seed) -> Tuple[tf.Tensor, tf.Tensor]:
+  def _device_pixels(self, kept, draws) -> Tuple[tf.Tensor, tf.Tensor]:
     """Host half of `device_finishing`: uint8 frames and the VIDEO_FINISH row.
 
     Training: the decoded crop window, zero-padded at the bottom right to
@@ -424,12 +418,12 @@ class _RecordProcessor:
     """
     s, opts = self.crop_size, self.opts
     if self.is_training:
-      decoded, window, flip = geometry.training_window(kept, s, opts, seed)
+      decoded, window, flip = geometry.training_window(kept, s, opts, draws)
       too_big = tf.reduce_any(window[2:] > s)
       video = tf.cond(too_big, lambda: _to_uint8(tf.image.resize(
           decoded, [s, s], method='bilinear')), lambda: decoded)
       # Padded to crop_size at the bottom right when batched.
-      colour = pixels.colour_params(opts, seed, is_training=True)
+      colour = pixels.colour_params(opts, draws, is_training=True)
       return video, finish_row(tf.minimum(window[2:], s), flip, colour, opts)
     video = self._views(kept, lambda decoded, size: _to_uint8(
         tf.image.resize(decoded, size, method='bilinear')))
@@ -445,21 +439,20 @@ class _RecordProcessor:
 
   def _process(self, element, parsed) -> Dict[str, tf.Tensor]:
     seed = element.get('seed')
+    draws = None if seed is None else sample.clip_draws(seed)
     frames = parsed[schema.IMAGE_KEY]
-    t_seed = (None if seed is None else
-              tf.random.experimental.stateless_fold_in(seed, 0))
     indices = sample.frame_indices(
         tf.shape(frames)[0], num_frames=self.num_frames, stride=self.stride,
-        is_training=self.is_training, num_clips=self.num_clips, seed=t_seed)
+        is_training=self.is_training, num_clips=self.num_clips, draws=draws)
     if self.image_mode and not self.is_training:
       n = tf.shape(frames)[0]
       indices = ((n - 1) // 2)[None]
     kept = tf.gather(frames, indices)
     extra = {}
     if self.device_finishing:
-      video, extra[VIDEO_FINISH] = self._device_pixels(kept, seed)
+      video, extra[VIDEO_FINISH] = self._device_pixels(kept, draws)
     else:
-      video = self._host_pixels(kept, seed)
+      video = self._host_pixels(kept, draws)
     if self.pads_in_batch:
       video = video[0] if self.image_mode else video
     else:
@@ -486,36 +479,8 @@ def _end_marker(spec) -> Dict[str, tf.Tensor]:
               tf.zeros(v.shape, v.dtype)) for k, v in spec.items()}
 
 
-def _first_window(size: int):
-  """`_remember_previous`'s state before the first record."""
-  return (tf.constant(0, tf.int64), tf.fill([size], tf.constant(-1, tf.int64)),
-          tf.fill([size], ''), tf.fill([size], tf.constant(-1, tf.int64)))
-
-
-def _remember_previous(state, element):
-  """Numbers the stream; each record carries the last few records' names.
-
-  Processing runs in parallel but in order, and a record whose processing
-  raises is dropped (`ignore_errors`): TF graphs cannot catch errors. The
-  next record that comes out carries the place and name of the
-  `lost_records_named` records before it, so `_find_lost` names what is
-  missing between two outputs without a nested dataset per record (which
-  cost ~15% of a small clip's CPU time).
-  """
-  seq, prev_seq, prev_path, prev_record = state
-  out = dict(element)
-  out.update({_SEQ: seq, _END: element['record'] < 0, _PREV_SEQ: prev_seq,
-              _PREV_PATH: prev_path, _PREV_RECORD: prev_record})
-
-  def push(window, value):
-    return tf.concat([window[1:], value[None]], 0)
-
-  return (seq + 1, push(prev_seq, seq), push(prev_path, element['path']),
-          push(prev_record, element['record'])), out
-
-
 def _protected(processor: _RecordProcessor):
-  """`processor` carrying `_remember_previous`'s fields through."""
+  """`processor` carrying `_LossFinder.remember`'s fields through."""
   def fn(element):
     out = processor(element)
     out.update({k: element[k] for k in _CARRIED})
@@ -523,81 +488,127 @@ def _protected(processor: _RecordProcessor):
   return fn
 
 
-def _find_lost(expected, out):
-  """Names the records lost between the previous output and this one."""
-  out = dict(out)
-  seq = out.pop(_SEQ)
-  lost = out.pop(_PREV_SEQ) >= expected
-  names = tf.strings.join([
-      tf.boolean_mask(out.pop(_PREV_PATH), lost), ' record #',
-      tf.strings.as_string(tf.boolean_mask(out.pop(_PREV_RECORD), lost))])
-  out[_LOST] = tf.strings.reduce_join(names, separator=_LOST_SEPARATOR)
-  out[_UNNAMED] = seq - expected - tf.size(names, out_type=tf.int64)
-  return seq + 1, out
+class _LossFinder:
+  """Finds the records whose processing raised, names and reports them.
+
+  Processing runs in parallel but in order, and a record whose processing
+  raises is dropped (`ignore_errors`): a TF graph cannot catch an error.
+  `remember` (a scan before processing) numbers the stream and gives each
+  record the place, file and number of the `window` records before it;
+  `check` (a scan after) sees which numbers are missing before each output
+  and names them from that window. Only integers travel with a record; the
+  names and messages are built, in one `tf.cond`, for a record that has a
+  problem. (A nested dataset per task of records, its outputs scanned for
+  gaps, cost ~15% of a small clip's CPU time.) `check` also reports the bad
+  records (invalid, damaged shard): 'error' raises naming the record, 'skip'
+  counts it on the host (`spl.inputs.bad_input`) and drops it.
+  """
+
+  def __init__(self, files: List[str], on_bad_record: str, window: int,
+               finite: bool):
+    self.files = files
+    self.skip = on_bad_record == 'skip'
+    self.window = window
+    # Some outputs are dropped (skipped records, the end marker).
+    self.filters = self.skip or finite
+
+  def first_state(self):
+    none = tf.fill([self.window], tf.constant(-1, tf.int64))
+    return tf.constant(0, tf.int64), none, none, none
+
+  def remember(self, state, element):
+    seq, prev_seq, prev_file, prev_record = state
+    out = {k: v for k, v in element.items()
+           if k not in ('file', 'record', 'end')}
+    out.update({
+        _FILE: element['file'], _RECORD: element['record'], _SEQ: seq,
+        _END: element['record'] < 0,
+        _DAMAGED: tf.not_equal(element['damage'], ''),
+        _PREV_SEQ: prev_seq, _PREV_FILE: prev_file,
+        _PREV_RECORD: prev_record})
+
+    def push(window, value):
+      return tf.concat([window[1:], value[None]], 0)
+
+    return (seq + 1, push(prev_seq, seq), push(prev_file, element['file']),
+            push(prev_record, element['record'])), out
+
+  def _names(self, file_indices, records):
+    return tf.strings.join([
+        tf.gather(tf.constant(self.files), file_indices), ' record #',
+        tf.strings.as_string(records)])
+
+  def check(self, expected, out):
+    """Reports what is missing before `out` and `out` itself if bad."""
+    seq = out[_SEQ]
+    lost = out[_PREV_SEQ] >= expected
+    num_lost = seq - expected
+    end = out[_END]
+    bad = tf.logical_and(tf.not_equal(out[_ERROR], ''), tf.logical_not(end))
+
+    def report():
+      named = self._names(tf.boolean_mask(out[_PREV_FILE], lost),
+                          tf.boolean_mask(out[_PREV_RECORD], lost))
+      unnamed = num_lost - tf.size(named, out_type=tf.int64)
+      error = tf.where(out[_DAMAGED], out[_ERROR], tf.strings.join([
+          self._names(out[_FILE], out[_RECORD]), ': ', out[_ERROR]]))
+      if self.skip:
+        return tf.py_function(_count_skipped,
+                              [named, unnamed, tf.where(bad, error, '')],
+                              tf.bool)
+      with tf.control_dependencies([tf.debugging.Assert(
+          False, [_problem_text(named, unnamed, bad, error)], summarize=1)]):
+        return tf.constant(True)
+
+    reported = tf.cond(tf.logical_or(bad, num_lost > 0), report,
+                       lambda: tf.constant(True))
+    with tf.control_dependencies([reported]):
+      clean = {k: tf.identity(v) for k, v in out.items()
+               if k not in _CARRIED and k != _ERROR}
+    if self.filters:
+      clean[_KEEP] = tf.logical_not(tf.logical_or(bad, end))
+    return seq + 1, clean
 
 
-def _unnamed_text(unnamed, lost):
-  """What is said of the records lost in a row before the named ones."""
-  first = tf.strings.split(lost, _LOST_SEPARATOR)[0]
+def _unnamed_text(unnamed, before):
   return tf.strings.join([
       tf.strings.as_string(unnamed), ' more records lost in a row before ',
-      first, ' (only `lost_records_named` in a row are named)'])
+      before, ' (only `lost_records_named` in a row are named)'])
 
 
-def _raise_if_bad(element):
-  element = dict(element)
-  error = element.pop(_ERROR)
-  lost = element.pop(_LOST)
-  unnamed = element.pop(_UNNAMED)
-  checks = [
-      tf.debugging.Assert(tf.logical_or(tf.equal(error, ''), element[_END]),
-                          [error], summarize=1),
-      tf.debugging.Assert(
-          tf.logical_and(tf.equal(unnamed, 0), tf.equal(lost, '')),
-          [tf.strings.join([
-              tf.strings.regex_replace(lost, _LOST_SEPARATOR, ', '), ': ',
-              _LOST_REASON,
-              tf.where(unnamed > 0, tf.strings.join(
-                  ['; and ', _unnamed_text(unnamed, lost)]), '')])],
-          summarize=1)]
-  with tf.control_dependencies(checks):
-    element[LABEL] = tf.identity(element[LABEL])
-  return element
+def _problem_text(named, unnamed, bad, error):
+  """'error' mode's message: the lost records, then the bad one."""
+  parts = tf.strings.join([tf.strings.reduce_join(named, separator=', '),
+                           ': ', _LOST_REASON])
+  parts = tf.where(tf.size(named) > 0, parts, '')
+  first = tf.concat([named, ['']], 0)[0]
+  parts = tf.where(unnamed > 0, tf.strings.join(
+      [parts, '; and ', _unnamed_text(unnamed, first)]), parts)
+  return tf.where(bad, tf.strings.join([
+      parts, tf.where(tf.equal(parts, ''), '', '; '), error]), parts)
 
 
-def _record_lost(lost: tf.Tensor, unnamed: tf.Tensor) -> tf.Tensor:
-  names = lost.numpy().decode('utf-8', errors='replace')
-  for name in names.split(_LOST_SEPARATOR) if names else ():
+def _count_skipped(named: tf.Tensor, unnamed: tf.Tensor,
+                   error: tf.Tensor) -> tf.Tensor:
+  """'skip' mode: counts the lost records and the bad one on the host."""
+  names = [n.decode('utf-8', errors='replace') for n in named.numpy()]
+  for name in names:
     bad_input.count_record(f'{name}: {_LOST_REASON}')
   if unnamed.numpy():
-    text = _unnamed_text(unnamed, lost).numpy().decode(
+    text = _unnamed_text(unnamed, names[0] if names else '').numpy().decode(
         'utf-8', errors='replace')
     bad_input.count_record(f'{text}: {_LOST_REASON}', int(unnamed.numpy()))
+  if error.numpy():
+    bad_input.count_record(error.numpy().decode('utf-8', errors='replace'))
   return tf.constant(True)
 
 
-def _keep_if_good(element):
-  bad = tf.logical_and(tf.not_equal(element[_ERROR], ''),
-                       tf.logical_not(element[_END]))
-  counted = [
-      tf.cond(bad,
-              lambda: tf.py_function(_record_skip, [element[_ERROR]], tf.bool),
-              lambda: tf.constant(False)),
-      tf.cond(tf.logical_or(tf.not_equal(element[_LOST], ''),
-                            element[_UNNAMED] > 0),
-              lambda: tf.py_function(
-                  _record_lost, [element[_LOST], element[_UNNAMED]], tf.bool),
-              lambda: tf.constant(False))]
-  with tf.control_dependencies(counted):
-    return tf.logical_not(tf.logical_or(bad, element[_END]))
+def _kept(element):
+  return element[_KEEP]
 
 
-def _is_output(element):
-  return tf.logical_not(element[_END])
-
-
-def _drop_internal(element):
-  return {k: v for k, v in element.items() if k not in _INTERNAL}
+def _without_keep(element):
+  return {k: v for k, v in element.items() if k != _KEEP}
 
 
 def make_dataset(file_pattern: str, *, is_training: bool, batch_size: int,
@@ -700,13 +711,14 @@ def make_dataset(file_pattern: str, *, is_training: bool, batch_size: int,
   pipeline_seed = None if seed is None else seed * 1_000_003 + pipeline_id
 
   ds = tf.data.Dataset.from_tensor_slices(
-      (files, tf.constant(_file_sizes(files), tf.int64)))
+      (tf.range(len(files), dtype=tf.int64), files,
+       tf.constant(_file_sizes(files), tf.int64)))
   if is_training and not shard_records and len(files) > 1:
     ds = ds.shuffle(len(files), seed=pipeline_seed,
                     reshuffle_each_iteration=True)
   cycle = min(len(files), opts.file_cycle_length)
   ds = ds.interleave(
-      _plain(lambda path, size: _read_file(path, size, on_bad_record)),
+      _plain(lambda i, path, size: _read_file(i, path, size, on_bad_record)),
       cycle_length=cycle, block_length=1,
       num_parallel_calls=cycle if cycle > 1 else None,
       deterministic=(bool(deterministic or shard_records) if cycle > 1
@@ -731,21 +743,19 @@ def make_dataset(file_pattern: str, *, is_training: bool, batch_size: int,
       crop_size=crop_size, num_classes=num_classes, label_key=label_key,
       num_test_clips=num_test_clips, num_test_crops=num_test_crops,
       image_mode=image_mode, opts=opts, device_finishing=device_finishing)
+  finder = _LossFinder(files, on_bad_record, opts.lost_records_named,
+                       finite=not repeat)
   if not repeat:
     ds = ds.concatenate(tf.data.Dataset.from_tensors(
         _end_marker(ds.element_spec)))
-  ds = ds.scan(_first_window(opts.lost_records_named),
-               _plain(_remember_previous))
-  # In order (`_find_lost` relies on it), in parallel.
+  ds = ds.scan(finder.first_state(), _plain(finder.remember))
+  # In order (`_LossFinder` relies on it), in parallel.
   ds = ds.map(_plain(_protected(processor)),
               num_parallel_calls=opts.parallel_clips or _AUTOTUNE,
               deterministic=True).ignore_errors(log_warning=True)
-  ds = ds.scan(tf.constant(0, tf.int64), _plain(_find_lost))
-  if on_bad_record == 'error':
-    ds = ds.map(_plain(_raise_if_bad)).filter(_plain(_is_output))
-  else:
-    ds = ds.filter(_plain(_keep_if_good))
-  ds = ds.map(_plain(_drop_internal))
+  ds = ds.scan(tf.constant(0, tf.int64), _plain(finder.check))
+  if finder.filters:
+    ds = ds.filter(_plain(_kept)).map(_plain(_without_keep))
   if processor.pads_in_batch:
     shapes = {k: v.shape for k, v in ds.element_spec.items()}
     shapes[VIDEO] = processor.video_shape

@@ -221,7 +221,8 @@ def test_training_starts_cover_zero_to_the_last_start(num_available):
   for seed in range(120):
     got = sample.frame_indices(
         tf.constant(num_available), num_frames=3, stride=2, is_training=True,
-        num_clips=1, seed=tf.constant([seed, 3], tf.int64)).numpy().tolist()
+        num_clips=1, draws=sample.clip_draws(tf.constant([seed, 3], tf.int64))
+    ).numpy().tolist()
     assert got == [got[0], got[0] + 2, got[0] + 4], got
     starts.append(got[0])
   last = num_available - 5
@@ -310,7 +311,8 @@ def _train_windows(height, width, crop_size, num_seeds, **kwargs):
                                                    np.uint8)))
   opts = input_options.make_options(crop_size, kwargs)
   return np.array([sample.train_window(
-      first, crop_size, opts, tf.constant([seed, 5], tf.int64)).numpy()
+      first, crop_size, opts,
+      sample.clip_draws(tf.constant([seed, 5], tf.int64))).numpy()
                    for seed in range(num_seeds)])
 
 
@@ -459,8 +461,7 @@ def test_eager_processing_matches_tf_data(clips):
       label_key=schema.LABEL_INDEX_KEY, num_test_clips=1, num_test_crops=1,
       image_mode=False, opts=opts)
   record = testing.read_records(clips)[0]
-  element = {'path': tf.constant('x'), 'record': tf.constant(0, tf.int64),
-             'serialized': tf.constant(record), 'damage': tf.constant(''),
+  element = {'serialized': tf.constant(record), 'damage': tf.constant(''),
              'seed': tf.constant([7, 9], tf.int64)}
   eager = proc(element)
   assert eager[ip._ERROR].numpy() == b''
@@ -474,16 +475,16 @@ def test_eager_processing_matches_tf_data(clips):
 def test_frame_indices_eagerly():
   idx = lambda n, **kw: sample.frame_indices(  # pylint: disable=g-long-lambda
       tf.constant(n), num_frames=3, stride=2, **kw).numpy().tolist()
-  assert idx(9, is_training=False, num_clips=1, seed=None) == [2, 4, 6]
+  assert idx(9, is_training=False, num_clips=1, draws=None) == [2, 4, 6]
   # Odd slack 5: the middle window starts at floor(5 / 2).
-  assert idx(10, is_training=False, num_clips=1, seed=None) == [2, 4, 6]
+  assert idx(10, is_training=False, num_clips=1, draws=None) == [2, 4, 6]
   # Slack 7 over 4 windows: starts round(7k / 3) = 0, 2, 5, 7.
-  assert idx(12, is_training=False, num_clips=4, seed=None) == [
+  assert idx(12, is_training=False, num_clips=4, draws=None) == [
       0, 2, 4, 2, 4, 6, 5, 7, 9, 7, 9, 11]
-  assert idx(9, is_training=False, num_clips=2, seed=None) == [0, 2, 4, 4, 6, 8]
-  assert idx(4, is_training=False, num_clips=2, seed=None) == [0, 2, 0] * 2
+  assert idx(9, is_training=False, num_clips=2, draws=None) == [0, 2, 4, 4, 6, 8]
+  assert idx(4, is_training=False, num_clips=2, draws=None) == [0, 2, 0] * 2
   got = idx(9, is_training=True, num_clips=1,
-            seed=tf.constant([1, 2], tf.int64))
+            draws=sample.clip_draws(tf.constant([1, 2], tf.int64)))
   assert got[1] - got[0] == 2 and 0 <= got[0] <= 4
 
 
@@ -999,7 +1000,8 @@ def test_window_that_fills_the_clip_starts_at_frame_zero(is_training,
     got = sample.frame_indices(
         tf.constant(5), num_frames=3, stride=2, is_training=is_training,
         num_clips=num_clips,
-        seed=None if seed is None else tf.constant([seed, 1], tf.int64))
+        draws=None if seed is None else sample.clip_draws(
+            tf.constant([seed, 1], tf.int64)))
     assert got.numpy().tolist() == [0, 2, 4] * num_clips, seed
 
 

@@ -18,26 +18,24 @@ from spl.inputs.options import AugmentationOptions
 
 def training_window(frames: tf.Tensor, crop_size: int,
                     opts: AugmentationOptions,
-                    seed: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+                    draws: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
   """A training clip's decoded window and flip.
 
   Args:
     frames: the kept JPEG frames, [T] string.
     crop_size: the output size.
     opts: augmentation options.
-    seed: the clip's stateless seed (the window draws fold in 1 and 2, the
-      flip 3, the colour jitter 10 and up).
+    draws: the clip's random draws (`sample.clip_draws`).
 
   Returns:
     (decoded uint8 [T, h, w, 3] of the source window, the window
     [y, x, h, w] in source pixels, flip bool scalar).
   """
-  window = sample.train_window(frames[0], crop_size, opts, seed)
+  window = sample.train_window(frames[0], crop_size, opts, draws)
   decoded = decode.decode_window(frames, window, opts.dct_method)
   flip = tf.constant(False)
   if opts.random_flip:
-    flip = tf.random.stateless_uniform(
-        [], tf.random.experimental.stateless_fold_in(seed, 3)) < 0.5
+    flip = draws[sample.FLIP] < 0.5
   return decoded, window, flip
 
 

@@ -6,6 +6,7 @@ from typing import Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from spl.inputs import sample
 from spl.inputs.options import AugmentationOptions
 
 # Rec. 601 luma, the grey level used by contrast and saturation.
@@ -30,25 +31,24 @@ def _yiq_hue_matrix(delta: tf.Tensor) -> tf.Tensor:
   return to_yiq @ rot @ to_rgb
 
 
-def colour_params(opts: AugmentationOptions, seed: Optional[tf.Tensor],
+def colour_params(opts: AugmentationOptions, draws: Optional[tf.Tensor],
                    is_training: bool) -> tf.Tensor:
-  """[apply, brightness, contrast, saturation, hue] of one clip."""
+  """[apply, brightness, contrast, saturation, hue] of one clip.
+
+  `draws`: the clip's random draws (`sample.clip_draws`); each factor is
+  uniform in its range, applied with probability `color_jitter_prob`.
+  """
   jitter = is_training and opts.color_jitter_prob > 0 and any(
       (opts.brightness, opts.contrast, opts.saturation, opts.hue))
   if not jitter:
     return tf.constant([0.0, 1.0, 1.0, 1.0, 0.0])
-
-  def draw(i, lo, hi):
-    return tf.random.stateless_uniform(
-        [], tf.random.experimental.stateless_fold_in(seed, 10 + i), lo, hi)
-
-  apply = tf.cast(draw(0, 0.0, 1.0) < opts.color_jitter_prob, tf.float32)
-  return tf.stack([
-      apply,
-      draw(1, 1.0 - opts.brightness, 1.0 + opts.brightness),
-      draw(2, 1.0 - opts.contrast, 1.0 + opts.contrast),
-      draw(3, 1.0 - opts.saturation, 1.0 + opts.saturation),
-      draw(4, -opts.hue, opts.hue)])
+  u = draws[sample.COLOUR:sample.COLOUR + 5]
+  lo = tf.constant([0.0, 1.0 - opts.brightness, 1.0 - opts.contrast,
+                    1.0 - opts.saturation, -opts.hue])
+  hi = tf.constant([0.0, 1.0 + opts.brightness, 1.0 + opts.contrast,
+                    1.0 + opts.saturation, opts.hue])
+  apply = tf.cast(u[:1] < opts.color_jitter_prob, tf.float32)
+  return tf.concat([apply, (lo + (hi - lo) * u)[1:]], 0)
 
 
 def colour_affine(colour: tf.Tensor,
