@@ -30,7 +30,7 @@ Prints clips/s of each and the ratios (targets in issue 3: >= 1.0 for both),
 both per wall-clock second and per CPU-second of the process (the second is
 what a fully loaded host gets and is far less sensitive to other load on a
 shared machine). Each pipeline is timed `--rounds` times, interleaved, and the
-best round counts. At a preset's clip shape it then prints how many CPU cores
+best round counts; the per-round ratios and their median are printed too. At a preset's clip shape it then prints how many CPU cores
 would feed one GPU (an H200 trains R3D-50 at ~135 clips/s at 16x224^2 and ~930
 at 8x112^2 in bf16: issue 20's anchors). The first round of ours includes
 XLA's one-time compiles (a dozen window sizes). Last, a per-step CPU breakdown
@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from typing import Callable, Dict, List, Tuple
@@ -310,12 +311,14 @@ def main(argv=None) -> Dict[str, float]:
     }
     best = {name: 0.0 for name in pipelines}
     best_cpu = {name: 0.0 for name in pipelines}
+    rounds_cpu: Dict[str, List[float]] = {name: [] for name in pipelines}
     for r in range(args.rounds):
       for name, make in pipelines.items():
         rate, cpu_rate = clips_per_second(make(), b, args.warmup_batches,
                                           args.batches)
         best[name] = max(best[name], rate)
         best_cpu[name] = max(best_cpu[name], cpu_rate)
+        rounds_cpu[name].append(cpu_rate)
         print(f'round {r + 1}: {name:34s} {rate:7.1f} clips/s '
               f'{cpu_rate:7.1f} clips/CPU-s', flush=True)
     ours, ours_host, ceiling, mg = best.values()
@@ -337,6 +340,17 @@ def main(argv=None) -> Dict[str, float]:
     print(f'ratio ours (host finishing) / Model Garden   = '
           f'{ours_host / mg:.2f} clips/s, {ours_host_cpu / mg_cpu:.2f} per '
           f'CPU-s')
+    # The same ratios per round (the pipelines of a round run back to back,
+    # under about the same load), and their median: on a shared machine the
+    # best rounds of two pipelines may come from different load levels.
+    names = list(pipelines)
+    for ours_name in names[:2]:
+      for ref in (names[2], names[3]):
+        ratios = [o / c for o, c in zip(rounds_cpu[ours_name],
+                                        rounds_cpu[ref])]
+        print(f'per-round ratio {ours_name} / {ref}, per CPU-s: '
+              + ' '.join(f'{x:.2f}' for x in ratios)
+              + f'; median {statistics.median(ratios):.2f}')
     preset_shape = all(getattr(args, k) == v
                        for k, v in PRESETS[args.preset].items())
     if preset_shape and args.preset in GPU_CLIPS_PER_SECOND:
