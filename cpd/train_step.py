@@ -74,6 +74,13 @@ def cpd_train_step(loss_module, video_model, text_encoder, text_head,
     scaled_loss = loss / replicas
   names = sorted(groups)
   grads = tape.gradient(scaled_loss, [groups[n] for n in names])
+  # A word-embedding table's gradient is sparse (tf.IndexedSlices): made
+  # dense, as PyTorch's nn.Embedding (the authors' code) gives it and as
+  # weight decay makes it anyway. Kept sparse, Keras SGD would sum duplicate
+  # rows with tf.unique (a data-dependent shape: no XLA / TPU) and decay the
+  # momentum of touched rows only.
+  grads = [[tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+            for g in group] for group in grads]
   pairs = {}
   for name, group_grads in zip(names, grads):
     variables = groups[name]

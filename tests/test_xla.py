@@ -491,9 +491,8 @@ MAX_WORDS = 6
 BERT_VOCAB = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', 'a', 'cat', 'dog', 'play',
               '##s', 'with', 'ball', 'cafe', 'the']
 MAX_LENGTH = 8
-# `cpd_train_step` settings of gin_configs/runs/cpd_pretrain.gin. The weight
-# decay makes the text encoder's embedding-table gradients dense; without it
-# they stay sparse (see the xfail below).
+# `cpd_train_step` settings of gin_configs/runs/cpd_pretrain.gin. (The step
+# makes the embedding table's sparse gradient dense, with or without decay.)
 PRETRAIN_STEP = dict(weight_decay=1e-4, clip_norm=20.0)
 
 
@@ -646,18 +645,35 @@ def test_spl_train_step_with_data_parameters_passes_tpu_audit(clip_records):
                   batch)
 
 
-@pytest.mark.xfail(strict=True, raises=tpu_audit.TpuIncompatibleError,
-                   reason='without weight decay the word2vec table\'s '
-                   'gradient stays sparse (tf.IndexedSlices) and the Keras '
-                   'optimizer sums its duplicate rows with tf.unique')
 def test_cpd_stage2_word2vec_step_without_weight_decay_passes_tpu_audit():
-  """Stage 2 with `weight_decay = 0` (the shipped runs decay by 1e-4, which
-  makes the gradient dense, and pass: above); BERT's word-embedding table
-  too."""
+  """Stage 2 with `weight_decay = 0`: the word2vec table's sparse gradient
+  is made dense in the step (Keras SGD would dedup its rows with tf.unique);
+  the shipped runs decay by 1e-4, which makes it dense too (above)."""
   strategy = XlaReplicaStrategy()
   step, run = _text_step(strategy, _word2vec_encoder)
   clips, _, indices = _cpd_batch(0)
   tpu_audit.check(step, clips, run.text_encoder.tokenize(TITLES), indices)
+  # Compiled, two steps train every weight as without XLA.
+  reference = _text_run(strategy, _word2vec_encoder)
+  tested = _text_run(strategy, _word2vec_encoder)
+  tokens = reference.text_encoder.tokenize(TITLES).numpy()
+  batches = []
+  for s in range(2):
+    clips, _, indices = _cpd_batch(s)
+    batches.append((clips, np.roll(tokens, s, axis=0), indices))
+  reference.run(batches, weight_decay=0.0)
+  strategy.xla = True
+  tested.run(batches, weight_decay=0.0)
+  assert strategy.compiled
+  want, got = _cpd_state(reference), _cpd_state(tested)
+  for k, (g, w) in enumerate(zip(got['weights'], want['weights'])):
+    _assert_close(g, w, f'weight {k}')
+  # The word2vec table (the encoder's one weight) was trained.
+  table = [k for k, w in enumerate(want['weights'])
+           if w.shape == (len(W2V_WORDS), 5)]
+  assert len(table) == 1
+  initial = _cpd_state(run)['weights'][table[0]]
+  assert np.abs(want['weights'][table[0]] - initial).max() > 1e-4
 
 
 # ---- The audit refuses planted ops, naming them and their line ----
