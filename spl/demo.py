@@ -457,7 +457,9 @@ def score_predictions(pattern: str, world: Dict[str, Any],
 
   Returns:
     {'videos': sorted video ids, 'correct': [videos] 0/1, 'accuracy',
-    'clip_accuracy', 'loss' (mean clip cross-entropy), 'num_clips'}.
+    'clip_accuracy', 'loss' (mean clip cross-entropy), 'num_clips',
+    'top_class_share' (the share of clips whose top-1 is the most
+    predicted class: near 1 for a collapsed model)}.
   """
   keys, probs = read_predictions(pattern, num_classes)
   vids = [_video_of(k) for k in keys]
@@ -468,7 +470,9 @@ def score_predictions(pattern: str, world: Dict[str, Any],
           'accuracy': float(correct.mean()),
           'clip_accuracy': float((probs.argmax(1) == labels).mean()),
           'loss': float(-np.log(np.maximum(true, 1e-12)).mean()),
-          'num_clips': len(keys)}
+          'num_clips': len(keys),
+          'top_class_share': float(np.bincount(
+              probs.argmax(1), minlength=num_classes).max() / len(keys))}
 
 
 def teacher_disagreement(pattern: str, world: Dict[str, Any],
@@ -822,6 +826,8 @@ def collect_results(size: DemoSize, world_cfg, world_stats: Dict,
           'difference': (stats[r.key]['difference'].as_dict()
                          if stats[r.key]['difference'] else None),
           'per_seed': stats[r.key]['per_seed'],
+          'top_class_share_per_seed': [
+              run['scores'][r.key].get('top_class_share') for run in runs],
           'scores': scores[r.key].tolist()})
     out[table] = {
         'reference': reference, 'videos': videos, 'rows': row_out,
@@ -977,6 +983,7 @@ def _table_section(results: Dict[str, Any], table: str) -> List[str]:
   lines += demo_report.results_table(
       data['rows'], stats, paper, reference_label=reference,
       paper_scale=scale, label_space=table == 'spl')
+  lines += demo_report.collapsed_runs(data['rows'], results['seeds'])
   lines += ['', f'Orderings the paper reports ({len(checked)} checked: '
             f'{demo_report.verdict_summary(checked)}):', '']
   lines += demo_report.claims_table(checked, labels)

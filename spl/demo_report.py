@@ -225,6 +225,33 @@ def results_table(rows: Sequence[Dict[str, Any]], stats: Dict[str, Dict],
   return markdown_table(header, body)
 
 
+# A fine-tuned model that gives one class to this share of the validation
+# clips (balanced classes) learnt nothing: its row measures a failed run.
+COLLAPSED_SHARE = 0.9
+
+
+def collapsed_runs(rows: Sequence[Dict[str, Any]], seeds: Sequence[int],
+                   threshold: float = COLLAPSED_SHARE) -> List[str]:
+  """Report lines naming the collapsed runs of a table ([] if none).
+
+  A run is collapsed when its fine-tuned model's most predicted class takes
+  `threshold` or more of the validation clips (`top_class_share_per_seed`
+  of each row; rows of older results without it are skipped).
+  """
+  found = []
+  for r in rows:
+    for seed, share in zip(seeds, r.get('top_class_share_per_seed') or ()):
+      if share is not None and share >= threshold:
+        found.append(f"{r['label']} (seed {seed}: {100 * share:.0f} %)")
+  if not found:
+    return []
+  return ['', f'**Collapsed runs** (the fine-tuned model gives one class to '
+          f'{100 * threshold:.0f} % or more of the validation clips, whose '
+          'classes are balanced: it learnt nothing, and its accuracy is that '
+          'class\'s share): ' + '; '.join(found) + '. Read these rows as '
+          'failed training, not as the method\'s effect.']
+
+
 def claims_table(results: Sequence[Dict[str, Any]], labels: Dict[str, str]
                  ) -> List[str]:
   header = ['paper ordering', 'paper', 'difference here [paired 95% CI]',

@@ -42,6 +42,10 @@ def _check_intervals(table):
     scores = np.array(row['scores'])
     assert acc.estimate == pytest.approx(scores.mean())
     assert row['per_seed'] == pytest.approx(scores.mean(axis=1).tolist())
+    # The most predicted class's share of the validation clips, per seed.
+    shares = row['top_class_share_per_seed']
+    assert len(shares) == scores.shape[0]
+    assert all(0 < x <= 1 for x in shares), row['key']
     if row['key'] == table['reference']:
       assert row['difference'] is None
     else:
@@ -52,6 +56,20 @@ def _check_intervals(table):
     assert diff.low <= diff.estimate <= diff.high
     assert claim['verdict'] in VERDICTS
     assert claim['verdict'] == bootstrap.verdict(diff, claim['sign'])
+
+
+def test_collapsed_runs_are_named_with_their_seed():
+  rows = [{'label': 'Weak label', 'top_class_share_per_seed': [0.2, 0.95]},
+          {'label': 'SPL-B', 'top_class_share_per_seed': [0.89, 0.3]},
+          {'label': 'old results'}]
+  lines = demo_report.collapsed_runs(rows, [3, 7])
+  text = ' '.join(lines)
+  assert 'Weak label (seed 7: 95 %)' in text
+  assert 'SPL-B' not in text and 'seed 3' not in text
+  assert 'failed training' in text
+  assert demo_report.collapsed_runs(rows[1:], [3, 7]) == []
+  assert 'SPL-B (seed 3: 89 %)' in ' '.join(
+      demo_report.collapsed_runs(rows, [3, 7], threshold=0.85))
 
 
 @pytest.mark.slow
