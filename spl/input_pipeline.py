@@ -166,7 +166,6 @@ call time. A label is never silently replaced or clipped.
 from __future__ import annotations
 
 import concurrent.futures
-import secrets
 from typing import Callable, Dict, List, Optional, Tuple
 
 import tensorflow as tf
@@ -499,18 +498,15 @@ class _LossFinder:
   `check` (a scan after) sees which numbers are missing before each output
   and names them from that window. Only integers travel with a record; the
   names and messages are built, in one `tf.cond`, for a record that has a
-  problem. `remember` also gives each training record its augmentation
-  seed, `[seed_base, place in the stream]`, so a resumed run
-  (`skip_batches`) draws what the first run drew. (A nested dataset per task of records, its outputs scanned for
+  problem. (A nested dataset per task of records, its outputs scanned for
   gaps, cost ~15% of a small clip's CPU time.) `check` also reports the bad
   records (invalid, damaged shard): 'error' raises naming the record, 'skip'
   counts it on the host (`spl.inputs.bad_input`) and drops it.
   """
 
   def __init__(self, files: List[str], on_bad_record: str, window: int,
-               finite: bool, seed_base: Optional[int] = None):
+               finite: bool):
     self.files = files
-    self.seed_base = seed_base
     self.skip = on_bad_record == 'skip'
     self.window = window
     # Some outputs are dropped (skipped records, the end marker).
@@ -530,8 +526,6 @@ class _LossFinder:
         _DAMAGED: tf.not_equal(element['damage'], ''),
         _PREV_SEQ: prev_seq, _PREV_FILE: prev_file,
         _PREV_RECORD: prev_record})
-    if self.seed_base is not None:
-      out['seed'] = tf.stack([tf.constant(self.seed_base, tf.int64), seq])
 
     def push(window, value):
       return tf.concat([window[1:], value[None]], 0)
@@ -736,31 +730,30 @@ def make_dataset(file_pattern: str, *, is_training: bool, batch_size: int,
                     reshuffle_each_iteration=True)
   if repeat:
     ds = ds.repeat()
+  if is_training:
+    seeds = tf.data.Dataset.random(
+        seed=None if pipeline_seed is None else pipeline_seed + 1).batch(2)
+    ds = tf.data.Dataset.zip((ds, seeds)).map(
+        _plain(lambda e, s: dict(e, seed=tf.ensure_shape(s, [2]))))
+  if skip_batches:
+    ds = ds.skip(skip_batches * batch_size)
 
   processor = _RecordProcessor(
       is_training=is_training, num_frames=num_frames, stride=stride,
       crop_size=crop_size, num_classes=num_classes, label_key=label_key,
       num_test_clips=num_test_clips, num_test_crops=num_test_crops,
       image_mode=image_mode, opts=opts, device_finishing=device_finishing)
-  seed_base = None
-  if is_training:
-    seed_base = (pipeline_seed + 1 if pipeline_seed is not None else
-                 secrets.randbits(62))
-  skipped = skip_batches * batch_size
   finder = _LossFinder(files, on_bad_record, opts.lost_records_named,
-                       finite=not repeat, seed_base=seed_base)
+                       finite=not repeat)
   if not repeat:
     ds = ds.concatenate(tf.data.Dataset.from_tensors(
         _end_marker(ds.element_spec)))
   ds = ds.scan(finder.first_state(), _plain(finder.remember))
-  if skipped:
-    # After the order and the seeds, before anything is parsed or decoded.
-    ds = ds.skip(skipped)
   # In order (`_LossFinder` relies on it), in parallel.
   ds = ds.map(_plain(_protected(processor)),
               num_parallel_calls=opts.parallel_clips or _AUTOTUNE,
               deterministic=True).ignore_errors(log_warning=True)
-  ds = ds.scan(tf.constant(skipped, tf.int64), _plain(finder.check))
+  ds = ds.scan(tf.constant(0, tf.int64), _plain(finder.check))
   if finder.filters:
     ds = ds.filter(_plain(_kept)).map(_plain(_without_keep))
   if processor.pads_in_batch:
