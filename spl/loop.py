@@ -45,6 +45,7 @@ import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from absl import logging
+import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_config
 import tf_keras
@@ -215,6 +216,43 @@ def average_replica_means(strategy: tf.distribute.Strategy,
       obj.assign(obj.read_value())
 
 
+def random_layer_generators(strategy: tf.distribute.Strategy,
+                            root: Any) -> List[tf.random.Generator]:
+  """The `tf.random.Generator` of every Keras layer reachable from `root`
+  that draws random numbers in training (dropout, Model Garden's included),
+  created now under `strategy` if the layer has not drawn yet.
+
+  Only layers built while Keras's generator mode is on (`LoopConfig.seed_job`
+  in deterministic runs) have one: the default (legacy stateful ops) keeps
+  its position inside the kernels, which no checkpoint holds, so a resumed
+  run would draw other masks than the uninterrupted one from its first step.
+  The order is the checkpoint's object order, the same in every process.
+  Reads tf_keras's private `_random_generator` (pinned in setup.py).
+  """
+  generators = []
+  for obj in tf.train.TrackableView(root).descendants():
+    rng = getattr(obj, '_random_generator', None)
+    if (not isinstance(obj, tf_keras.layers.Layer) or rng is None or
+        rng._rng_type != rng.RNG_STATEFUL):  # pylint: disable=protected-access
+      continue
+    with strategy.scope():
+      rng._maybe_init()  # pylint: disable=protected-access
+    generators.append(rng._generator)  # pylint: disable=protected-access
+  return generators
+
+
+def reseed_generators(generators: List[tf.random.Generator], seed: int,
+                      step: int) -> None:
+  """Puts every generator at a position given by (`seed`, its index,
+  `step`): called at every loop start, the random draws of a loop depend on
+  the step it starts at, not on how many loops this process ran, so a run
+  resumed from a checkpoint (always at a loop start) draws what the
+  uninterrupted run drew. Replicas still draw different masks (the
+  generator folds in the replica)."""
+  for i, generator in enumerate(generators):
+    generator.reset_from_seed(np.array([seed, i, step], np.int64))
+
+
 # ---- The loop ----
 
 
@@ -264,12 +302,18 @@ class LoopConfig:
     before a job builds anything; returns what undoes op determinism."""
     tf_keras.utils.set_random_seed(self.seed)
     was_deterministic = tf_config.is_op_determinism_enabled()
+    had_generators = tf_keras.backend.experimental.is_tf_random_generator_enabled()
     if self.deterministic:
       tf.config.experimental.enable_op_determinism()
+      # Dropout draws from tf.random.Generator objects, which the Controller
+      # reseeds by step at every loop (`reseed_generators`).
+      tf_keras.backend.experimental.enable_tf_random_generator()
 
     def restore():
       if not was_deterministic:
         tf_config.disable_op_determinism()
+      if not had_generators:
+        tf_keras.backend.experimental.disable_tf_random_generator()
     return restore
 
 
@@ -477,9 +521,12 @@ class Controller:
                  'over %d replicas)', self.name, step, self.total_steps,
                  self.steps_per_epoch, task.global_batch_size,
                  self.strategy.num_replicas_in_sync)
+    generators = (random_layer_generators(self.strategy, task.checkpoint)
+                  if self.config.deterministic else [])
     result: Dict[str, Any] = {}
     while step < self.total_steps:
       num = self._loop_size(step)
+      reseed_generators(generators, self.config.seed, step)
       start = time.perf_counter()
       metrics = task.train_steps(iterator, num)
       elapsed = time.perf_counter() - start

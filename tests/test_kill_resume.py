@@ -3,9 +3,10 @@
 A `loop.deterministic` run that is killed any number of times and rerun with
 the same command ends with the checkpoint of an uninterrupted run, bit for
 bit: SPL training on one device and under MirroredStrategy over 2 logical
-CPUs, CPD pre-training (memory banks, Z and the negative sampler included),
-and prediction (its output files). Kill times are drawn from the
-uninterrupted run's duration with a seed printed on failure.
+CPUs (dropout included), CPD pre-training (memory banks, Z and the negative
+sampler included), and prediction (its output files). Training runs are
+killed after a checkpoint past a random step, prediction at a random time
+within the uninterrupted run's duration; the seed is printed on failure.
 """
 
 import os
@@ -73,6 +74,41 @@ def _kill_and_rerun(cmd, duration, rng):
   _run_to_end(cmd)
 
 
+def _latest_step(model_dir):
+  steps = [int(name[len('ckpt-'):-len('.index')])
+           for name in os.listdir(model_dir)
+           if name.startswith('ckpt-') and name.endswith('.index')]
+  return max(steps, default=0)
+
+
+def _kill_in_training_and_rerun(cmd, model_dir, duration, rng, steps):
+  """Runs `cmd`, killing it `KILLS` times while it trains, then to the end.
+
+  Training is a small part of a tiny run (start-up dominates), so kills at
+  random times rarely interrupt it: each kill here waits for a checkpoint
+  past a random step (later for every kill), then strikes within 50 ms,
+  during the next steps or the next save. Every rerun thus resumes from
+  the middle of the run.
+  """
+  # Room after the last target: the kill lands before the run ends.
+  targets = sorted(rng.sample(range(1, steps - 10), KILLS))
+  for target in targets:
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(),
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 3 * duration + 60
+    while (not os.path.isdir(model_dir) or
+           _latest_step(model_dir) < target):
+      assert proc.poll() is None, (
+          f'the run ended (rc {proc.returncode}) before step {target}')
+      assert time.monotonic() < deadline, f'no checkpoint past {target}'
+      time.sleep(0.005)
+    time.sleep(rng.uniform(0.0, 0.05))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  _run_to_end(cmd)
+
+
 def _timed(cmd):
   start = time.perf_counter()
   _run_to_end(cmd)
@@ -119,8 +155,9 @@ def test_killed_spl_training_ends_like_an_uninterrupted_run(
   bindings = _spl_bindings(clips, steps=40)
   straight, killed = tmp_path / 'straight', tmp_path / 'killed'
   duration = _timed(_command(replicas, 'train', straight, files, bindings))
-  _kill_and_rerun(_command(replicas, 'train', killed, files, bindings),
-                  duration, rng)
+  _kill_in_training_and_rerun(
+      _command(replicas, 'train', killed, files, bindings), str(killed),
+      duration, rng, steps=40)
   try:
     _assert_same_checkpoint(str(straight), str(killed))
   except AssertionError as e:
@@ -160,8 +197,8 @@ def test_killed_cpd_pretraining_ends_like_an_uninterrupted_run(
               'loop.max_checkpoints_to_keep=2']
   straight, killed = tmp_path / 'straight', tmp_path / 'killed'
   duration = _timed(_command(1, 'train', straight, files, bindings))
-  _kill_and_rerun(_command(1, 'train', killed, files, bindings), duration,
-                  rng)
+  _kill_in_training_and_rerun(_command(1, 'train', killed, files, bindings),
+                              str(killed), duration, rng, steps=40)
   try:
     _assert_same_checkpoint(str(straight), str(killed))
   except AssertionError as e:

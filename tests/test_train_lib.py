@@ -848,13 +848,20 @@ def test_deterministic_resume_ends_with_the_weights_of_a_straight_run(
     data, tmp_path, logical_cpus, replicas):
   """`loop.deterministic`: taken back to its checkpoint at step 3 of 6 (a
   kill) and rerun, a run ends bit for bit where the uninterrupted one did,
-  on one device and on 2 replicas: seeds, op determinism and the input
-  position (the resumed input skips the 3 steps' records) all hold. Resumed
-  with an input that starts again from its beginning, it does not."""
+  on one device and on 2 replicas: seeds, op determinism, the input
+  position (the resumed input skips the 3 steps' records) and the dropout
+  masks (drawn by step: `loop.reseed_generators`) all hold. Resumed with an
+  input that starts again from its beginning, it does not."""
+  def dropout_model(num_classes, input_shape):
+    return factory.build_classifier('tiny3d', num_classes=num_classes,
+                                    input_shape=input_shape,
+                                    dropout_rate=0.5)
+
   def train(model_dir, **kwargs):
     strategy = (tf.distribute.OneDeviceStrategy(logical_cpus[0])
                 if replicas == 1 else _mirrored(logical_cpus[:2]))
     return _run(mode='train', model_dir=str(tmp_path / model_dir),
+                model_fn=dropout_model,
                 strategy=strategy, train_file_pattern=data, train_steps=6,
                 loop=loop.LoopConfig(steps_per_loop=2,
                                      checkpoint_every_steps=3,
