@@ -2,6 +2,8 @@ r"""Relabel throughput against a plain TFRecord copy of the same shards.
 
   python -m benchmarks.bench_relabel          # 8 shards of ~250 MB, ~2 GB
   python -m benchmarks.bench_relabel --num_shards=16 --repeats=3
+  TMPDIR=/dev/shm python -m benchmarks.bench_relabel --nocold_start \
+      --direct_num_workers=2 --dask_workers=2   # the other local runners
 
 Makes realistic shards in a temp dir (600 clips x 32 JPEG frames of ~13 KB
 per shard, ~250 MB: real datasets are hundreds of GB in shards of 100 MB to
@@ -16,6 +18,11 @@ turn within every repeat (best of `--repeats` kept, shards in the page cache):
 * beam_job:  the whole `relabel.relabel` job on the DirectRunner (pass 1,
              pass 2, label space, stats, plots), with its per-phase times
 * beam_startup: the same job on a 1-shard, 2-clip dataset: the fixed cost
+* beam_job_direct (`--direct_num_workers=W`, W > 1): the job on the
+             DirectRunner's multi-processing mode with W worker processes
+* beam_job_dask (`--dask_workers=W`): the job on the Dask runner over a local
+             cluster of W one-thread worker processes (warmed up once):
+             which local runner is the fastest
 
 MB/s count input bytes. Ratios are against the faster copy (the stricter
 reference); targets: relabel >= 0.8x, beam_job >= 0.5x (end to end). Also
@@ -27,6 +34,7 @@ relabel process (imports), and which CRC-32C implementation every path uses.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -58,6 +66,13 @@ _NUM_CLASSES = flags.DEFINE_integer('num_classes', 20, 'N.')
 _VARIANT = flags.DEFINE_string('variant', 'spl_m', 'Label-space variant.')
 _COLD_START = flags.DEFINE_bool(
     'cold_start', True, 'Also time a fresh relabel process on a tiny dataset.')
+_DIRECT_WORKERS = flags.DEFINE_integer(
+    'direct_num_workers', 0, 'If > 1, also time the job on the DirectRunner '
+    'with this many worker processes (beam_job_direct).')
+_DASK_WORKERS = flags.DEFINE_integer(
+    'dask_workers', 0, 'If > 0, also time the job on the Dask runner over a '
+    'local cluster of this many one-thread worker processes (beam_job_dask; '
+    'the `dask` extra).')
 
 # 128x160 RGB noise at JPEG quality 75 is ~15 KB, like a 256-pixel web frame.
 _FRAME_SHAPE = (128, 160, 3)
@@ -231,26 +246,47 @@ def main(argv):
         relabel.rewrite_shard(path, os.path.join(out, os.path.basename(path)),
                               shard_teachers, space)
 
-    def job(patterns):
+    def job(patterns, **runner):
       return lambda out: relabel.relabel(
           records_pattern=patterns['records'],
           predictions_pattern=patterns['predictions'], variant=_VARIANT.value,
-          output_dir=out, **kw)['timing_s']
+          output_dir=out, **kw, **runner)['timing_s']
 
     tiny = make_data(os.path.join(root, 'tiny'), 1, 2, 2, _NUM_CLASSES.value)
-    best = _time_all({'copy_tf': lambda out: copy_tf(shards, out),
-                      'copy_py': lambda out: copy_py(shards, out),
-                      'relabel': relabel_pass,
-                      'pass1': lambda out: read_contexts(shards),
-                      'beam_job': job(data),
-                      'beam_startup': job(tiny)}, root, _REPEATS.value)
+    methods = {'copy_tf': lambda out: copy_tf(shards, out),
+               'copy_py': lambda out: copy_py(shards, out),
+               'relabel': relabel_pass,
+               'pass1': lambda out: read_contexts(shards),
+               'beam_job': job(data),
+               'beam_startup': job(tiny)}
+    runners = []
+    if _DIRECT_WORKERS.value > 1:
+      methods['beam_job_direct'] = job(
+          data, direct_num_workers=_DIRECT_WORKERS.value,
+          beam_args=['--direct_running_mode=multi_processing'])
+      runners.append(('beam_job_direct', f'DirectRunner, '
+                      f'{_DIRECT_WORKERS.value} worker processes'))
+    with contextlib.ExitStack() as stack:
+      if _DASK_WORKERS.value > 0:
+        from tfrecords_tools import dask_cluster  # pylint: disable=g-import-not-at-top
+        cluster = stack.enter_context(
+            dask_cluster.local_cluster(_DASK_WORKERS.value))
+        dask_job = job(data, runner='DaskRunner', beam_args=[
+            f'--dask_client_address={cluster.address}'])
+        dask_job(os.path.join(root, 'dask_warm_up'))  # Workers import.
+        shutil.rmtree(os.path.join(root, 'dask_warm_up'))
+        methods['beam_job_dask'] = dask_job
+        runners.append(('beam_job_dask', f'Dask runner, '
+                        f'{_DASK_WORKERS.value} worker processes'))
+      best = _time_all(methods, root, _REPEATS.value)
     times = {name: t for name, (t, _) in best.items()}
     startup = times['beam_startup']
     ref = min(times['copy_tf'], times['copy_py'])
     results: Dict[str, Any] = {}
     print(f'{"method":12s} {"seconds":>8s} {"MB/s":>8s} {"x faster copy":>14s}'
           f' {"x copy_tf":>10s}')
-    for name in ('copy_tf', 'copy_py', 'relabel', 'pass1', 'beam_job'):
+    for name in ('copy_tf', 'copy_py', 'relabel', 'pass1', 'beam_job',
+                 *(name for name, _ in runners)):
       t = times[name]
       results[name] = {'seconds': round(t, 3), 'mb_per_s': round(size_mb / t, 1),
                        'ratio_vs_copy': round(ref / t, 3),
@@ -294,6 +330,8 @@ def main(argv):
     results['crc32c'] = crcs
     for path, impl in crcs.items():
       print(f'CRC-32C {path}: {impl}')
+    for name, what in runners:
+      print(f'{name}: {what}')
     print(f'targets: relabel >= 0.8x -> '
           f'{"OK" if ref / times["relabel"] >= 0.8 else "MISSED"}; '
           f'beam_job >= 0.5x end to end -> '
