@@ -227,7 +227,11 @@ def random_layer_generators(strategy: tf.distribute.Strategy,
   its position inside the kernels, which no checkpoint holds, so a resumed
   run would draw other masks than the uninterrupted one from its first step.
   The order is the checkpoint's object order, the same in every process.
-  Reads tf_keras's private `_random_generator` (pinned in setup.py).
+  Only built layers are found (a Dropout inside a Model Garden block is
+  created when the block is built): both tasks build every variable before
+  training starts (the SPL classifier is functional, `cpd.trainer.CpdModels`
+  calls its models once). Reads tf_keras's private `_random_generator`
+  (pinned in setup.py).
   """
   generators = []
   for obj in tf.train.TrackableView(root).descendants():
