@@ -233,16 +233,16 @@ def random_layer_generators(strategy: tf.distribute.Strategy,
   calls its models once). Reads tf_keras's private `_random_generator`
   (pinned in setup.py).
   """
-  generators = []
-  for obj in tf.train.TrackableView(root).descendants():
-    rng = getattr(obj, '_random_generator', None)
-    if (not isinstance(obj, tf_keras.layers.Layer) or rng is None or
-        rng._rng_type != rng.RNG_STATEFUL):  # pylint: disable=protected-access
-      continue
-    with strategy.scope():
-      rng._maybe_init()  # pylint: disable=protected-access
-    generators.append(rng._generator)  # pylint: disable=protected-access
-  return generators
+  # pylint: disable=protected-access
+  rngs = [obj._random_generator
+          for obj in tf.train.TrackableView(root).descendants()
+          if isinstance(obj, tf_keras.layers.Layer) and
+          getattr(obj, '_random_generator', None) is not None]
+  stateful = [rng for rng in rngs if rng._rng_type == rng.RNG_STATEFUL]
+  with strategy.scope():
+    for rng in stateful:
+      rng._maybe_init()
+  return [rng._generator for rng in stateful]
 
 
 def reseed_generators(generators: List[tf.random.Generator], seed: int,

@@ -62,16 +62,23 @@ def _run_to_end(cmd):
   assert done.returncode == 0, done.stderr[-3000:]
 
 
-def _kill_and_rerun(cmd, duration, rng):
-  """Runs `cmd`, killing it `KILLS` times at random points, then to the end."""
-  for _ in range(KILLS):
+def _kill_and_rerun(cmd, waits):
+  """Runs `cmd` once per wait, killing it when the wait returns (SIGKILL),
+  then to the end. A wait gets the running process."""
+  for wait in waits:
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(),
                             stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    time.sleep(rng.uniform(0.3, 1.0) * duration)
+    wait(proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
   _run_to_end(cmd)
+
+
+def _random_times(duration, rng):
+  """`KILLS` waits of a random share of the uninterrupted run's duration."""
+  return [lambda proc: time.sleep(rng.uniform(0.3, 1.0) * duration)
+          for _ in range(KILLS)]
 
 
 def _latest_step(model_dir):
@@ -81,32 +88,30 @@ def _latest_step(model_dir):
   return max(steps, default=0)
 
 
-def _kill_in_training_and_rerun(cmd, model_dir, duration, rng, steps):
-  """Runs `cmd`, killing it `KILLS` times while it trains, then to the end.
+def _in_training(model_dir, duration, rng, steps):
+  """`KILLS` waits that end while the run trains.
 
   Training is a small part of a tiny run (start-up dominates), so kills at
-  random times rarely interrupt it: each kill here waits for a checkpoint
-  past a random step (later for every kill), then strikes within 50 ms,
-  during the next steps or the next save. Every rerun thus resumes from
-  the middle of the run.
+  random times rarely interrupt it: each wait here lasts until a checkpoint
+  past a random step (later for every kill), then up to 50 ms more, so the
+  kill lands during the next steps or the next save and every rerun resumes
+  from the middle of the run.
   """
   # Room after the last target: the kill lands before the run ends.
   targets = sorted(rng.sample(range(1, steps - 10), KILLS))
-  for target in targets:
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(),
-                            stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 3 * duration + 60
-    while (not os.path.isdir(model_dir) or
-           _latest_step(model_dir) < target):
-      assert proc.poll() is None, (
-          f'the run ended (rc {proc.returncode}) before step {target}')
-      assert time.monotonic() < deadline, f'no checkpoint past {target}'
-      time.sleep(0.005)
-    time.sleep(rng.uniform(0.0, 0.05))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-  _run_to_end(cmd)
+
+  def until(target):
+    def wait(proc):
+      deadline = time.monotonic() + 3 * duration + 60
+      while (not os.path.isdir(model_dir) or
+             _latest_step(model_dir) < target):
+        assert proc.poll() is None, (
+            f'the run ended (rc {proc.returncode}) before step {target}')
+        assert time.monotonic() < deadline, f'no checkpoint past {target}'
+        time.sleep(0.005)
+      time.sleep(rng.uniform(0.0, 0.05))
+    return wait
+  return [until(t) for t in targets]
 
 
 def _timed(cmd):
@@ -155,9 +160,8 @@ def test_killed_spl_training_ends_like_an_uninterrupted_run(
   bindings = _spl_bindings(clips, steps=40)
   straight, killed = tmp_path / 'straight', tmp_path / 'killed'
   duration = _timed(_command(replicas, 'train', straight, files, bindings))
-  _kill_in_training_and_rerun(
-      _command(replicas, 'train', killed, files, bindings), str(killed),
-      duration, rng, steps=40)
+  _kill_and_rerun(_command(replicas, 'train', killed, files, bindings),
+                  _in_training(str(killed), duration, rng, steps=40))
   try:
     _assert_same_checkpoint(str(straight), str(killed))
   except AssertionError as e:
@@ -197,8 +201,8 @@ def test_killed_cpd_pretraining_ends_like_an_uninterrupted_run(
               'loop.max_checkpoints_to_keep=2']
   straight, killed = tmp_path / 'straight', tmp_path / 'killed'
   duration = _timed(_command(1, 'train', straight, files, bindings))
-  _kill_in_training_and_rerun(_command(1, 'train', killed, files, bindings),
-                              str(killed), duration, rng, steps=40)
+  _kill_and_rerun(_command(1, 'train', killed, files, bindings),
+                  _in_training(str(killed), duration, rng, steps=40))
   try:
     _assert_same_checkpoint(str(straight), str(killed))
   except AssertionError as e:
@@ -231,7 +235,7 @@ def test_killed_prediction_ends_with_the_files_of_an_uninterrupted_run(
                            f"run.predictions_dir='{out}'"])
   straight, killed = tmp_path / 'straight', tmp_path / 'killed'
   duration = _timed(predict(straight))
-  _kill_and_rerun(predict(killed), duration, rng)
+  _kill_and_rerun(predict(killed), _random_times(duration, rng))
   expected = _files(str(straight))
   assert expected
   got = _files(str(killed))
