@@ -1,5 +1,5 @@
-"""write_clips and relabel on Beam's Dask runner give the DirectRunner's bytes
-(issue 20).
+"""write_clips, relabel and holdout on Beam's Dask runner give the
+DirectRunner's bytes (issue 20).
 
 Fast: what Beam 2.77's Dask runner would get wrong (side inputs, several
 outputs, branches the last step does not need) is refused, the jobs build
@@ -25,12 +25,14 @@ from apache_beam.testing.util import assert_that
 from apache_beam.testing.util import equal_to
 import pytest
 
+from tests import test_holdout
 from tests import test_relabel
 from tests import test_write_clips
 from tfrecords_tools import beam_utils
 from tfrecords_tools import cli
 from tfrecords_tools import completion
 from tfrecords_tools import dask_cluster
+from tfrecords_tools import holdout
 from tfrecords_tools import relabel
 from tfrecords_tools import schema
 from tfrecords_tools import testing
@@ -129,7 +131,7 @@ def test_side_inputs_multi_outputs_and_dangling_branches_are_refused():
 
 
 def test_the_jobs_pipelines_pass_the_check_and_the_helpers_match_beams():
-  """Both jobs build only what the Dask runner runs; `ParDoByTag`, `Gather`
+  """The jobs build only what the Dask runner runs; `ParDoByTag`, `Gather`
   and `Spread` give what `with_outputs`, `AsList` and `Reshuffle` give."""
   _dask_checked(lambda p: write_clips.build_pipeline(
       p, [], [], ['a'], write_clips.WriterConfig(output_dir='/nonexistent'),
@@ -138,6 +140,12 @@ def test_the_jobs_pipelines_pass_the_check_and_the_helpers_match_beams():
       p, shards=['/nonexistent/s'], prediction_files=['/nonexistent/p'],
       names=['a'], variant='weak', k=None, target_scr=None,
       output_dir='/nonexistent/o'))
+  for spread in (False, True):
+    _dask_checked(lambda p, spread=spread: holdout.build_pipeline(
+        p, shards=['/nonexistent/s'], num_pairs=1, seed=0, num_val_shards=1,
+        class_names={0: 'a'}, output_dir='/nonexistent/o',
+        temp_dir='/nonexistent/t', side_files={}, num_classes=1,
+        records_pattern='/nonexistent/s', spread=spread))
   with beam.Pipeline() as p:
     outs = p | beam.Create(range(10)) | beam_utils.ParDoByTag(
         _tag_odd, 'odd', main='even')
@@ -289,6 +297,46 @@ def test_relabel_on_dask_gives_the_direct_runners_bytes(
   if not failing:
     stages.append('relabel pass 2 (rewrite)')
   for stage in stages:
+    pids = _worker_lines(log, stage)
+    assert pids and pids <= set(cluster.pids), (stage, log[-3000:])
+    assert stage in direct_lines
+    assert stage not in dask_lines
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('failing', [False, True], ids=['ok', 'bad_inputs'])
+def test_holdout_on_dask_gives_the_direct_runners_bytes(
+    tmp_path, cluster, capsys, caplog, failing):
+  """A good split (every file under train/ and val/, and holdout.json), and
+  inputs with a duplicate clip index, refused the same way, nothing written."""
+  records = test_holdout.write_inputs(str(tmp_path / 'in'),
+                                      duplicate_index=failing)
+  args = [f'--records={records}', '--num_pairs=3', '--num_val_shards=2',
+          f'--output_dir={tmp_path / "out"}']
+  status, direct_out, direct_lines = _run(holdout, args, capsys, caplog)
+  assert status == (1 if failing else 0)
+  direct = test_holdout._files(tmp_path / 'out')  # pylint: disable=protected-access
+  if not failing:
+    (tmp_path / 'out').rename(tmp_path / 'direct')
+  before = cluster.tasks_run()
+  dask_status, dask_out, dask_lines = _run(holdout, args + _dask(cluster),
+                                           capsys, caplog)
+  assert dask_status == status
+  after = cluster.tasks_run()
+  assert dask_out == direct_out
+  dask = test_holdout._files(tmp_path / 'out')  # pylint: disable=protected-access
+  assert sorted(dask) == sorted(direct)
+  for name, data in direct.items():
+    assert dask[name] == data, name
+  if failing:
+    assert not direct
+    return
+  assert {'holdout.json', 'train/summary.json', 'val/summary.json',
+          'val/clips-00000-of-00002.tfrecord',
+          'val/clips-00001-of-00002.tfrecord'} <= set(dask)
+  assert all(after[p] > before[p] for p in cluster.pids), (before, after)
+  log = cluster.log()
+  for stage in ('holdout pass 1 (contexts)', 'holdout pass 2 (rewrite)'):
     pids = _worker_lines(log, stage)
     assert pids and pids <= set(cluster.pids), (stage, log[-3000:])
     assert stage in direct_lines

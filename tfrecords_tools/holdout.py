@@ -60,7 +60,10 @@ for 300k clips), pass 2 rewrites each input shard in one DoFn call. No frame
 goes through Beam's shuffle: pass 2 appends the held-out pairs to small
 temporary files under OUTPUT_DIR/.holdout-temp/RUN/, the validation shards
 are assembled from them in index order, and the temporary files are deleted
-at the end. No TensorFlow in the job (record I/O is `tfrecord_io` and
+at the end. The steps pass data only through keys (`GroupByKey`: no side
+inputs, no multi-output ParDo, one last step that needs every other), so it
+runs unchanged on Beam's Dask runner too (`--runner=DaskRunner --
+--dask_client_address=...`), giving the DirectRunner's bytes. No TensorFlow in the job (record I/O is `tfrecord_io` and
 `clip_proto`, files go through Beam's FileSystems). Beam options other than
 `--runner`, `--direct_num_workers` and `--direct_running_mode` go after `--`
 (`--runner=DataflowRunner -- --project=...`, `tfrecords_tools.cli`); an
@@ -405,8 +408,21 @@ def make_plan(shard_rows: Iterable[Tuple[str, Sequence[Tuple]]],
   return report, plans
 
 
+def _tagged(value, tag):
+  return tag, value
+
+
+def _untag(gathered, tag):
+  """The values of `(tag, value)` pairs with this tag."""
+  return [value for t, value in gathered if t == tag]
+
+
 class _Plan(beam.DoFn):
-  """Runs `make_plan` once; emits one plan per shard and every val shard."""
+  """Runs `make_plan` once; emits one plan per shard and every val shard.
+
+  Its one input is pass 1 gathered: `('clips', (path, rows))` of every shard
+  and `('error', (kind, message))` of every problem.
+  """
 
   def __init__(self, *, num_pairs, seed, num_val_shards, class_names,
                output_dir):
@@ -415,7 +431,8 @@ class _Plan(beam.DoFn):
                         class_names=class_names)
     self._output_dir = output_dir
 
-  def process(self, unused_element, shard_rows, errors):
+  def process(self, gathered):
+    shard_rows, errors = _untag(gathered, 'clips'), _untag(gathered, 'error')
     start = time.perf_counter()
     report, plans = make_plan(shard_rows, errors, **self._kwargs)
     logging.info('holdout plan: %s (%.1f s)', summary_line(report),
@@ -646,6 +663,17 @@ def finish(unused_element, report, train_stats, val_stats, *, output_dir: str,
                                report)
 
 
+def _finish_gathered(gathered, **kwargs) -> None:
+  """`finish` of the plan's report and pass 2's stats, gathered and tagged."""
+  (report,) = _untag(gathered, 'report')
+  finish(None, report, _untag(gathered, 'train_stats'),
+         _untag(gathered, 'val_stats'), **kwargs)
+
+
+def _shard_path(plan):
+  return plan[0]
+
+
 # ---- The pipeline ----
 
 
@@ -670,23 +698,25 @@ def build_pipeline(pipeline: beam.Pipeline, *, shards: Sequence[str],
   """
   run = run or progress_lib.BeamRun.create('DirectRunner', 1)
   paths = pipeline | 'Shards' >> beam.Create(list(shards), reshuffle=spread)
-  contexts = paths | 'ReadContexts' >> beam.ParDo(
+  contexts = paths | 'ReadContexts' >> beam_utils.ParDoByTag(
       beam_utils.ReadShards(read_shard_clips, 'holdout pass 1 (contexts)', run,
-                            len(shards))).with_outputs('error', main='clips')
-  once = pipeline | 'Once' >> beam.Create([None])
-  planned = once | 'Plan' >> beam.ParDo(
-      _Plan(num_pairs=num_pairs, seed=seed, num_val_shards=num_val_shards,
-            class_names=dict(class_names), output_dir=output_dir),
-      beam.pvalue.AsList(contexts.clips),
-      beam.pvalue.AsList(contexts.error)).with_outputs(
-          'report', 'val_shards', main='plans')
-  plans = planned.plans
+                            len(shards)), 'error', main='clips')
+  planned = ((contexts['clips'] | 'TagClips' >> beam.Map(_tagged, 'clips'),
+              contexts['error'] | 'TagErrors' >> beam.Map(_tagged, 'error'))
+             | 'FlattenPass1' >> beam.Flatten()
+             | 'GatherPass1' >> beam_utils.Gather()
+             | 'Plan' >> beam_utils.ParDoByTag(
+                 _Plan(num_pairs=num_pairs, seed=seed,
+                       num_val_shards=num_val_shards,
+                       class_names=dict(class_names), output_dir=output_dir),
+                 'report', 'val_shards', main='plans'))
+  plans = planned['plans']
   if spread:
-    plans = plans | 'SpreadPlans' >> beam.Reshuffle()
-  rewritten = plans | 'Rewrite' >> beam.ParDo(_RewriteShard(
+    plans = plans | 'SpreadPlans' >> beam_utils.Spread(_shard_path)
+  rewritten = plans | 'Rewrite' >> beam_utils.ParDoByTag(_RewriteShard(
       beam_utils.join(output_dir, TRAIN_DIRNAME), temp_dir, run, len(shards),
-      input_bytes)).with_outputs('val', main='stats')
-  val_stats = ((rewritten.val, planned.val_shards)
+      input_bytes), 'val', main='stats')
+  val_stats = ((rewritten['val'], planned['val_shards'])
                | 'WithEveryValShard' >> beam.Flatten()
                | 'ByValShard' >> beam.GroupByKey()
                | 'WriteVal' >> beam.ParDo(_WriteValShard(
@@ -695,12 +725,18 @@ def build_pipeline(pipeline: beam.Pipeline, *, shards: Sequence[str],
   if not all(fnmatch.fnmatch(posixpath.basename(s), train_pattern)
              for s in shards):
     train_pattern = '*'
-  _ = once | 'Finish' >> beam.Map(
-      finish, beam.pvalue.AsSingleton(planned.report),
-      beam.pvalue.AsList(rewritten.stats), beam.pvalue.AsList(val_stats),
-      output_dir=output_dir, temp_dir=temp_dir, side_files=dict(side_files),
-      num_classes=num_classes, records_pattern=records_pattern,
-      train_pattern=train_pattern)
+  # One last step that needs every other (Beam's Dask runner runs only
+  # what its last transform needs), fed by keys, not side inputs.
+  _ = ((planned['report'] | 'TagReport' >> beam.Map(_tagged, 'report'),
+        rewritten['stats'] | 'TagTrainStats' >> beam.Map(
+            _tagged, 'train_stats'),
+        val_stats | 'TagValStats' >> beam.Map(_tagged, 'val_stats'))
+       | 'FlattenForFinish' >> beam.Flatten()
+       | 'Collect' >> beam_utils.Gather()
+       | 'Finish' >> beam.Map(
+           _finish_gathered, output_dir=output_dir, temp_dir=temp_dir,
+           side_files=dict(side_files), num_classes=num_classes,
+           records_pattern=records_pattern, train_pattern=train_pattern))
 
 
 def _match_shards(pattern: str) -> List[str]:
