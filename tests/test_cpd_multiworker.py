@@ -25,7 +25,10 @@ fresh process like the workers: a second run in one process does not start
 from the first one's initial weights (the heads' Dense kernels).
 
 The chief's last checkpoint must hold the full banks (every worker's shard)
-and equal the reference's checkpoint tensor for tensor.
+and equal the reference's checkpoint tensor for tensor. The sharded run
+validates at every epoch's end (`train_and_eval`: retrieval on EVAL_FILES,
+what the curriculum's saturation rule reads): every worker must score what
+the reference scores.
 """
 
 import json
@@ -53,7 +56,7 @@ REFERENCE = 'reference'
 WORKER = 'multi_worker_mirrored'
 
 # Runs one process: argv[1] is a JSON dict (strategy, model_dir, output,
-# gin_files, bindings).
+# gin_files, bindings, mode); writes the run's state and its last validation.
 _DRIVER = """
 import json
 import sys
@@ -72,9 +75,12 @@ strategy = (test_cpd_multiworker.reference_strategy(['/cpu:0', '/cpu:1'])
             if args['strategy'] == 'reference' else
             main.build_strategy(args['strategy']))
 result = main.run(args['gin_files'], args['bindings'],
-                  model_dir=args['model_dir'], mode='train', strategy=strategy)
+                  model_dir=args['model_dir'], mode=args['mode'],
+                  strategy=strategy)
 np.savez(args['output'],
          **test_cpd_multiworker.local_state(result['model'], strategy))
+with open(args['output'] + '.eval.json', 'w') as f:
+  json.dump(result.get('eval', {}), f)
 """
 
 data = test_cpd_trainer.data  # The fake clips with titles and word vectors.
@@ -148,9 +154,10 @@ def local_state(models, strategy):
   return state
 
 
-def _start(strategy, model_dir, output, bindings, tf_config=None):
+def _start(strategy, model_dir, output, bindings, tf_config=None,
+           mode='train'):
   args = json.dumps({'strategy': strategy, 'model_dir': model_dir,
-                     'output': output, 'bindings': bindings,
+                     'output': output, 'bindings': bindings, 'mode': mode,
                      'gin_files': [os.path.join(test_cpd_trainer.RUNS,
                                                 'cpd_pretrain_w2v.gin'),
                                    test_cpd_trainer.TINY]})
@@ -161,10 +168,11 @@ def _start(strategy, model_dir, output, bindings, tf_config=None):
                           stderr=subprocess.STDOUT)
 
 
-def _start_workers(model_dir, outputs, bindings):
+def _start_workers(model_dir, outputs, bindings, mode='train'):
   cluster = {'worker': [f'localhost:{p}' for p in test_main._free_ports(2)]}
   return [_start(WORKER, model_dir, output, bindings,
-                 {'cluster': cluster, 'task': {'type': 'worker', 'index': i}})
+                 {'cluster': cluster, 'task': {'type': 'worker', 'index': i}},
+                 mode)
           for i, output in enumerate(outputs)]
 
 
@@ -208,24 +216,28 @@ def _max_difference(a, b):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('bank_mode,resumed', [
-    (memory_bank.REPLICATED, False),
-    (memory_bank.SHARDED, False),
+@pytest.mark.parametrize('bank_mode,resumed,validated', [
+    (memory_bank.REPLICATED, False, False),
+    # With validation (retrieval on EVAL_FILES) every epoch, as the
+    # curriculum's saturation rule needs: every worker must see the same R@K.
+    (memory_bank.SHARDED, False, True),
     # Stopped after its checkpoint at step 2 and rerun: each worker restores
     # its own shard of the full bank the chief saved.
-    (memory_bank.SHARDED, True),
+    (memory_bank.SHARDED, True, False),
 ])
 def test_two_workers_end_like_one_process(data, tmp_path, bank_mode,
-                                          resumed):
+                                          resumed, validated):
   start = time.monotonic()
+  mode = 'train_and_eval' if validated else 'train'
   model_dir = str(tmp_path / 'workers')
   reference_dir = str(tmp_path / 'reference')
   outputs = [str(tmp_path / f'worker_{i}.npz') for i in range(2)]
   reference_output = str(tmp_path / 'reference.npz')
-  bindings = _bindings(data, bank_mode)
+  bindings = _bindings(data, bank_mode, *(
+      ['cpd_run.validate_every_epochs=1'] if validated else []))
   # The reference runs meanwhile: the processes share nothing.
   reference_proc = _start(REFERENCE, reference_dir, reference_output,
-                          bindings)
+                          bindings, mode=mode)
   try:
     if resumed:
       _wait(_start_workers(model_dir, [str(tmp_path / f'first_{i}.npz')
@@ -233,7 +245,7 @@ def test_two_workers_end_like_one_process(data, tmp_path, bank_mode,
                            bindings + ['cpd_run.train_steps=2']),
             ['worker 0, first run', 'worker 1, first run'])
     logs = _wait(
-        _start_workers(model_dir, outputs, bindings) + [reference_proc],
+        _start_workers(model_dir, outputs, bindings, mode) + [reference_proc],
         ['worker 0', 'worker 1', 'reference'])
   finally:
     if reference_proc.poll() is None:
@@ -305,6 +317,15 @@ def test_two_workers_end_like_one_process(data, tmp_path, bank_mode,
     key = next(k for k in chief if f'/{name}/' in k)
     np.testing.assert_array_equal(chief[key], workers[0][f'full:{name}'],
                                   err_msg=key)
+  if validated:
+    # Validated at both epochs' ends; every worker got the reference's R@K.
+    for log in (logs[0], logs[2]):
+      for step in (2, 4):
+        assert f'validation retrieval at step {step}:' in log, log[-4000:]
+    evals = [json.load(open(o + '.eval.json'))  # pylint: disable=consider-using-with
+             for o in outputs + [reference_output]]
+    assert evals[0]['num_pairs'] == 6 and 'mean_R@10' in evals[0], evals[0]
+    assert evals[0] == evals[1] == evals[2], evals
   # Only the chief's directory is left.
   assert not [n for n in os.listdir(model_dir) if n.startswith('.worker')]
   print(f'{summary}; {time.monotonic() - start:.0f} s')
