@@ -24,6 +24,10 @@ probability and the model's top-1 class.
   preprocessed exactly like one evaluation view (`spl.input_pipeline`: middle
   window, centre crop, same normalisation), so the map explains what the
   model saw.
+* Weights: a checkpoint with a moving average of the weights
+  (`run.ema_decay`) is explained with the averaged weights, the ones the
+  trainer evaluated and `spl.export` exports; `--noema_weights` for the raw
+  ones. `attention_maps.json` says which (`weights`: 'ema' or 'raw').
 * Class: `--class_name` (looked up in `--label_space`: a relabeller's
   `label_space.json`, or a `label_map.json` for a teacher), or
   `--class_index`; with neither, each clip's top-1 predicted class.
@@ -48,6 +52,7 @@ import tensorflow as tf
 import tf_keras
 
 from spl import configurables
+from spl import ema as ema_lib
 from spl import gradcam
 from spl import input_pipeline
 from spl import job
@@ -100,6 +105,10 @@ def _define_flags(fv: flags.FlagValues) -> None:
                       flag_values=fv)
   flags.DEFINE_integer('max_frames', 8, 'Frames per strip.', flag_values=fv)
   flags.DEFINE_float('alpha', 0.5, 'Heat map opacity.', flag_values=fv)
+  flags.DEFINE_bool('ema_weights', True, 'Explain the checkpoint\'s moving '
+                    'average of the weights (run.ema_decay: what the trainer '
+                    'evaluated) when it has one; --noema_weights: the raw '
+                    'weights.', flag_values=fv)
 
 
 # ---- Configuration ----
@@ -183,6 +192,21 @@ def restore_model(model: tf_keras.Model, path: str) -> None:
   optimizer's slots are not needed."""
   loop.restore(tf.train.Checkpoint(model=model), path, 'the model',
                partial=True)
+
+
+def restore_weights(model: tf_keras.Model, path: str,
+                    ema_weights: bool = True) -> str:
+  """`restore_model`, then the checkpoint's moving average of the trainable
+  weights over them when it has one (`run.ema_decay`: the weights the trainer
+  evaluated) and `ema_weights`; returns 'ema' or 'raw'."""
+  restore_model(model, path)
+  if not (ema_weights and ema_lib.in_checkpoint(path)):
+    return 'raw'
+  average = ema_lib.WeightAverage(model.trainable_variables, None)
+  loop.restore(tf.train.Checkpoint(**{ema_lib.CHECKPOINT_KEY: average}), path,
+               'the EMA weights', partial=True)
+  average.copy_to_weights()
+  return 'ema'
 
 
 def load_class_names(path: str) -> List[str]:
@@ -271,7 +295,7 @@ def run(*, output_dir: str, records_pattern: str,
         clip_keys: Sequence[str] = (), num_clips: Optional[int] = None,
         class_name: Optional[str] = None, class_index: Optional[int] = None,
         label_space: Optional[str] = None, max_frames: int = 8,
-        alpha: float = 0.5) -> List[Dict[str, Any]]:
+        alpha: float = 0.5, ema_weights: bool = True) -> List[Dict[str, Any]]:
   """Writes one Grad-CAM strip per selected clip; what `main` does.
 
   Args:
@@ -289,6 +313,8 @@ def run(*, output_dir: str, records_pattern: str,
     label_space: label_space.json or label_map.json (class names).
     max_frames: Frames per strip, evenly spread over the clip.
     alpha: Heat map opacity in [0, 1].
+    ema_weights: explain the checkpoint's moving average of the trainable
+      weights (`run.ema_decay`), when it has one, not the raw weights.
 
   Returns:
     One dict per clip, as written to `attention_maps.json`.
@@ -342,8 +368,8 @@ def run(*, output_dir: str, records_pattern: str,
   model = trained or config['model_fn'](num_classes=num_classes,
                                         input_shape=input_shape)
   model(tf.zeros((1,) + input_shape), training=False)  # Creates variables.
-  restore_model(model, path)
-  logging.info('restored %s', path)
+  weights = restore_weights(model, path, ema_weights)
+  logging.info('restored %s (%s weights)', path, weights)
   cam = gradcam.GradCam(model)
 
   # ---- Maps ----
@@ -397,7 +423,8 @@ def run(*, output_dir: str, records_pattern: str,
                  view['clip_key'], png)
   job.write_operative_config(output_dir, CONFIG_OUT_FILENAME, operative=False)
   records.write_json_atomic(os.path.join(output_dir, INDEX_FILENAME), {
-      'checkpoint': path, 'records': records_pattern, 'clips': results})
+      'checkpoint': path, 'weights': weights, 'records': records_pattern,
+      'clips': results})
   return results
 
 
@@ -412,7 +439,7 @@ def main(args: cli.Args) -> int:
         clip_keys=FLAGS.clip_keys, num_clips=FLAGS.num_clips,
         class_name=FLAGS.class_name, class_index=FLAGS.class_index,
         label_space=FLAGS.label_space, max_frames=FLAGS.max_frames,
-        alpha=FLAGS.alpha)
+        alpha=FLAGS.alpha, ema_weights=FLAGS.ema_weights)
   for r in results:
     print(f'{os.path.join(FLAGS.output_dir, r["png"])}  '
           f'"{r["class_name"]}" p={r["probability"]:.3f}')

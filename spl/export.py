@@ -80,9 +80,7 @@ import tensorflow as tf
 import tf_keras
 
 from spl import attention_maps
-from spl import ema as ema_lib
 from spl import input_pipeline
-from spl import loop as loop_lib
 from spl.inputs import options as options_lib
 from spl.inputs import pixels
 from spl.models import factory
@@ -452,15 +450,7 @@ def load_classifier(model_dir: str, *, checkpoint: Optional[str] = None,
                         model_shape=architecture['input_shape'],
                         overrides=view_overrides)
   model(tf.zeros((1,) + view.clip_shape), training=False)  # Variables.
-  attention_maps.restore_model(model, path)
-  weights = 'raw'
-  if ema_weights and ema_lib.in_checkpoint(path):
-    average = ema_lib.WeightAverage(model.trainable_variables, None)
-    loop_lib.restore(
-        tf.train.Checkpoint(**{ema_lib.CHECKPOINT_KEY: average}), path,
-        'the EMA weights', partial=True)
-    average.copy_to_weights()
-    weights = 'ema'
+  weights = attention_maps.restore_weights(model, path, ema_weights)
   logging.info('restored %s (%s, %s weights)', path, model_config, weights)
   return TrainedClassifier(model=model, view=view, checkpoint=path,
                            class_names=list(names), class_names_source=source,

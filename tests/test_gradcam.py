@@ -18,6 +18,7 @@ import tensorflow as tf
 import tf_keras
 
 from spl import attention_maps
+from spl import ema as ema_lib
 from spl import gradcam
 from spl.models import factory
 from tfrecords_tools import label_spaces
@@ -400,3 +401,49 @@ def test_the_trained_model_config_wins_over_todays_gin(run_dir, tmp_path):
                      r'\(.*model.json\) has 4'):
     _run(run_dir, num_clips=1, model_dir=str(model_dir),
          label_space=str(map_path))
+
+
+
+def _save_run(model_dir, model, **extra):
+  """A run dir as spl.train_lib leaves it: config.gin and a checkpoint."""
+  model_dir.mkdir()
+  (model_dir / attention_maps.CONFIG_FILENAME).write_text(_GIN)
+  tf.train.Checkpoint(model=model, backbone=model.backbone, **extra).save(
+      str(model_dir / 'ckpt'))
+
+
+def test_a_run_with_a_weight_average_is_explained_with_it(run_dir, tmp_path):
+  """A checkpoint with EMA shadows (`run.ema_decay`) is explained with the
+  averaged weights, the ones the trainer evaluated: the same maps and
+  probabilities as a checkpoint holding those weights as the model's;
+  `ema_weights=False` gives the raw model's."""
+  model = factory.build_classifier('tiny3d', num_classes=4,
+                                   input_shape=(4, 32, 32, 3),
+                                   dropout_rate=0.0)
+  model(tf.zeros((1, 4, 32, 32, 3)))
+  average = ema_lib.WeightAverage(model.trainable_variables, 0.9)
+  rng = np.random.default_rng(0)
+  for shadow in average.shadows:  # Shadows far from the raw weights.
+    shadow.assign(rng.normal(0.0, 0.3, shadow.shape).astype(np.float32))
+  _save_run(tmp_path / 'with_ema', model, **{ema_lib.CHECKPOINT_KEY: average})
+  _save_run(tmp_path / 'raw', model)
+  for v, shadow in zip(model.trainable_variables, average.shadows):
+    v.assign(shadow)
+  _save_run(tmp_path / 'averaged', model)
+
+  def maps(run, **kwargs):
+    """(weights used, class 0's probabilities, PNG bytes) of two clips."""
+    out = tmp_path / f'maps_{run}_{len(os.listdir(tmp_path))}'
+    results = _run(run_dir, num_clips=2, model_dir=str(tmp_path / run),
+                   output_dir=str(out), label_space=None, class_index=0,
+                   **kwargs)
+    index = json.loads((out / attention_maps.INDEX_FILENAME).read_text())
+    pngs = [(out / r['png']).read_bytes() for r in results]
+    return index['weights'], [r['probability'] for r in results], pngs
+
+  ema = maps('with_ema')
+  raw = maps('with_ema', ema_weights=False)
+  assert (ema[0], raw[0]) == ('ema', 'raw')
+  assert maps('averaged')[1:] == ema[1:]
+  assert maps('raw')[1:] == raw[1:]
+  assert np.abs(np.subtract(ema[1], raw[1])).max() > 1e-3
