@@ -49,10 +49,8 @@ from absl import logging
 import gin
 import numpy as np
 import tensorflow as tf
-import tf_keras
 
 from spl import configurables
-from spl import ema as ema_lib
 from spl import gradcam
 from spl import input_pipeline
 from spl import job
@@ -185,28 +183,6 @@ def resolve_checkpoint(*, model_dir: Optional[str],
     return loop.checkpoint_path(path)
   except ValueError as e:
     raise ValueError(f'{what} {path!r}: {e}') from e
-
-
-def restore_model(model: tf_keras.Model, path: str) -> None:
-  """Restores `model` as the trainer saved it (`Checkpoint(model=...)`); the
-  optimizer's slots are not needed."""
-  loop.restore(tf.train.Checkpoint(model=model), path, 'the model',
-               partial=True)
-
-
-def restore_weights(model: tf_keras.Model, path: str,
-                    ema_weights: bool = True) -> str:
-  """`restore_model`, then the checkpoint's moving average of the trainable
-  weights over them when it has one (`run.ema_decay`: the weights the trainer
-  evaluated) and `ema_weights`; returns 'ema' or 'raw'."""
-  restore_model(model, path)
-  if not (ema_weights and ema_lib.in_checkpoint(path)):
-    return 'raw'
-  average = ema_lib.WeightAverage(model.trainable_variables, None)
-  loop.restore(tf.train.Checkpoint(**{ema_lib.CHECKPOINT_KEY: average}), path,
-               'the EMA weights', partial=True)
-  average.copy_to_weights()
-  return 'ema'
 
 
 def load_class_names(path: str) -> List[str]:
@@ -368,7 +344,7 @@ def run(*, output_dir: str, records_pattern: str,
   model = trained or config['model_fn'](num_classes=num_classes,
                                         input_shape=input_shape)
   model(tf.zeros((1,) + input_shape), training=False)  # Creates variables.
-  weights = restore_weights(model, path, ema_weights)
+  weights = loop.restore_model_weights(model, path, ema_weights)
   logging.info('restored %s (%s weights)', path, weights)
   cam = gradcam.GradCam(model)
 

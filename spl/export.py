@@ -81,6 +81,7 @@ import tf_keras
 
 from spl import attention_maps
 from spl import input_pipeline
+from spl import loop as loop_lib
 from spl.inputs import options as options_lib
 from spl.inputs import pixels
 from spl.models import factory
@@ -450,7 +451,7 @@ def load_classifier(model_dir: str, *, checkpoint: Optional[str] = None,
                         model_shape=architecture['input_shape'],
                         overrides=view_overrides)
   model(tf.zeros((1,) + view.clip_shape), training=False)  # Variables.
-  weights = attention_maps.restore_weights(model, path, ema_weights)
+  weights = loop_lib.restore_model_weights(model, path, ema_weights)
   logging.info('restored %s (%s, %s weights)', path, model_config, weights)
   return TrainedClassifier(model=model, view=view, checkpoint=path,
                            class_names=list(names), class_names_source=source,

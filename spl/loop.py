@@ -50,6 +50,7 @@ import tensorflow as tf
 from tensorflow.python.framework import config as tf_config
 import tf_keras
 
+from spl import ema as ema_lib
 from spl import tb_images
 from spl.inputs import bad_input
 from tfrecords_tools import file_patterns
@@ -179,6 +180,23 @@ def restore(checkpoint: tf.train.Checkpoint, path: str, what: str,
         f'was written for a different architecture (backbone, '
         f'`num_classes`, projection, optimizer). Underlying error: '
         f'{str(e)[:800]}') from e
+
+
+def restore_model_weights(model: tf_keras.Model, path: str,
+                          ema_weights: bool = True) -> str:
+  """Restores `model` as the trainers save it (`Checkpoint(model=...)`), then
+  the checkpoint's moving average of its trainable weights over them when it
+  has one (`run.ema_decay`: the weights the trainer evaluated) and
+  `ema_weights`; returns 'ema' or 'raw'. Batch-norm statistics are the raw
+  model's (the average covers trainable weights only)."""
+  restore(tf.train.Checkpoint(model=model), path, 'the model', partial=True)
+  if not (ema_weights and ema_lib.in_checkpoint(path)):
+    return 'raw'
+  average = ema_lib.WeightAverage(model.trainable_variables, None)
+  restore(tf.train.Checkpoint(**{ema_lib.CHECKPOINT_KEY: average}), path,
+          'the EMA weights', partial=True)
+  average.copy_to_weights()
+  return 'ema'
 
 
 def resume(checkpoint: tf.train.Checkpoint, model_dir: str, what: str,

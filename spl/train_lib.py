@@ -172,22 +172,56 @@ def _read_imagenet_checkpoint(
   return weights
 
 
-def restore_backbone(model: tf_keras.Model, init_checkpoint: str) -> str:
+def restore_backbone(model: tf_keras.Model, init_checkpoint: str,
+                     ema_weights: bool = True) -> str:
   """Initialises `model.backbone` from a (pre-training) checkpoint.
 
   Only the backbone is read, so the head (and its number of classes) is new;
-  checkpoints written by this trainer carry a `backbone` edge for this.
+  checkpoints written by this trainer carry a `backbone` edge for this. A
+  checkpoint with a moving average of its weights (`run.ema_decay`) gives
+  the averaged backbone (the weights its run evaluated) when `ema_weights`:
+  the shadows follow the pre-training model's weight order, so that model is
+  rebuilt from the `model.json` next to the checkpoint, restored with them,
+  and its backbone copied. Without a `model.json` the raw backbone is read,
+  with a warning.
   """
   path = loop_lib.checkpoint_path(init_checkpoint)
+  if ema_weights and ema_lib.in_checkpoint(path):
+    config = os.path.join(os.path.dirname(path), factory.MODEL_CONFIG_FILENAME)
+    if tf.io.gfile.exists(config):
+      source = factory.classifier_from_config_file(config)
+      source(tf.zeros((1,) + _built_clip_shape(model)), training=False)
+      loop_lib.restore_model_weights(source, path)
+      _copy_weights(source.backbone, model.backbone, f'{path} ({config})')
+      logging.info('backbone initialised from the EMA weights of %s', path)
+      return path
+    logging.warning('init_checkpoint %s also holds an EMA of its weights '
+                    '(run.ema_decay) but no %s next to it to rebuild the '
+                    'model they follow: fine-tuning starts from its raw '
+                    'backbone weights', path, factory.MODEL_CONFIG_FILENAME)
   loop_lib.restore(tf.train.Checkpoint(backbone=model.backbone), path,
                    'the backbone', partial=True)
-  if ema_lib.in_checkpoint(path):
-    # The shadows are kept in the order of the pre-training model's
-    # trainable weights, not under the backbone's edges.
-    logging.warning('init_checkpoint %s also holds an EMA of its weights '
-                    '(run.ema_decay): fine-tuning starts from its raw '
-                    'backbone weights, not the average', path)
   return path
+
+
+def _built_clip_shape(model: tf_keras.Model) -> Tuple[int, ...]:
+  """The model's clip shape, with 4 frames where the time axis is open."""
+  shape = list(model.input_shape[1:])
+  return tuple(4 if d is None else d for d in shape)
+
+
+def _copy_weights(source: tf_keras.Model, target: tf_keras.Model,
+                  where: str) -> None:
+  """Every weight of `source` into `target`'s (same architecture)."""
+  pairs = list(zip(source.weights, target.weights))
+  if len(source.weights) != len(target.weights) or any(
+      a.shape != b.shape for a, b in pairs):
+    raise ValueError(
+        f'cannot initialise the backbone from {where}: its backbone has '
+        f'{len(source.weights)} weights, this one {len(target.weights)} '
+        '(another architecture)')
+  for a, b in pairs:
+    b.assign(a)
 
 
 # ---- Datasets ----
@@ -452,6 +486,7 @@ def run(*,
         jit_compile: bool = False,
         loop: Optional[loop_lib.LoopConfig] = None,
         init_checkpoint: Optional[str] = None,
+        init_checkpoint_ema: bool = True,
         imagenet_checkpoint: Optional[str] = None,
         inflation_method: str = 'mean',
         imagenet_norm_epsilon: Optional[float] = None,
@@ -533,6 +568,9 @@ def run(*,
     init_checkpoint: Checkpoint (prefix or directory) whose backbone
       initialises a fresh run (fine-tuning); ignored when `model_dir` already
       holds a checkpoint (the run resumes instead).
+    init_checkpoint_ema: fine-tuning from a checkpoint with a moving average
+      of its weights (its run's `ema_decay`) starts from the averaged
+      backbone (`restore_backbone`); False: from the raw one.
     imagenet_checkpoint: A 2D ResNet-50 trained on ImageNet (Keras
       Applications' HDF5 weights file, or a Model Garden checkpoint or
       directory: `spl.models.inflation`) whose weights are inflated into the
@@ -752,7 +790,8 @@ def run(*,
                        'the model', partial=True)
       restored_from = init_checkpoint
     elif init_checkpoint:
-      restored_from = restore_backbone(model, init_checkpoint)
+      restored_from = restore_backbone(model, init_checkpoint,
+                                       init_checkpoint_ema)
       logging.info('backbone initialised from %s', restored_from)
     elif imagenet_weights is not None:
       try:

@@ -308,11 +308,10 @@ def test_evaluation_uses_the_shadows_and_training_the_raw_weights(
   assert again['eval']['loss'] == pytest.approx(ema_result['loss'], rel=1e-5)
 
 
-def test_export_gives_the_ema_model_or_on_request_the_raw_one(data, tmp_path):
-  """`spl.export` of a run with `run.ema_decay` (set in gin) serves the
-  model loaded with the checkpoint's shadows; `ema_weights=False` the raw
-  one; the two differ."""
-  model_dir = str(tmp_path / 'model')
+@pytest.fixture(scope='module')
+def ema_run(data, tmp_path_factory):
+  """A teacher run (`spl.main`, gin) with `run.ema_decay`: its model dir."""
+  model_dir = str(tmp_path_factory.mktemp('ema_run') / 'model')
   gin.clear_config()
   try:
     main.run([os.path.join(ROOT, 'gin_configs', 'runs', 'train_teacher.gin'),
@@ -324,8 +323,17 @@ def test_export_gives_the_ema_model_or_on_request_the_raw_one(data, tmp_path):
              strategy=tf.distribute.OneDeviceStrategy('/cpu:0'))
   finally:
     gin.clear_config()
+  assert ema_lib.in_checkpoint(tf.train.latest_checkpoint(model_dir))
+  return model_dir
+
+
+def test_export_gives_the_ema_model_or_on_request_the_raw_one(ema_run,
+                                                              tmp_path):
+  """`spl.export` of a run with `run.ema_decay` (set in gin) serves the
+  model loaded with the checkpoint's shadows; `ema_weights=False` the raw
+  one; the two differ."""
+  model_dir = ema_run
   path = tf.train.latest_checkpoint(model_dir)
-  assert ema_lib.in_checkpoint(path)
 
   configs, served = {}, {}
   video = None
@@ -357,6 +365,44 @@ def test_export_gives_the_ema_model_or_on_request_the_raw_one(data, tmp_path):
     np.testing.assert_allclose(served[ema_weights], expected, atol=1e-6,
                                rtol=1e-5)
   assert np.abs(served[True] - served[False]).max() > 1e-4
+
+
+def test_finetuning_starts_from_the_ema_backbone(ema_run, tmp_path, caplog):
+  """`init_checkpoint` of a run with `run.ema_decay` gives the backbone the
+  checkpoint's shadows (read by key here), its batch-norm statistics the raw
+  model's; `ema_weights=False`, or a checkpoint without the `model.json`
+  the shadows follow, the raw backbone (the latter with a warning)."""
+  path = tf.train.latest_checkpoint(ema_run)
+  config = os.path.join(ema_run, factory.MODEL_CONFIG_FILENAME)
+  reader = tf.train.load_checkpoint(path)
+  expected = factory.classifier_from_config_file(config)
+  expected(tf.zeros((1, 4, 32, 32, 3)), training=False)
+  tf.train.Checkpoint(model=expected).read(path).expect_partial()
+  raw = [w.numpy() for w in expected.backbone.weights]
+  for i, v in enumerate(expected.trainable_variables):
+    v.assign(reader.get_tensor(_shadow_key(i)))
+  averaged = [w.numpy() for w in expected.backbone.weights]
+  assert max(np.abs(a - b).max() for a, b in zip(averaged, raw)) > 1e-4
+
+  def fine_tuned(init, **kwargs):
+    target = factory.classifier_from_config_file(config)  # A new head too.
+    target(tf.zeros((1, 4, 32, 32, 3)), training=False)
+    train_lib.restore_backbone(target, init, **kwargs)
+    return [w.numpy() for w in target.backbone.weights]
+
+  for got, want in ((fine_tuned(ema_run), averaged),
+                    (fine_tuned(ema_run, ema_weights=False), raw)):
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+      np.testing.assert_array_equal(a, b)
+  copy = tmp_path / 'no_model_json'
+  shutil.copytree(ema_run, copy)
+  os.remove(copy / factory.MODEL_CONFIG_FILENAME)
+  with caplog.at_level('WARNING'):
+    got = fine_tuned(str(copy))
+  assert 'starts from its raw backbone weights' in caplog.text
+  for a, b in zip(got, raw):
+    np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize('decay', [0.0, 1.0, -0.5, 1.5, '0.9'])
