@@ -226,6 +226,36 @@ def _worker_lines(log, what):
       re.escape(what) + r' \[worker pid (\d+)\]', log)}
 
 
+def _assert_worked_on_the_cluster(cluster_, before, after, stages,
+                                  direct_lines, dask_lines):
+  """The work ran in the cluster's worker processes, both of them, and none
+  in the job's own process (where the DirectRunner ran it): tasks counted by
+  the scheduler, each stage's progress lines logged by the workers."""
+  assert all(after[p] > before[p] for p in cluster_.pids), (before, after)
+  log = cluster_.log()
+  for stage in stages:
+    pids = _worker_lines(log, stage)
+    assert pids and pids <= set(cluster_.pids), (stage, log[-3000:])
+    assert stage in direct_lines
+    assert stage not in dask_lines
+
+
+def _on_both_runners(tool, args, out, cluster_, capsys, caplog):
+  """The job on the DirectRunner (its outputs, if any, then moved from `out`
+  to `out`'s sibling 'direct'), then on the cluster into `out`: the same
+  exit status and stdout. Returns (status, the DirectRunner's progress
+  lines, the Dask run's, the workers' task counts before and after)."""
+  status, direct_out, direct_lines = _run(tool, args, capsys, caplog)
+  if out.exists():
+    out.rename(out.parent / 'direct')
+  before = cluster_.tasks_run()
+  dask_status, dask_out, dask_lines = _run(tool, args + _dask(cluster_),
+                                           capsys, caplog)
+  after = cluster_.tasks_run()
+  assert (dask_status, dask_out) == (status, direct_out)
+  return status, direct_lines, dask_lines, before, after
+
+
 @pytest.mark.slow
 def test_write_clips_on_dask_gives_the_direct_runners_bytes(
     tmp_path, cluster, capsys, caplog):
@@ -244,28 +274,16 @@ def test_write_clips_on_dask_gives_the_direct_runners_bytes(
   args = [f'--manifest={tmp_path / "m.csv"}', f'--output_dir={tmp_path / "out"}',
           '--num_shards=3', '--clip_seconds=1', '--fps=5', '--short_side=48',
           '--clips_per_class=6', '--decode_threads=1']
-  status, direct_out, direct_lines = _run(write_clips, args, capsys, caplog)
+  status, direct_lines, dask_lines, before, after = _on_both_runners(
+      write_clips, args, tmp_path / 'out', cluster, capsys, caplog)
   assert status == 0
-  (tmp_path / 'out').rename(tmp_path / 'direct')
-  before = cluster.tasks_run()
-  status, dask_out, dask_lines = _run(write_clips, args + _dask(cluster),
-                                      capsys, caplog)
-  assert status == 0
-  after = cluster.tasks_run()
-  assert dask_out == direct_out
   _assert_same_files(tmp_path / 'direct', tmp_path / 'out', 'write_clips')
   summary = json.loads((tmp_path / 'out' / schema.SUMMARY_FILENAME).read_text())
   assert (summary['clips'], summary['videos_rejected']) == (10, 2)
-  # The work ran in the cluster's worker processes, both of them, and none
-  # in the job's own process (where the DirectRunner ran it).
-  assert all(after[p] > before[p] for p in cluster.pids), (before, after)
-  log = cluster.log()
-  for stage in ('write_clips probe', 'write_clips decode',
-                'write_clips shards'):
-    pids = _worker_lines(log, stage)
-    assert pids and pids <= set(cluster.pids), (stage, log[-3000:])
-    assert stage in direct_lines
-    assert stage not in dask_lines
+  _assert_worked_on_the_cluster(
+      cluster, before, after, ('write_clips probe', 'write_clips decode',
+                               'write_clips shards'),
+      direct_lines, dask_lines)
 
 
 @pytest.mark.slow
@@ -279,28 +297,17 @@ def test_relabel_on_dask_gives_the_direct_runners_bytes(
       skip_prediction=(7,) if failing else ())
   args = [f'--records={records}', f'--predictions={predictions}',
           '--variant=spl_m', '--scr=0.8', f'--output_dir={tmp_path / "out"}']
-  status, direct_out, direct_lines = _run(relabel, args, capsys, caplog)
+  status, direct_lines, dask_lines, before, after = _on_both_runners(
+      relabel, args, tmp_path / 'out', cluster, capsys, caplog)
   assert status == (1 if failing else 0)
-  (tmp_path / 'out').rename(tmp_path / 'direct')
-  before = cluster.tasks_run()
-  dask_status, dask_out, dask_lines = _run(relabel, args + _dask(cluster),
-                                           capsys, caplog)
-  assert dask_status == status
-  after = cluster.tasks_run()
-  assert dask_out == direct_out
   _assert_same_files(tmp_path / 'direct', tmp_path / 'out', 'relabel')
   stats = json.loads((tmp_path / 'out' / relabel.STATS_FILENAME).read_text())
   assert stats['status'] == ('failed' if failing else 'ok')
-  assert all(after[p] > before[p] for p in cluster.pids), (before, after)
-  log = cluster.log()
   stages = ['relabel pass 1 (contexts)']
   if not failing:
     stages.append('relabel pass 2 (rewrite)')
-  for stage in stages:
-    pids = _worker_lines(log, stage)
-    assert pids and pids <= set(cluster.pids), (stage, log[-3000:])
-    assert stage in direct_lines
-    assert stage not in dask_lines
+  _assert_worked_on_the_cluster(cluster, before, after, stages, direct_lines,
+                                dask_lines)
 
 
 @pytest.mark.slow
@@ -313,18 +320,13 @@ def test_holdout_on_dask_gives_the_direct_runners_bytes(
                                       duplicate_index=failing)
   args = [f'--records={records}', '--num_pairs=3', '--num_val_shards=2',
           f'--output_dir={tmp_path / "out"}']
-  status, direct_out, direct_lines = _run(holdout, args, capsys, caplog)
+  status, direct_lines, dask_lines, before, after = _on_both_runners(
+      holdout, args, tmp_path / 'out', cluster, capsys, caplog)
   assert status == (1 if failing else 0)
-  direct = test_holdout._files(tmp_path / 'out')  # pylint: disable=protected-access
-  if not failing:
-    (tmp_path / 'out').rename(tmp_path / 'direct')
-  before = cluster.tasks_run()
-  dask_status, dask_out, dask_lines = _run(holdout, args + _dask(cluster),
-                                           capsys, caplog)
-  assert dask_status == status
-  after = cluster.tasks_run()
-  assert dask_out == direct_out
-  dask = test_holdout._files(tmp_path / 'out')  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  direct = test_holdout._files(tmp_path / 'direct')
+  dask = test_holdout._files(tmp_path / 'out')
+  # pylint: enable=protected-access
   assert sorted(dask) == sorted(direct)
   for name, data in direct.items():
     assert dask[name] == data, name
@@ -334,13 +336,10 @@ def test_holdout_on_dask_gives_the_direct_runners_bytes(
   assert {'holdout.json', 'train/summary.json', 'val/summary.json',
           'val/clips-00000-of-00002.tfrecord',
           'val/clips-00001-of-00002.tfrecord'} <= set(dask)
-  assert all(after[p] > before[p] for p in cluster.pids), (before, after)
-  log = cluster.log()
-  for stage in ('holdout pass 1 (contexts)', 'holdout pass 2 (rewrite)'):
-    pids = _worker_lines(log, stage)
-    assert pids and pids <= set(cluster.pids), (stage, log[-3000:])
-    assert stage in direct_lines
-    assert stage not in dask_lines
+  _assert_worked_on_the_cluster(
+      cluster, before, after,
+      ('holdout pass 1 (contexts)', 'holdout pass 2 (rewrite)'), direct_lines,
+      dask_lines)
 
 
 @pytest.mark.slow
