@@ -213,14 +213,16 @@ def _built_clip_shape(model: tf_keras.Model) -> Tuple[int, ...]:
 def _copy_weights(source: tf_keras.Model, target: tf_keras.Model,
                   where: str) -> None:
   """Every weight of `source` into `target`'s (same architecture)."""
-  pairs = list(zip(source.weights, target.weights))
-  if len(source.weights) != len(target.weights) or any(
-      a.shape != b.shape for a, b in pairs):
+  shapes = [[tuple(w.shape) for w in m.weights] for m in (source, target)]
+  if shapes[0] != shapes[1]:
+    first = next((k for k, (a, b) in enumerate(zip(*shapes)) if a != b),
+                 min(map(len, shapes)))
     raise ValueError(
-        f'cannot initialise the backbone from {where}: its backbone has '
-        f'{len(source.weights)} weights, this one {len(target.weights)} '
-        '(another architecture)')
-  for a, b in pairs:
+        f'cannot initialise the backbone from {where}: another architecture '
+        f'({len(shapes[0])} weights there, {len(shapes[1])} here; they '
+        f'differ from weight #{first}: {shapes[0][first:first + 1]} there, '
+        f'{shapes[1][first:first + 1]} here)')
+  for a, b in zip(source.weights, target.weights):
     b.assign(a)
 
 

@@ -294,8 +294,12 @@ class ReadShards(beam.DoFn):
     yield from self._read(path, self._progress)
 
 
-class _TagOutputs(beam.DoFn):
-  """`fn`'s outputs as `(tag, value)`: main outputs tagged `main`."""
+class TagOutputs(beam.DoFn):
+  """`fn`'s outputs as `(tag, value)`: main outputs tagged `main`.
+
+  One PCollection of pairs, for a step that gathers every output together
+  (`Gather`); `ParDoByTag` splits them by tag instead.
+  """
 
   def __init__(self, fn, main: str):
     self._fn = (fn if isinstance(fn, beam.DoFn) else
@@ -346,7 +350,7 @@ class ParDoByTag(beam.PTransform):
     self._main = main
 
   def expand(self, pcoll):
-    pairs = pcoll | 'Tag' >> beam.ParDo(_TagOutputs(self._fn, self._main))
+    pairs = pcoll | 'Tag' >> beam.ParDo(TagOutputs(self._fn, self._main))
     return {tag: pairs | f'Select_{tag}' >> beam.FlatMap(_select, tag)
             for tag in self._tags}
 

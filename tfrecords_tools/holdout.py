@@ -698,12 +698,11 @@ def build_pipeline(pipeline: beam.Pipeline, *, shards: Sequence[str],
   """
   run = run or progress_lib.BeamRun.create('DirectRunner', 1)
   paths = pipeline | 'Shards' >> beam.Create(list(shards), reshuffle=spread)
-  contexts = paths | 'ReadContexts' >> beam_utils.ParDoByTag(
-      beam_utils.ReadShards(read_shard_clips, 'holdout pass 1 (contexts)', run,
-                            len(shards)), 'error', main='clips')
-  planned = ((contexts['clips'] | 'TagClips' >> beam.Map(_tagged, 'clips'),
-              contexts['error'] | 'TagErrors' >> beam.Map(_tagged, 'error'))
-             | 'FlattenPass1' >> beam.Flatten()
+  planned = (paths
+             | 'ReadContexts' >> beam.ParDo(beam_utils.TagOutputs(
+                 beam_utils.ReadShards(read_shard_clips,
+                                       'holdout pass 1 (contexts)', run,
+                                       len(shards)), main='clips'))
              | 'GatherPass1' >> beam_utils.Gather()
              | 'Plan' >> beam_utils.ParDoByTag(
                  _Plan(num_pairs=num_pairs, seed=seed,
